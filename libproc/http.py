@@ -1,0 +1,124 @@
+"""HTTP endpoints of processes, served by aiohttp on the runtime's one port.
+
+`/<id><path>` reaches the route a process installed with `route(path, handler)`; the handler
+runs inside the process's mailbox, serially with its messages. A path whose first segment is
+not a live process goes to the delegate process when one is set (so `/vars` can reach
+`/master/vars`). Built in: `/__processes__`, `/metrics/snapshot`, `/health`.
+
+A libprocess message that arrives on a connection aiohttp is already serving (a client that
+first sent a GET) is delivered here too, on a slower path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from libproc import wire
+from libproc.future import Future, Promise
+from libproc.metrics import metrics
+from libproc.process import HTTP
+
+__all__ = ["HttpServer", "json_error"]
+
+log = logging.getLogger("libproc.http")
+
+
+def json_error(status: int, message: str) -> web.Response:
+    """The error shape of every JSON API here: `{"error": "..."}`."""
+    return web.json_response({"error": message}, status=status)
+
+
+def to_response(result: Any) -> web.StreamResponse:
+    if isinstance(result, web.StreamResponse):
+        return result
+    if result is None:
+        return web.Response(status=200)
+    if isinstance(result, str):
+        return web.Response(text=result, content_type="text/plain")
+    if isinstance(result, (bytes, bytearray)):
+        return web.Response(body=bytes(result), content_type="application/octet-stream")
+    return web.Response(text=json.dumps(result), content_type="application/json")
+
+
+class HttpServer:
+    def __init__(self, runtime: Any) -> None:
+        self.rt = runtime
+        self.server = web.Server(self.handle)
+
+    def protocol_factory(self) -> Any:
+        return self.server
+
+    async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self.server.shutdown(1.0), 2.0)
+        except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - best effort at shutdown
+            pass
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        if request.method == "POST" and (
+            "libprocess-from" in headers
+            or headers.get("user-agent", "").startswith("libprocess/")
+        ):
+            return await self._message(request, headers)
+        path = request.raw_path.split("?", 1)[0]
+        if not path.startswith("/"):
+            return json_error(400, "path must start with '/'")
+        slash = path.find("/", 1)
+        first = path[1:] if slash < 0 else path[1:slash]
+        rest = "/" if slash < 0 else path[slash:]
+        builtin = self._builtin(first, rest)
+        if builtin is not None:
+            return builtin
+        proc = self.rt.processes.get(unquote(first))
+        if proc is None and self.rt.delegate is not None:
+            proc = self.rt.processes.get(self.rt.delegate)
+            rest = path
+        if proc is None or proc._state in ("terminating", "terminated"):
+            return json_error(404, f"no process serves {path!r}")
+        handler = proc._find_route(rest)
+        if handler is None:
+            return json_error(404, f"process {proc.id!r} has no endpoint {rest!r}")
+        promise: Promise[Any] = Promise()
+        proc._enqueue((HTTP, handler, request, promise))
+        try:
+            result = await promise.future
+        except Exception as exc:  # a route that raised: 500 with the reason, actor lives on
+            metrics.inc("libproc/http_handler_errors")
+            log.error("%s %s raised", proc.id, rest, exc_info=exc)
+            return json_error(500, f"internal error in {proc.id}{rest}: {exc}")
+        if isinstance(result, Future):
+            result = await result
+        return to_response(result)
+
+    async def _message(self, request: web.BaseRequest, headers: dict[str, str]) -> web.Response:
+        body = await request.read()
+        req = wire.Request(request.method, request.raw_path, "HTTP/1.1", headers, body)
+        result = wire.classify(req, self.rt.transport.limits)
+        if isinstance(result, wire.Message):
+            return web.Response(status=self.rt._deliver_remote(result))
+        metrics.inc("libproc/messages_rejected")
+        return web.Response(status=result.status)
+
+    def _builtin(self, first: str, rest: str) -> web.Response | None:
+        if first == "__processes__":
+            return web.json_response([
+                {"id": p.id, "pid": str(p.pid), "state": p.state,
+                 "events": p._describe_events()}
+                for p in list(self.rt.processes.values())
+            ])
+        if first == "metrics" and rest == "/snapshot" and "metrics" not in self.rt.processes:
+            snap = metrics.snapshot()
+            snap["libproc/processes"] = len(self.rt.processes)
+            snap["libproc/connections_inbound"] = len(self.rt.transport.inbound)
+            snap["libproc/connections_outbound"] = len(self.rt.transport.outbound)
+            return web.json_response(snap)
+        if first == "health" and rest == "/" and "health" not in self.rt.processes:
+            return web.json_response({"healthy": True, "processes": len(self.rt.processes)})
+        return None

@@ -1,0 +1,295 @@
+"""Process: an actor with a UPID, a FIFO mailbox, message handlers and HTTP routes.
+
+A process handles one event at a time, in arrival order: messages, dispatches, HTTP requests,
+`exited` notices, and finally its termination. A handler may be a coroutine: the mailbox then
+waits for it before the next event (so keep such handlers short, and never await a dispatch to
+yourself from one: that raises DeadlockError instead of hanging). A handler that raises is
+logged and counted; the process carries on. Only the process's own handlers touch its state.
+
+Subclass it, `install()` message handlers and `route()` endpoints in `initialize()`, then
+`libproc.spawn(MyProcess())`. `finalize()` runs as the last event before the process is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from libproc import _context
+from libproc.future import Future, Promise
+from libproc.metrics import metrics
+from libproc.pid import ID, UPID
+
+__all__ = ["Process", "MessageHandler", "RouteHandler"]
+
+log = logging.getLogger("libproc.process")
+
+MessageHandler = Callable[[UPID, bytes], Any]
+RouteHandler = Callable[[Any], Any]
+
+# Event kinds (tuples keep the hot path cheap).
+MESSAGE, DISPATCH, HTTP, EXITED, TERMINATE, INITIALIZE = range(6)
+_KIND_NAMES = ("MESSAGE", "DISPATCH", "HTTP", "EXITED", "TERMINATE", "INITIALIZE")
+
+# How many events one turn of the event loop may handle for one process before yielding.
+_BATCH = 256
+
+
+class Process:
+    """Base class of every actor; see the module docstring."""
+
+    def __init__(self, id: str | None = None, *, prefix: str | None = None) -> None:  # noqa: A002
+        self._id = id if id is not None else ID.generate(prefix or type(self).__name__.lower())
+        self._pid: UPID | None = None
+        self._mailbox: deque[tuple[Any, ...]] = deque()
+        self._handlers: dict[str, MessageHandler] = {}
+        self._routes: dict[str, tuple[RouteHandler, str]] = {}
+        self._scheduled = False
+        self._busy = False
+        self._state = "created"  # created | running | terminating | terminated
+        self._current_from: UPID | None = None
+        self._done: Promise[bool] = Promise()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runtime: Any = None
+
+    # -- identity -----------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    @property
+    def pid(self) -> UPID:
+        """This process's UPID (libprocess's `self()`); valid once spawned."""
+        if self._pid is None:
+            raise RuntimeError(f"process {self._id!r} has no UPID yet: spawn it first")
+        return self._pid
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    # -- hooks for subclasses -----------------------------------------------------------
+
+    def initialize(self) -> Any:
+        """First event of the process: install handlers and routes here."""
+
+    def finalize(self) -> Any:
+        """Last event of the process, when it is being terminated."""
+
+    def exited(self, pid: UPID) -> Any:
+        """A linked process exited (its connection broke, or it terminated locally)."""
+
+    def visit_message(self, sender: UPID, name: str, body: bytes) -> Any:
+        """A message with no installed handler: dropped, counted."""
+        metrics.inc("libproc/messages_unhandled")
+        log.debug("%s: no handler for message %r from %s; dropped", self._id, name, sender)
+
+    # -- registration -------------------------------------------------------------------
+
+    def install(self, name: str, handler: MessageHandler) -> None:
+        """Handle messages called `name` with `handler(sender_upid, body_bytes)`."""
+        self._handlers[name] = handler
+
+    def route(self, path: str, handler: RouteHandler, description: str = "") -> None:
+        """Serve `handler(request)` at `/<id><path>`; it returns an aiohttp response, a str,
+        bytes, a dict/list (JSON), a Future or a coroutine. `/` catches every path below."""
+        if not path.startswith("/"):
+            raise ValueError(f"route {path!r} must start with '/'")
+        self._routes[path.rstrip("/") or "/"] = (handler, description)
+
+    def _find_route(self, path: str) -> RouteHandler | None:
+        """libprocess's lookup: the longest installed route that is a segment prefix."""
+        path = path.rstrip("/") or "/"
+        while True:
+            hit = self._routes.get(path)
+            if hit is not None:
+                return hit[0]
+            if path == "/":
+                return None
+            cut = path.rfind("/")
+            path = path[:cut] or "/"
+
+    # -- messaging ----------------------------------------------------------------------
+
+    def send(self, to: UPID, name: str, body: bytes = b"") -> None:
+        """Send a message (at most once, FIFO per receiver); never blocks."""
+        self._require_runtime("send").send(self.pid, to, name, body)
+
+    def link(self, to: UPID, relink: bool = False) -> UPID:
+        """Be told through `exited(to)` when `to` goes away (once per link)."""
+        self._require_runtime("link").link(self, to, relink)
+        return to
+
+    @property
+    def sender(self) -> UPID | None:
+        """The sender of the message being handled now (None outside a message handler)."""
+        return self._current_from
+
+    def _require_runtime(self, action: str) -> Any:
+        if self._runtime is None:
+            raise RuntimeError(f"{action} from process {self._id!r} before it was spawned")
+        return self._runtime
+
+    # -- mailbox ------------------------------------------------------------------------
+
+    def _enqueue(self, event: tuple[Any, ...], front: bool = False) -> None:
+        if front:
+            self._mailbox.appendleft(event)
+        else:
+            self._mailbox.append(event)
+        if not self._scheduled and not self._busy:
+            self._scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._run)
+
+    def _idle(self) -> bool:
+        return not self._mailbox and not self._busy
+
+    def _run(self) -> None:
+        self._scheduled = False
+        if self._busy:
+            return
+        mailbox = self._mailbox
+        token = _context.current_pid.set(self._pid)
+        try:
+            n = 0
+            while mailbox and n < _BATCH:
+                event = mailbox.popleft()
+                n += 1
+                pending = self._handle(event)
+                if pending is not None:
+                    self._busy = True
+                    assert self._loop is not None
+                    self._loop.create_task(self._await_handler(pending, event))
+                    return
+                if self._state == "terminated":
+                    return
+        finally:
+            _context.current_pid.reset(token)
+        if mailbox and not self._scheduled:
+            self._scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._run)
+
+    async def _await_handler(self, pending: Awaitable[Any], event: tuple[Any, ...]) -> None:
+        try:
+            result = await pending
+            kind = event[0]
+            if kind == DISPATCH:
+                event[4].set(result)
+            elif kind == HTTP:
+                event[3].set(result)
+        except BaseException as exc:  # noqa: BLE001 - a handler must never kill the actor
+            self._handler_failed(event, exc)
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+        finally:
+            self._current_from = None
+            self._busy = False
+            if event[0] in (TERMINATE, INITIALIZE):
+                self._after_special(event[0])
+            if self._state != "terminated" and self._mailbox and not self._scheduled:
+                self._scheduled = True
+                assert self._loop is not None
+                self._loop.call_soon(self._run)
+
+    def _handler_failed(self, event: tuple[Any, ...], exc: BaseException) -> None:
+        kind = event[0]
+        if kind == DISPATCH:
+            event[4].fail(exc)
+            return
+        if kind == HTTP:
+            event[3].fail(exc)
+            return
+        metrics.inc("libproc/handler_errors")
+        if isinstance(exc, asyncio.CancelledError):
+            log.warning("%s: %s handler was cancelled", self._id, _KIND_NAMES[kind])
+        else:
+            log.error("%s: %s handler raised", self._id, _KIND_NAMES[kind], exc_info=exc)
+
+    def _handle(self, event: tuple[Any, ...]) -> Awaitable[Any] | None:
+        """Handle one event; returns an awaitable when the handler is a coroutine."""
+        kind = event[0]
+        try:
+            if kind == MESSAGE:
+                _, sender, name, body = event
+                self._current_from = sender
+                handler = self._handlers.get(name)
+                if handler is None:
+                    result = self.visit_message(sender, name, body)
+                else:
+                    result = handler(sender, body)
+                if result is not None and inspect.isawaitable(result):
+                    return result
+                self._current_from = None
+                return None
+            if kind == DISPATCH:
+                _, fn, args, kwargs, promise = event
+                result = fn(*args, **kwargs)
+                if inspect.iscoroutine(result):
+                    return result
+                promise.set(result)
+                return None
+            if kind == HTTP:
+                _, handler, request, promise = event
+                result = handler(request)
+                if inspect.iscoroutine(result):
+                    return result
+                promise.set(result)
+                return None
+            if kind == EXITED:
+                result = self.exited(event[1])
+                return result if inspect.isawaitable(result) else None
+            if kind == INITIALIZE:
+                self._state = "running"
+                result = self.initialize()
+                if inspect.isawaitable(result):
+                    return result
+                self._after_special(INITIALIZE)
+                return None
+            if kind == TERMINATE:
+                self._state = "terminating"
+                result = self.finalize()
+                if inspect.isawaitable(result):
+                    return result
+                self._after_special(TERMINATE)
+                return None
+        except Exception as exc:
+            self._current_from = None
+            self._handler_failed(event, exc)
+            if kind in (TERMINATE, INITIALIZE):
+                self._after_special(kind)
+        return None
+
+    def _after_special(self, kind: int) -> None:
+        if kind == TERMINATE and self._state != "terminated":
+            self._state = "terminated"
+            leftover, self._mailbox = self._mailbox, deque()
+            for event in leftover:
+                if event[0] == DISPATCH:
+                    event[4].discard()
+                elif event[0] == HTTP:
+                    event[3].discard()
+            self._runtime._terminated(self)
+            self._done.set(True)
+
+    def _describe_events(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for event in list(self._mailbox)[:1000]:
+            item: dict[str, Any] = {"type": _KIND_NAMES[event[0]]}
+            if event[0] == MESSAGE:
+                item["name"] = event[2]
+            out.append(item)
+        return out
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._pid or self._id} {self._state}>"
+
+
+def _done_future(process: Process) -> Future[bool]:
+    return process._done.future

@@ -1,0 +1,319 @@
+"""The runtime of one OS process: its address, its processes, delivery and links.
+
+There is one runtime per OS process (as in libprocess), started with `await start()` on the
+asyncio loop that will run every process. Sending to a UPID at our own address never touches
+the network. Links follow libprocess: `exited(pid)` is delivered once per link when the
+persistent connection to pid's address closes or cannot connect, or when a local linked
+process terminates (at once if it does not exist).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from libproc import wire
+from libproc.errors import NotRunningError
+from libproc.future import Future, Promise
+from libproc.metrics import metrics
+from libproc.pid import UPID
+from libproc.process import EXITED, INITIALIZE, MESSAGE, TERMINATE, Process
+from libproc.transport import Transport
+
+__all__ = ["start", "stop", "run", "spawn", "terminate", "wait", "address", "lookup",
+           "all_idle", "processes", "is_running"]
+
+log = logging.getLogger("libproc.runtime")
+T = TypeVar("T")
+
+
+class Runtime:
+    def __init__(self, loop: asyncio.AbstractEventLoop, limits: wire.Limits | None) -> None:
+        self.loop = loop
+        self.processes: dict[str, Process] = {}
+        self.address = UPID("", "127.0.0.1", 0)
+        self.bind: tuple[str, int] = ("127.0.0.1", 0)
+        self.local_hosts: set[str] = set()
+        self.local_ports: set[int] = set()
+        self.delegate: str | None = None
+        self.started_at = time.time()
+        self.transport = Transport(self._deliver_remote, self._connection_lost, limits)
+        # Links: linkee UPID -> linker processes (local linkees), and per remote address.
+        self.local_links: dict[str, set[Process]] = {}
+        self.remote_links: dict[tuple[str, int], set[tuple[Process, UPID]]] = {}
+        self.http: Any = None
+
+    # -- locality -----------------------------------------------------------------------
+
+    def is_local(self, pid: UPID) -> bool:
+        return pid.port in self.local_ports and pid.host in self.local_hosts
+
+    # -- delivery -----------------------------------------------------------------------
+
+    def send(self, sender: UPID, to: UPID, name: str, body: bytes) -> None:
+        if self.is_local(to):
+            metrics.inc("libproc/messages_local")
+            proc = self.processes.get(to.id)
+            if proc is None or proc._state in ("terminating", "terminated"):
+                metrics.inc("libproc/messages_dropped_no_process")
+                log.debug("dropping %r from %s: no process %r here", name, sender, to.id)
+                return
+            proc._enqueue((MESSAGE, sender, name, body))
+            return
+        self.transport.send(to.address, str(sender), to.id, name, body)
+
+    def _deliver_remote(self, message: wire.Message) -> int:
+        """Deliver a message read off a socket; the return value is the HTTP status."""
+        metrics.inc("libproc/messages_received")
+        proc = self.processes.get(message.to_id)
+        if proc is None or proc._state in ("terminating", "terminated"):
+            metrics.inc("libproc/messages_unknown_process")
+            return 404
+        proc._enqueue((MESSAGE, message.sender, message.name, message.body))
+        return 202
+
+    # -- links --------------------------------------------------------------------------
+
+    def link(self, linker: Process, to: UPID, relink: bool) -> None:
+        if self.is_local(to):
+            target = self.processes.get(to.id)
+            if target is None or target._state in ("terminating", "terminated"):
+                linker._enqueue((EXITED, to))
+                return
+            self.local_links.setdefault(to.id, set()).add(linker)
+            return
+        links = self.remote_links.setdefault(to.address, set())
+        links.add((linker, to))
+        if relink:
+            self.transport.relink(to.address)
+        else:
+            self.transport.connection(to.address, persistent=True)
+
+    def _connection_lost(self, address: tuple[str, int], persistent: bool) -> None:
+        links = self.remote_links.pop(address, None)
+        if not links:
+            return
+        for linker, to in links:
+            if linker._state not in ("terminating", "terminated"):
+                linker._enqueue((EXITED, to))
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def spawn(self, process: Process) -> UPID:
+        if process._pid is not None:
+            raise ValueError(f"process {process.id!r} was already spawned")
+        if process.id in self.processes:
+            raise ValueError(
+                f"a process with id {process.id!r} already runs here; pick another id"
+            )
+        process._pid = self.address.with_id(process.id)
+        process._loop = self.loop
+        process._runtime = self
+        self.processes[process.id] = process
+        process._enqueue((INITIALIZE,))
+        return process._pid
+
+    def terminate(self, pid: UPID | Process | str, inject: bool = True) -> bool:
+        proc = self.lookup(pid)
+        if proc is None or proc._state in ("terminating", "terminated"):
+            return False
+        proc._state = "terminating"
+        proc._enqueue((TERMINATE,), front=inject)
+        return True
+
+    def _terminated(self, proc: Process) -> None:
+        if self.processes.get(proc.id) is proc:
+            del self.processes[proc.id]
+        for linker in self.local_links.pop(proc.id, ()):
+            if linker._state not in ("terminating", "terminated"):
+                linker._enqueue((EXITED, proc.pid))
+        # Forget the links this process held.
+        for linkers in self.local_links.values():
+            linkers.discard(proc)
+        for address, links in list(self.remote_links.items()):
+            links -= {item for item in links if item[0] is proc}
+            if not links:
+                del self.remote_links[address]
+                self.transport.unpersist(address)
+
+    def lookup(self, pid: UPID | Process | str) -> Process | None:
+        if isinstance(pid, Process):
+            return pid if self.processes.get(pid.id) is pid else None
+        if isinstance(pid, UPID):
+            if pid.host and pid.port and not self.is_local(pid):
+                return None
+            return self.processes.get(pid.id)
+        return self.processes.get(pid)
+
+    def all_idle(self) -> bool:
+        return all(p._idle() for p in self.processes.values())
+
+
+_runtime: Runtime | None = None
+
+
+def _get(action: str) -> Runtime:
+    if _runtime is None:
+        raise NotRunningError(action)
+    return _runtime
+
+
+def _env_port(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    if not value.isdigit() or int(value) > 65535:
+        raise ValueError(f"{name}={value!r} is not a port number (0-65535)")
+    return int(value)
+
+
+def _default_advertise_ip(bind_host: str) -> str:
+    """libprocess's rule: bound to 0.0.0.0 -> the first IP the hostname resolves to."""
+    if bind_host not in ("0.0.0.0", ""):
+        return bind_host
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+async def start(
+    host: str | None = None,
+    port: int | None = None,
+    *,
+    advertise_host: str | None = None,
+    advertise_port: int | None = None,
+    delegate: str | None = None,
+    limits: wire.Limits | None = None,
+) -> UPID:
+    """Bind the listening socket and start the runtime on the running loop.
+
+    Unset arguments come from LIBPROCESS_IP / LIBPROCESS_PORT / LIBPROCESS_ADVERTISE_IP /
+    LIBPROCESS_ADVERTISE_PORT, then the defaults: bind 0.0.0.0, a random free port. Returns
+    the advertised address as a UPID with an empty id.
+    """
+    global _runtime
+    if _runtime is not None:
+        raise RuntimeError("libproc is already running in this OS process; call stop() first")
+    from libproc import http
+
+    host = host or os.environ.get("LIBPROCESS_IP") or "0.0.0.0"
+    if port is None:
+        port = _env_port("LIBPROCESS_PORT") or 0
+    advertise_host = advertise_host or os.environ.get("LIBPROCESS_ADVERTISE_IP") or None
+    if advertise_port is None:
+        advertise_port = _env_port("LIBPROCESS_ADVERTISE_PORT")
+
+    rt = Runtime(asyncio.get_running_loop(), limits)
+    rt.delegate = delegate
+    bound_host, bound_port = await rt.transport.listen(host, port)
+    adv_host = advertise_host or _default_advertise_ip(bound_host)
+    adv_port = advertise_port or bound_port
+    rt.address = UPID("", adv_host, adv_port)
+    rt.bind = (bound_host, bound_port)
+    rt.local_ports = {bound_port, adv_port}
+    rt.local_hosts = {adv_host, bound_host, "127.0.0.1", "localhost", "0.0.0.0"}
+    if bound_host == "0.0.0.0":
+        rt.local_hosts.add(_default_advertise_ip("0.0.0.0"))
+    rt.http = http.HttpServer(rt)
+    rt.transport.http_factory = rt.http.protocol_factory()
+    _runtime = rt
+    log.debug("libproc listening on %s:%s, advertising %s", bound_host, bound_port, rt.address)
+    return rt.address
+
+
+async def stop(timeout: float = 5.0) -> None:
+    """Terminate every process, wait for them (bounded), close every socket."""
+    global _runtime
+    rt = _runtime
+    if rt is None:
+        return
+    for proc in list(rt.processes.values()):
+        rt.terminate(proc)
+    waiters = [p._done.future for p in list(rt.processes.values())]
+    if waiters:
+        done = asyncio.gather(*[_as_aio(w) for w in waiters], return_exceptions=True)
+        try:
+            await asyncio.wait_for(done, timeout)
+        except asyncio.TimeoutError:
+            log.warning("stop(): some processes did not finish within %.1fs", timeout)
+    if rt.http is not None:
+        await rt.http.close()
+    await rt.transport.close()
+    _runtime = None
+
+
+async def _as_aio(f: Future[Any]) -> Any:
+    return await f
+
+
+def run(main: Awaitable[T], **start_kwargs: Any) -> T:
+    """`asyncio.run(main)` with libproc started before and stopped after."""
+
+    async def wrapper() -> T:
+        await start(**start_kwargs)
+        try:
+            return await main
+        finally:
+            await stop()
+
+    return asyncio.run(wrapper())
+
+
+def is_running() -> bool:
+    return _runtime is not None
+
+
+def address() -> UPID:
+    """The advertised address of this OS process (a UPID with an empty id)."""
+    return _get("read the address").address
+
+
+def spawn(process: Process) -> UPID:
+    """Start `process`: it runs `initialize()` first, then handles its mailbox."""
+    return _get(f"spawn {process.id!r}").spawn(process)
+
+
+def terminate(pid: UPID | Process | str, inject: bool = True) -> bool:
+    """Ask a local process to finish: `inject=True` (libprocess's default) puts the
+    termination ahead of queued events, which are then dropped; False lets them run first."""
+    return _get("terminate").terminate(pid, inject)
+
+
+def wait(pid: UPID | Process | str, timeout: float | None = None) -> Future[bool]:
+    """A Future READY with True once the process has terminated (at once if it is gone);
+    with `timeout`, READY with False if it is still running then."""
+    rt = _get("wait")
+    proc = rt.lookup(pid)
+    if proc is None:
+        return Future.ready(True)
+    fut = proc._done.future
+    if timeout is None:
+        return fut
+    promise: Promise[bool] = Promise()
+    promise.associate(fut.after(timeout, lambda _: False))
+    return promise.future
+
+
+def lookup(pid: UPID | Process | str) -> Process | None:
+    rt = _runtime
+    return rt.lookup(pid) if rt is not None else None
+
+
+def processes() -> list[Process]:
+    rt = _runtime
+    return list(rt.processes.values()) if rt is not None else []
+
+
+def all_idle() -> bool:
+    rt = _runtime
+    return rt.all_idle() if rt is not None else True
+
+
+def current() -> Runtime | None:
+    return _runtime

@@ -1,0 +1,355 @@
+"""Sockets: the listener for incoming messages and the pool of outgoing connections.
+
+Incoming: a raw asyncio Protocol parses requests with wire.RequestParser. Messages are
+delivered and answered (202/404/400/500) in request order; the first request on a connection
+that is not a message (a browser, curl, an HTTP client) hands the whole connection, bytes
+already read included, to aiohttp's web server. A connection that sends bytes that are not
+HTTP is closed without a response; otherwise we never close an incoming connection.
+
+Outgoing: one connection per remote `host:port`, shared by every local process. Sends are
+queued and flushed once per event-loop turn (pipelined; we never wait for the 202s, whose bytes
+we read and discard). A connection that a link holds is persistent; others are closed after
+an idle period by shutting down our write side and draining the peer's responses first, so the
+peer's kernel never resets a connection with data in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from libproc import wire
+from libproc.metrics import metrics
+
+__all__ = ["Transport"]
+
+log = logging.getLogger("libproc.transport")
+
+IDLE_CLOSE_SECONDS = 10.0
+DRAIN_TIMEOUT_SECONDS = 5.0
+# Stop reading from a peer whose answers we cannot write (it does not read its 202s).
+_WRITE_HIGH_WATER = 4 * 1024 * 1024
+_MAX_CONNECTIONS = 10_000
+
+
+class _Inbound(asyncio.Protocol):
+    __slots__ = ("_t", "_transport", "_parser", "_paused")
+
+    def __init__(self, owner: Transport) -> None:
+        self._t = owner
+        self._transport: asyncio.Transport | None = None
+        self._parser = wire.RequestParser(owner.limits, passthrough=self._is_not_message)
+        self._paused = False
+
+    @staticmethod
+    def _is_not_message(req: wire.Request) -> bool:
+        return not wire.is_message(req)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        owner = self._t
+        owner.inbound.add(self)
+        if len(owner.inbound) > _MAX_CONNECTIONS:
+            metrics.inc("libproc/connections_refused")
+            transport.abort()
+            return
+        transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._t.inbound.discard(self)
+        self._transport = None
+
+    def pause_writing(self) -> None:
+        if self._transport is not None and not self._paused:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None and self._paused:
+            self._paused = False
+            self._transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        try:
+            requests = self._parser.feed(data)
+        except Exception as exc:  # WireError, or anything a hostile peer provokes
+            metrics.inc("libproc/requests_malformed")
+            log.debug("closing connection from %s: %s",
+                      transport.get_extra_info("peername"), exc)
+            transport.abort()
+            self._transport = None
+            return
+        if requests:
+            deliver = self._t.deliver
+            limits = self._t.limits
+            out = []
+            for req in requests:
+                result = wire.classify(req, limits)
+                if isinstance(result, wire.Message):
+                    out.append(wire.RESPONSES[deliver(result)])
+                else:
+                    metrics.inc("libproc/messages_rejected")
+                    out.append(wire.RESPONSES[result.status])
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if self._parser.claimed:
+            self._hand_over(transport, self._parser.take_rest())
+
+    def _hand_over(self, transport: asyncio.Transport, rest: bytes) -> None:
+        """Give the connection to aiohttp: it serves routes, not messages."""
+        self._t.inbound.discard(self)
+        self._transport = None
+        factory = self._t.http_factory
+        if factory is None:
+            transport.write(wire.RESPONSES[404])
+            transport.close()
+            return
+        protocol = factory()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if self._paused:
+            transport.resume_reading()
+        if rest:
+            protocol.data_received(rest)
+
+    def eof_received(self) -> bool:
+        return False  # close when the peer closes its side
+
+
+class _Outbound(asyncio.Protocol):
+    """One connection to a remote address; see the module docstring."""
+
+    def __init__(self, owner: Transport, address: tuple[str, int]) -> None:
+        self._t = owner
+        self.address = address
+        self.transport: asyncio.Transport | None = None
+        self.host_header = f"{address[0]}:{address[1]}"
+        self._queue: list[tuple[str, str, str, bytes]] = []
+        self._flush_scheduled = False
+        self.state = "connecting"  # connecting | open | draining | closed
+        self.persistent = False
+        self.abandoned = False  # replaced by a relink: its loss fires no `exited`
+        self.last_used = time.monotonic()
+        self._drain_timer: asyncio.TimerHandle | None = None
+
+    async def connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = self.address
+        try:
+            ip = await self._t.resolve(host)
+            self.host_header = f"{ip}:{port}"
+            await loop.create_connection(lambda: self, ip, port)
+        except (OSError, asyncio.TimeoutError, UnicodeError, ValueError) as exc:
+            log.debug("connect to %s:%s failed: %s", host, port, exc)
+            metrics.inc("libproc/connect_failures")
+            self._closed(exc)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.state == "closed":  # the owner gave up on us while connecting
+            transport.close()
+            return
+        self.state = "open"
+        if self._queue:
+            self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        pass  # responses to our messages: read and discarded, as libprocess does
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed(exc)
+
+    def send(self, sender: str, to_id: str, name: str, body: bytes) -> None:
+        self._queue.append((sender, to_id, name, body))
+        self.last_used = time.monotonic()
+        if self.state == "open" and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        queue, self._queue = self._queue, []
+        if not queue or self.transport is None:
+            return
+        host = self.host_header
+        encode = wire.encode_message
+        data = b"".join([encode(s, t, n, host, b) for (s, t, n, b) in queue])
+        metrics.inc("libproc/messages_sent", len(queue))
+        self.transport.write(data)
+
+    def close_gracefully(self) -> None:
+        """Shut our write side after the queue drains; the peer then closes its side."""
+        if self.state in ("draining", "closed"):
+            return
+        self._flush()
+        if self.transport is None:
+            self._closed(None)
+            return
+        self.state = "draining"
+        try:
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            else:
+                self.transport.close()
+        except OSError:
+            self.transport.abort()
+        loop = asyncio.get_running_loop()
+        self._drain_timer = loop.call_later(DRAIN_TIMEOUT_SECONDS, self._abort)
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _closed(self, exc: BaseException | None) -> None:
+        if self.state == "closed":
+            return
+        self.state = "closed"
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+        dropped = len(self._queue)
+        self._queue = []
+        if dropped:
+            metrics.inc("libproc/messages_dropped_unconnected", dropped)
+        self.transport = None
+        self._t._outbound_closed(self)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)
+        return True
+    except ValueError:
+        return False
+
+
+class Transport:
+    """The listening socket and the outgoing pool of one libproc runtime."""
+
+    def __init__(
+        self,
+        deliver: Callable[[wire.Message], int],
+        on_lost: Callable[[tuple[str, int], bool], None],
+        limits: wire.Limits | None = None,
+    ) -> None:
+        self.deliver = deliver
+        self._on_lost = on_lost
+        self.limits = limits or wire.Limits()
+        self.inbound: set[_Inbound] = set()
+        self.outbound: dict[tuple[str, int], _Outbound] = {}
+        self.http_factory: Callable[[], asyncio.Protocol] | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._resolved: dict[str, str] = {}
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def listen(self, host: str, port: int) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Inbound(self), host, port, reuse_address=True, backlog=1024,
+            family=socket.AF_INET,
+        )
+        sock = self._server.sockets[0]
+        bound: tuple[str, int] = sock.getsockname()[:2]
+        self._sweeper = loop.call_later(1.0, self._sweep)
+        return bound
+
+    async def resolve(self, host: str) -> str:
+        if _is_ip(host):
+            return host
+        cached = self._resolved.get(host)
+        if cached is not None:
+            return cached
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(host, None, family=socket.AF_INET, type=socket.SOCK_STREAM)
+        if not infos:
+            raise OSError(f"cannot resolve {host!r}")
+        ip = str(infos[0][4][0])
+        self._resolved[host] = ip
+        return ip
+
+    def connection(self, address: tuple[str, int], persistent: bool = False) -> _Outbound:
+        conn = self.outbound.get(address)
+        if conn is None or conn.state in ("draining", "closed"):
+            conn = _Outbound(self, address)
+            self.outbound[address] = conn
+            task = asyncio.get_running_loop().create_task(conn.connect())
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+        if persistent:
+            conn.persistent = True
+        return conn
+
+    def send(self, address: tuple[str, int], sender: str, to_id: str, name: str,
+             body: bytes) -> None:
+        self.connection(address).send(sender, to_id, name, body)
+
+    def relink(self, address: tuple[str, int]) -> _Outbound:
+        """Replace the connection to `address` with a new persistent one (no `exited`)."""
+        old = self.outbound.pop(address, None)
+        if old is not None:
+            old.abandoned = True
+            old.close_gracefully()
+        return self.connection(address, persistent=True)
+
+    def _outbound_closed(self, conn: _Outbound) -> None:
+        if self.outbound.get(conn.address) is conn:
+            del self.outbound[conn.address]
+        if not conn.abandoned:
+            self._on_lost(conn.address, conn.persistent)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for conn in list(self.outbound.values()):
+            if (not conn.persistent and conn.state == "open" and not conn._queue
+                    and now - conn.last_used > IDLE_CLOSE_SECONDS):
+                conn.close_gracefully()
+        loop = asyncio.get_running_loop()
+        self._sweeper = loop.call_later(1.0, self._sweep)
+
+    def unpersist(self, address: tuple[str, int]) -> None:
+        conn = self.outbound.get(address)
+        if conn is not None:
+            conn.persistent = False
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.outbound.values()):
+            conn.abandoned = True
+            conn.close_gracefully()
+        for inbound in list(self.inbound):
+            if inbound._transport is not None:
+                inbound._transport.close()
+        for task in list(self._pending):
+            task.cancel()
+        # Give draining connections a moment to see the peer's close.
+        deadline = time.monotonic() + 1.0
+        while any(c.state != "closed" for c in self.outbound.values()):
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.01)
+        for conn in list(self.outbound.values()):
+            conn._abort()
+        self.outbound.clear()
+        if self._server is not None:
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            except asyncio.TimeoutError:
+                pass
+
+    def stats(self) -> dict[str, Any]:
+        return {"inbound": len(self.inbound), "outbound": len(self.outbound)}

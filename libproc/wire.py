@@ -1,0 +1,404 @@
+"""libprocess's wire format as a pure codec: messages to bytes, bytes to requests.
+
+Sending follows DESIGN.md §2.1 to the byte. Receiving accepts every legal framing a peer may
+use: chunked or Content-Length bodies (optionally gzip-encoded), HTTP/1.0 or 1.1, LF or CRLF
+line ends, with or without Host or User-Agent. Sizes are bounded (`Limits`) so that one peer
+cannot make us buffer without end. No sockets here and no aiohttp: this module is fed bytes
+and returns values, so it is tested (and fuzzed) without a network.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+from typing import Callable
+from urllib.parse import unquote
+
+from libproc.errors import InvalidUPIDError, WireError
+from libproc.pid import UPID
+
+__all__ = [
+    "encode_message",
+    "Limits",
+    "Request",
+    "RequestParser",
+    "Message",
+    "MessageTarget",
+    "classify",
+    "decode_body",
+    "is_message",
+    "RESPONSES",
+]
+
+RESPONSES = {
+    202: b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n",
+    400: b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
+    404: b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+    413: b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n",
+    500: b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n",
+}
+
+
+def encode_message(sender: str, receiver_id: str, name: str, host: str, body: bytes) -> bytes:
+    """One message as libprocess sends it: headers in libprocess's order, chunked body.
+
+    `host` is the receiver's numeric `ip:port`; an empty body has no Transfer-Encoding line.
+    """
+    path = f"/{receiver_id}/{name}" if receiver_id else f"/{name}"
+    head = (
+        f"POST {path} HTTP/1.1\r\n"
+        f"User-Agent: libprocess/{sender}\r\n"
+        f"Libprocess-From: {sender}\r\n"
+        "Connection: Keep-Alive\r\n"
+        f"Host: {host}\r\n"
+    ).encode("utf-8")
+    if not body:
+        return head + b"\r\n"
+    return b"".join(
+        (head, b"Transfer-Encoding: chunked\r\n\r\n%x\r\n" % len(body), body, b"\r\n0\r\n\r\n")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what one request may make us buffer."""
+
+    max_head: int = 64 * 1024  # request line + headers
+    max_body: int = 16 * 1024 * 1024  # after de-chunking and decompression
+    max_headers: int = 100
+
+
+@dataclass(slots=True)
+class Request:
+    """One parsed HTTP request (header names lower-cased)."""
+
+    method: str
+    target: str
+    version: str
+    headers: dict[str, str]
+    body: bytes = b""
+    keep_alive: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A libprocess message addressed to a local process id."""
+
+    to_id: str
+    name: str
+    sender: UPID
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MessageTarget:
+    """A request that is a message but cannot be delivered; `status` is the answer."""
+
+    status: int
+    reason: str
+
+
+_HEX = re.compile(rb"[0-9a-fA-F]{1,15}")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_VERSIONS = ("HTTP/1.1", "HTTP/1.0")
+_HEADER_CACHE: dict[bytes, dict[str, str]] = {}
+_HEADER_CACHE_SIZE = 512
+_SENDER_CACHE: dict[str, UPID] = {}
+
+# Parser states.
+_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _TRAILER = range(5)
+
+
+class RequestParser:
+    """Incremental HTTP/1.x request parser. `feed(data)` returns the requests completed.
+
+    Raises WireError (the connection must be closed without a response) for bytes that are
+    not HTTP or break a limit. `passthrough(request)` may claim a request whose head has just
+    been parsed: the parser stops, and `take_rest()` returns the raw bytes from the start of
+    that request on, to be handed to another HTTP server.
+    """
+
+    __slots__ = ("limits", "_buf", "_state", "_req", "_remaining", "_chunks", "_size",
+                 "_passthrough", "_claimed", "_req_start")
+
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        passthrough: Callable[[Request], bool] | None = None,
+    ) -> None:
+        self.limits = limits or Limits()
+        self._buf = bytearray()
+        self._state = _HEAD
+        self._req: Request | None = None
+        self._remaining = 0
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._passthrough = passthrough
+        self._claimed = False
+        self._req_start = 0
+
+    @property
+    def claimed(self) -> bool:
+        return self._claimed
+
+    def take_rest(self) -> bytes:
+        rest = bytes(self._buf)
+        self._buf.clear()
+        return rest
+
+    def feed(self, data: bytes) -> list[Request]:
+        if self._claimed:
+            self._buf += data
+            return []
+        buf = self._buf
+        buf += data
+        out: list[Request] = []
+        pos = 0
+        limits = self.limits
+        try:
+            while True:
+                state = self._state
+                if state == _HEAD:
+                    # Tolerate empty lines before a request line (RFC 9112 §2.2).
+                    while pos < len(buf) and (buf[pos] == 13 or buf[pos] == 10):
+                        if buf[pos] == 13 and not buf.startswith(b"\r\n", pos):
+                            break
+                        pos += 1
+                    end = buf.find(b"\r\n\r\n", pos)
+                    if end >= 0:
+                        lf = buf.find(b"\n\n", pos, end)
+                        if lf >= 0:
+                            end, sep = lf, 2
+                        else:
+                            sep = 4
+                    else:
+                        end = buf.find(b"\n\n", pos)
+                        sep = 2
+                    if end < 0:
+                        if len(buf) - pos > limits.max_head:
+                            raise WireError("request head too large")
+                        break
+                    if end - pos > limits.max_head:
+                        raise WireError("request head too large")
+                    req = self._parse_head(bytes(buf[pos:end]))
+                    self._req_start = pos
+                    pos = end + sep
+                    if self._passthrough is not None and self._passthrough(req):
+                        self._claimed = True
+                        pos = self._req_start
+                        break
+                    self._begin_body(req)
+                    if self._state == _HEAD:
+                        out.append(req)
+                    elif self._state == _CHUNK_SIZE:
+                        # Fast path: libprocess's single chunk, "<hex>\r\n<body>\r\n0\r\n\r\n".
+                        nl = buf.find(b"\r\n", pos, pos + 18)
+                        if nl > pos and _HEX.fullmatch(buf, pos, nl):
+                            n = int(buf[pos:nl], 16)
+                            end = nl + 2 + n
+                            if n <= limits.max_body and buf[end : end + 7] == b"\r\n0\r\n\r\n":
+                                req.body = bytes(buf[nl + 2 : end])
+                                pos = end + 7
+                                out.append(self._finish())
+                elif state == _LENGTH:
+                    need = self._remaining
+                    if len(buf) - pos < need:
+                        break
+                    assert self._req is not None
+                    self._req.body = bytes(buf[pos : pos + need])
+                    pos += need
+                    out.append(self._finish())
+                elif state == _CHUNK_SIZE:
+                    nl = buf.find(b"\n", pos)
+                    if nl < 0:
+                        if len(buf) - pos > 1024:
+                            raise WireError("chunk size line too long")
+                        break
+                    line = bytes(buf[pos:nl]).rstrip(b"\r").split(b";", 1)[0].strip()
+                    if not _HEX.fullmatch(line):
+                        raise WireError(f"bad chunk size {line[:20]!r}")
+                    n = int(line, 16)
+                    pos = nl + 1
+                    if n == 0:
+                        self._state = _TRAILER
+                        continue
+                    self._size += n
+                    if self._size > limits.max_body:
+                        raise WireError("chunked body too large")
+                    self._remaining = n
+                    self._state = _CHUNK_DATA
+                elif state == _CHUNK_DATA:
+                    need = self._remaining
+                    avail = len(buf) - pos
+                    if avail < need + 1:
+                        break
+                    end = pos + need
+                    if buf.startswith(b"\r\n", end):
+                        after = end + 2
+                    elif buf[end] == 10:
+                        after = end + 1
+                    elif avail < need + 2:
+                        break
+                    else:
+                        raise WireError("chunk not followed by CRLF")
+                    self._chunks.append(bytes(buf[pos:end]))
+                    pos = after
+                    self._state = _CHUNK_SIZE
+                else:  # _TRAILER: lines until an empty one
+                    nl = buf.find(b"\n", pos)
+                    if nl < 0:
+                        if len(buf) - pos > limits.max_head:
+                            raise WireError("trailer too large")
+                        break
+                    line = buf[pos:nl].rstrip(b"\r")
+                    pos = nl + 1
+                    if not line:
+                        assert self._req is not None
+                        self._req.body = b"".join(self._chunks)
+                        self._chunks = []
+                        out.append(self._finish())
+        finally:
+            if pos:
+                del buf[:pos]
+        return out
+
+    def _parse_head(self, head: bytes) -> Request:
+        nl = head.find(b"\n")
+        line = head if nl < 0 else head[:nl]
+        block = b"" if nl < 0 else head[nl + 1 :]
+        parts = line.rstrip(b"\r").decode("latin-1").split(" ")
+        if len(parts) != 3:
+            raise WireError(f"bad request line {line[:80]!r}")
+        method, target, version = parts
+        if version not in _VERSIONS or not _TOKEN.fullmatch(method) or not target:
+            raise WireError(f"bad request line {line[:80]!r}")
+        # A peer repeats the same header block on every message: parse each block once.
+        headers = _HEADER_CACHE.get(block)
+        if headers is None:
+            headers = self._parse_headers(block)
+            if len(_HEADER_CACHE) >= _HEADER_CACHE_SIZE:
+                _HEADER_CACHE.clear()
+            _HEADER_CACHE[block] = headers
+        conn = headers.get("connection", "").lower()
+        keep_alive = ("close" not in conn) if version == "HTTP/1.1" else ("keep-alive" in conn)
+        return Request(method, target, version, headers, b"", keep_alive)
+
+    def _parse_headers(self, block: bytes) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if not block:
+            return headers
+        lines = block.decode("latin-1").split("\n")
+        if len(lines) > self.limits.max_headers:
+            raise WireError("too many headers")
+        for raw in lines:
+            line = raw.rstrip("\r")
+            colon = line.find(":")
+            if colon <= 0:
+                raise WireError(f"bad header line {line[:80]!r}")
+            name = line[:colon]
+            if not _TOKEN.fullmatch(name):
+                raise WireError(f"bad header name {name[:80]!r}")
+            name = name.lower()
+            value = line[colon + 1 :].strip(" \t")
+            if name in headers:
+                if name == "content-length" and headers[name] != value:
+                    raise WireError("conflicting Content-Length headers")
+                headers[name] = f"{headers[name]}, {value}" if name != "content-length" else value
+            else:
+                headers[name] = value
+        return headers
+
+    def _begin_body(self, req: Request) -> None:
+        te = req.headers.get("transfer-encoding")
+        self._req = req
+        if te is not None:
+            codings = [c.strip().lower() for c in te.split(",")]
+            if codings[-1] != "chunked":
+                raise WireError(f"unsupported Transfer-Encoding {te[:40]!r}")
+            self._chunks = []
+            self._size = 0
+            self._state = _CHUNK_SIZE
+            return
+        cl = req.headers.get("content-length")
+        if cl is not None:
+            if not cl.isdigit() or len(cl) > 15:
+                raise WireError(f"bad Content-Length {cl[:20]!r}")
+            n = int(cl)
+            if n > self.limits.max_body:
+                raise WireError("Content-Length too large")
+            if n:
+                self._remaining = n
+                self._state = _LENGTH
+                return
+        self._req = None
+        self._state = _HEAD
+
+    def _finish(self) -> Request:
+        req = self._req
+        assert req is not None
+        self._req = None
+        self._state = _HEAD
+        return req
+
+
+def is_message(req: Request) -> bool:
+    """libprocess's rule: a POST with Libprocess-From, or a User-Agent `libprocess/...`."""
+    if req.method != "POST":
+        return False
+    h = req.headers
+    return "libprocess-from" in h or h.get("user-agent", "").startswith("libprocess/")
+
+
+def decode_body(headers: dict[str, str], body: bytes, limits: Limits | None = None) -> bytes:
+    """Undo a gzip/deflate Content-Encoding, bounded by `limits.max_body`."""
+    coding = headers.get("content-encoding", "").strip().lower()
+    if not coding or coding == "identity" or not body:
+        return body
+    if coding in ("gzip", "x-gzip"):
+        wbits = 16 + zlib.MAX_WBITS
+    elif coding == "deflate":
+        wbits = zlib.MAX_WBITS
+    else:
+        raise WireError(f"unsupported Content-Encoding {coding[:40]!r}")
+    max_body = (limits or Limits()).max_body
+    d = zlib.decompressobj(wbits)
+    try:
+        out = d.decompress(body, max_body + 1)
+    except zlib.error as exc:
+        raise WireError(f"bad {coding} body: {exc}") from exc
+    if len(out) > max_body or d.unconsumed_tail:
+        raise WireError("decompressed body too large")
+    return out
+
+
+def classify(req: Request, limits: Limits | None = None) -> Message | MessageTarget:
+    """Turn a message request into a Message, or the status to answer it with."""
+    target = req.target
+    if not target.startswith("/"):
+        return MessageTarget(400, "path does not start with '/'")
+    q = target.find("?")
+    path = target if q < 0 else target[:q]
+    h = req.headers
+    sender_text = h.get("libprocess-from")
+    if sender_text is None:
+        sender_text = h.get("user-agent", "")[len("libprocess/") :]
+    sender = _SENDER_CACHE.get(sender_text)
+    if sender is None:
+        try:
+            sender = UPID.parse(sender_text.strip())
+        except InvalidUPIDError as exc:
+            return MessageTarget(500, str(exc))
+        if len(_SENDER_CACHE) >= _HEADER_CACHE_SIZE:
+            _SENDER_CACHE.clear()
+        _SENDER_CACHE[sender_text] = sender
+    slash = path.find("/", 1)
+    if slash < 0:
+        to_id, name = path[1:], ""
+    else:
+        to_id, name = path[1:slash], path[slash + 1 :]
+    try:
+        body = decode_body(h, req.body, limits)
+    except WireError as exc:
+        return MessageTarget(400, str(exc))
+    return Message(unquote(to_id), name, sender, body)

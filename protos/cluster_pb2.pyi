@@ -1,0 +1,225 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class TaskState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PENDING: _ClassVar[TaskState]
+    STAGING: _ClassVar[TaskState]
+    RUNNING: _ClassVar[TaskState]
+    FINISHED: _ClassVar[TaskState]
+    FAILED: _ClassVar[TaskState]
+    KILLED: _ClassVar[TaskState]
+    LOST: _ClassVar[TaskState]
+PENDING: TaskState
+STAGING: TaskState
+RUNNING: TaskState
+FINISHED: TaskState
+FAILED: TaskState
+KILLED: TaskState
+LOST: TaskState
+
+class TaskID(_message.Message):
+    __slots__ = ("value",)
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    value: str
+    def __init__(self, value: _Optional[str] = ...) -> None: ...
+
+class SlaveID(_message.Message):
+    __slots__ = ("value",)
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    value: str
+    def __init__(self, value: _Optional[str] = ...) -> None: ...
+
+class Resources(_message.Message):
+    __slots__ = ("cpus", "mem")
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    MEM_FIELD_NUMBER: _ClassVar[int]
+    cpus: float
+    mem: float
+    def __init__(self, cpus: _Optional[float] = ..., mem: _Optional[float] = ...) -> None: ...
+
+class Task(_message.Message):
+    __slots__ = ("name", "task_id", "progress", "state", "attempt")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    task_id: TaskID
+    progress: float
+    state: TaskState
+    attempt: int
+    def __init__(self, name: _Optional[str] = ..., task_id: _Optional[_Union[TaskID, _Mapping]] = ..., progress: _Optional[float] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class TaskInfo(_message.Message):
+    __slots__ = ("name", "task_id", "command", "resources", "timeout", "attempt")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    task_id: TaskID
+    command: str
+    resources: Resources
+    timeout: float
+    attempt: int
+    def __init__(self, name: _Optional[str] = ..., task_id: _Optional[_Union[TaskID, _Mapping]] = ..., command: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., timeout: _Optional[float] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class LaunchTasksMessage(_message.Message):
+    __slots__ = ("id", "tasks", "slave_id")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    SLAVE_ID_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskInfo]
+    slave_id: SlaveID
+    def __init__(self, id: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ..., slave_id: _Optional[_Union[SlaveID, _Mapping]] = ...) -> None: ...
+
+class ReportProgressMessage(_message.Message):
+    __slots__ = ("tasks", "slave_id")
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    SLAVE_ID_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[Task]
+    slave_id: SlaveID
+    def __init__(self, tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., slave_id: _Optional[_Union[SlaveID, _Mapping]] = ...) -> None: ...
+
+class RegisterSlaveMessage(_message.Message):
+    __slots__ = ("resources", "hostname", "secret", "version")
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    resources: Resources
+    hostname: str
+    secret: str
+    version: str
+    def __init__(self, resources: _Optional[_Union[Resources, _Mapping]] = ..., hostname: _Optional[str] = ..., secret: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class RunningTask(_message.Message):
+    __slots__ = ("task", "state", "progress")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    task: TaskInfo
+    state: TaskState
+    progress: float
+    def __init__(self, task: _Optional[_Union[TaskInfo, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., progress: _Optional[float] = ...) -> None: ...
+
+class ReregisterSlaveMessage(_message.Message):
+    __slots__ = ("slave_id", "resources", "tasks", "hostname", "secret", "version")
+    SLAVE_ID_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    slave_id: SlaveID
+    resources: Resources
+    tasks: _containers.RepeatedCompositeFieldContainer[RunningTask]
+    hostname: str
+    secret: str
+    version: str
+    def __init__(self, slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[RunningTask, _Mapping]]] = ..., hostname: _Optional[str] = ..., secret: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class SlaveRegisteredMessage(_message.Message):
+    __slots__ = ("slave_id", "heartbeat_interval")
+    SLAVE_ID_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    slave_id: SlaveID
+    heartbeat_interval: float
+    def __init__(self, slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., heartbeat_interval: _Optional[float] = ...) -> None: ...
+
+class SlaveReregisteredMessage(_message.Message):
+    __slots__ = ("slave_id", "kill_tasks", "heartbeat_interval")
+    SLAVE_ID_FIELD_NUMBER: _ClassVar[int]
+    KILL_TASKS_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    slave_id: SlaveID
+    kill_tasks: _containers.RepeatedCompositeFieldContainer[TaskID]
+    heartbeat_interval: float
+    def __init__(self, slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., kill_tasks: _Optional[_Iterable[_Union[TaskID, _Mapping]]] = ..., heartbeat_interval: _Optional[float] = ...) -> None: ...
+
+class RegistrationRefusedMessage(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class StatusUpdate(_message.Message):
+    __slots__ = ("task_id", "state", "slave_id", "exit_code", "message", "progress", "uuid", "timestamp", "attempt")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SLAVE_ID_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    task_id: TaskID
+    state: TaskState
+    slave_id: SlaveID
+    exit_code: int
+    message: str
+    progress: float
+    uuid: bytes
+    timestamp: float
+    attempt: int
+    def __init__(self, task_id: _Optional[_Union[TaskID, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., progress: _Optional[float] = ..., uuid: _Optional[bytes] = ..., timestamp: _Optional[float] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class StatusUpdateMessage(_message.Message):
+    __slots__ = ("update",)
+    UPDATE_FIELD_NUMBER: _ClassVar[int]
+    update: StatusUpdate
+    def __init__(self, update: _Optional[_Union[StatusUpdate, _Mapping]] = ...) -> None: ...
+
+class StatusUpdateAcknowledgementMessage(_message.Message):
+    __slots__ = ("slave_id", "task_id", "uuid")
+    SLAVE_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    slave_id: SlaveID
+    task_id: TaskID
+    uuid: bytes
+    def __init__(self, slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., task_id: _Optional[_Union[TaskID, _Mapping]] = ..., uuid: _Optional[bytes] = ...) -> None: ...
+
+class KillTaskMessage(_message.Message):
+    __slots__ = ("task_id", "slave_id")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    SLAVE_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: TaskID
+    slave_id: SlaveID
+    def __init__(self, task_id: _Optional[_Union[TaskID, _Mapping]] = ..., slave_id: _Optional[_Union[SlaveID, _Mapping]] = ...) -> None: ...
+
+class PingSlaveMessage(_message.Message):
+    __slots__ = ("connected",)
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    connected: bool
+    def __init__(self, connected: _Optional[bool] = ...) -> None: ...
+
+class PongSlaveMessage(_message.Message):
+    __slots__ = ("slave_id",)
+    SLAVE_ID_FIELD_NUMBER: _ClassVar[int]
+    slave_id: SlaveID
+    def __init__(self, slave_id: _Optional[_Union[SlaveID, _Mapping]] = ...) -> None: ...
+
+class UnregisterSlaveMessage(_message.Message):
+    __slots__ = ("slave_id",)
+    SLAVE_ID_FIELD_NUMBER: _ClassVar[int]
+    slave_id: SlaveID
+    def __init__(self, slave_id: _Optional[_Union[SlaveID, _Mapping]] = ...) -> None: ...
+
+class ShutdownSlaveMessage(_message.Message):
+    __slots__ = ("message",)
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    message: str
+    def __init__(self, message: _Optional[str] = ...) -> None: ...
