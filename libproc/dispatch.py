@@ -45,7 +45,7 @@ def dispatch(pid: UPID | Process | str, method: Callable[..., Any] | str, *args:
         fn = _bind(proc, method)
     except AttributeError as exc:
         return Future.failed(exc)
-    promise.future._target = proc._pid
+    promise.future._target = proc
     proc._enqueue((DISPATCH, fn, args, kwargs, promise))
     return promise.future
 

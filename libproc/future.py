@@ -26,7 +26,6 @@ import logging
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from typing import Any, Generic, TypeVar
 
-from libproc import _context
 from libproc.errors import (
     DeadlockError,
     FutureDiscardedError,
@@ -69,8 +68,8 @@ class Future(Generic[T]):
         self._callbacks: list[Callable[[Future[T]], Any]] | None = None
         self._discard_requested = False
         self._discard_callbacks: list[Callable[[], Any]] | None = None
-        # The UPID of the process that will complete this future (set by dispatch), used to
-        # refuse a self-await that would deadlock.
+        # The Process that will complete this future (set by dispatch), used to refuse an
+        # await from inside that process's own running handler, which would deadlock.
         self._target: Any = None
 
     # -- construction -------------------------------------------------------------------
@@ -255,9 +254,10 @@ class Future(Generic[T]):
 
     def __await__(self) -> Generator[Any, None, T]:
         if self._state is PENDING:
-            current = _context.current_pid.get()
-            if current is not None and self._target is not None and current == self._target:
-                raise DeadlockError(current)
+            target = self._target
+            if (target is not None and target._busy
+                    and target._handler_task is asyncio.current_task()):
+                raise DeadlockError(target.pid)
             loop = asyncio.get_running_loop()
             waiter: asyncio.Future[None] = loop.create_future()
 

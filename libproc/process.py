@@ -50,6 +50,7 @@ class Process:
         self._routes: dict[str, tuple[RouteHandler, str]] = {}
         self._scheduled = False
         self._busy = False
+        self._handler_task: asyncio.Task[None] | None = None
         self._state = "created"  # created | running | terminating | terminated
         self._current_from: UPID | None = None
         self._done: Promise[bool] = Promise()
@@ -165,7 +166,8 @@ class Process:
                 if pending is not None:
                     self._busy = True
                     assert self._loop is not None
-                    self._loop.create_task(self._await_handler(pending, event))
+                    self._handler_task = self._loop.create_task(
+                        self._await_handler(pending, event))
                     return
                 if self._state == "terminated":
                     return
@@ -191,6 +193,7 @@ class Process:
         finally:
             self._current_from = None
             self._busy = False
+            self._handler_task = None
             if event[0] in (TERMINATE, INITIALIZE):
                 self._after_special(event[0])
             if self._state != "terminated" and self._mailbox and not self._scheduled:

@@ -1,0 +1,620 @@
+"""The master actor: slave registry, scheduling, task state, persistence, HTTP API.
+
+Decisions live in pure modules (`scheduler`, `tasks`, `api`); this process does the I/O.
+Guarantees it keeps:
+- A submitted task is committed to the database before its id is returned.
+- A launch is sent only after the task's STAGING state is committed.
+- A terminal status update is acknowledged to the slave only after it is committed, so an
+  acknowledged result is never lost; duplicates and late updates are acknowledged and
+  change nothing (the state machine refuses them).
+- A slave whose link breaks is `disconnected`; with no contact for `slave_timeout` seconds
+  it is `lost`, and its tasks become LOST (re-queued while retries are left).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import ClientSession, ClientTimeout, web
+
+import libproc
+from libproc import UPID, ProtobufProcess, defer, delay
+from libproc.future import as_future
+from master import scheduler
+from master.api import ApiError, parse_submit
+from master.store import Store, StoreError
+from master.tasks import ACTIVE_STATES, STATES, TERMINAL_STATES, TaskRecord
+from protos import cluster_pb2 as pb
+
+__all__ = ["Master", "MasterConfig", "VERSION"]
+
+log = logging.getLogger("master")
+VERSION = "0.1.0"
+
+
+@dataclass
+class MasterConfig:
+    heartbeat_interval: float = 1.0  # seconds between pings to each slave
+    slave_timeout: float = 5.0  # no contact for this long -> slave lost, its tasks LOST
+    staging_timeout: float = 60.0  # STAGING with no word from the slave -> LOST
+    secret: str | None = None  # required of slaves and API writers when set
+
+
+@dataclass
+class SlaveInfo:
+    id: str
+    pid: UPID
+    cpus: float
+    mem: float
+    hostname: str = ""
+    state: str = "active"  # active | disconnected | lost | removed
+    registered_at: float = 0.0
+    last_contact: float = 0.0
+    disconnected_at: float | None = None
+    used_cpus: float = 0.0
+    used_mem: float = 0.0
+    tasks: set[str] = field(default_factory=set)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "pid": str(self.pid), "hostname": self.hostname, "state": self.state,
+            "cpus": self.cpus, "mem": self.mem, "used_cpus": round(self.used_cpus, 6),
+            "used_mem": round(self.used_mem, 6), "registered_at": self.registered_at,
+            "last_contact": self.last_contact, "tasks": sorted(self.tasks, key=_task_key),
+        }
+
+
+def _task_key(task_id: str) -> tuple[int, str]:
+    return (int(task_id), "") if task_id.isdigit() else (1 << 62, task_id)
+
+
+def _now() -> float:
+    return libproc.Clock.now()
+
+
+class Master(ProtobufProcess):
+    def __init__(self, store: Store, config: MasterConfig | None = None) -> None:
+        super().__init__("master")
+        self.store = store
+        self.config = config or MasterConfig()
+        self.tasks: dict[str, TaskRecord] = {}
+        self.slaves: dict[str, SlaveInfo] = {}
+        self._by_pid: dict[UPID, str] = {}
+        self._launch_seq = 0
+        self._last_save: dict[str, asyncio.Future[None]] = {}
+        self._started = time.time()
+        self._counters = {"status_updates": 0, "status_updates_ignored": 0,
+                          "progress_reports": 0, "launches": 0, "registrations_refused": 0}
+        self._recovering_until: float | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def initialize(self) -> None:
+        self.install(pb.RegisterSlaveMessage, self._register)
+        self.install(pb.ReregisterSlaveMessage, self._reregister)
+        self.install(pb.StatusUpdateMessage, self._status_update, "update")
+        self.install(pb.ReportProgressMessage, self._report_progress, "tasks")
+        self.install(pb.PongSlaveMessage, self._pong)
+        self.install(pb.UnregisterSlaveMessage, self._unregister, "slave_id")
+        self.route("/vars", self._vars)
+        self.route("/state", self._state_json)
+        self.route("/slaves", self._slaves_json)
+        self.route("/tasks", self._tasks_http)
+        self.route("/", self._not_found)
+        for record in self.store.load_tasks_blocking():
+            self.tasks[record.id] = record
+        active = [t for t in self.tasks.values() if t.state in ACTIVE_STATES]
+        if active:
+            # Their slaves get one slave_timeout to re-register before the tasks are LOST.
+            self._recovering_until = _now() + self.config.slave_timeout
+            log.info("recovered %d tasks (%d on slaves, waiting for them to re-register)",
+                     len(self.tasks), len(active))
+        delay(self.config.heartbeat_interval, self.pid, self._heartbeat)
+        self._schedule()
+
+    async def finalize(self) -> None:
+        try:
+            await self.store.flush()
+        except StoreError as exc:
+            log.error("final flush failed: %s", exc)
+
+    # -- slaves --------------------------------------------------------------------------
+
+    def _check_secret(self, sender: UPID, secret: str) -> bool:
+        if self.config.secret is None or secret == self.config.secret:
+            return True
+        self._counters["registrations_refused"] += 1
+        log.warning("refused registration from %s: wrong or missing secret", sender)
+        self.send(sender, pb.RegistrationRefusedMessage(
+            reason="wrong or missing secret: start the slave with the cluster's --secret"))
+        return False
+
+    def _register(self, sender: UPID, msg: pb.RegisterSlaveMessage) -> None:
+        if not self._check_secret(sender, msg.secret):
+            return
+        existing = self._by_pid.get(sender)
+        if existing is not None and self.slaves[existing].state == "active":
+            slave = self.slaves[existing]  # our reply was lost: answer again
+        else:
+            slave_id = f"{uuid.uuid4().hex[:8]}-S{len(self.slaves) + 1}"
+            slave = self._add_slave(slave_id, sender, msg.resources, msg.hostname)
+            log.info("slave %s registered at %s (%g cpus, %g MiB)", slave.id, sender,
+                     slave.cpus, slave.mem)
+        self.send(sender, pb.SlaveRegisteredMessage(
+            slave_id=pb.SlaveID(value=slave.id),
+            heartbeat_interval=self.config.heartbeat_interval))
+        self._schedule()
+
+    def _add_slave(self, slave_id: str, pid: UPID, resources: pb.Resources,
+                   hostname: str) -> SlaveInfo:
+        now = _now()
+        old = self.slaves.get(slave_id)
+        if old is not None:
+            self._by_pid.pop(old.pid, None)
+        slave = SlaveInfo(slave_id, pid, resources.cpus, resources.mem, hostname,
+                          registered_at=now, last_contact=now)
+        self.slaves[slave_id] = slave
+        self._by_pid[pid] = slave_id
+        self.link(pid)
+        return slave
+
+    def _reregister(self, sender: UPID, msg: pb.ReregisterSlaveMessage) -> None:
+        if not self._check_secret(sender, msg.secret):
+            return
+        slave_id = msg.slave_id.value
+        slave = self._add_slave(slave_id, sender, msg.resources, msg.hostname)
+        now = _now()
+        kill: list[str] = []
+        reported = set()
+        for running in msg.tasks:
+            tid = running.task.task_id.value
+            attempt = running.task.attempt
+            reported.add(tid)
+            rec = self.tasks.get(tid)
+            if rec is None or rec.is_terminal or rec.attempts != attempt or (
+                    rec.slave_id not in (None, slave_id)):
+                kill.append(tid)  # the master no longer wants it (e.g. declared LOST)
+                continue
+            self._claim(slave, rec)
+            if rec.state == "STAGING" and running.state == pb.RUNNING:
+                rec.transition("RUNNING", now, attempt=attempt)
+                self._save(rec)
+        # Tasks the master placed on this slave that it no longer reports are gone,
+        # unless a terminal status update for them is still on its way (it is retried).
+        for rec in list(self.tasks.values()):
+            if rec.slave_id == slave_id and rec.state in ACTIVE_STATES and rec.id not in reported:
+                self._task_lost(rec, f"slave {slave_id} re-registered without task {rec.id}",
+                                now, defer_update=True)
+        log.info("slave %s re-registered at %s with %d tasks (%d to kill)", slave_id, sender,
+                 len(msg.tasks), len(kill))
+        self.send(sender, pb.SlaveReregisteredMessage(
+            slave_id=pb.SlaveID(value=slave_id),
+            kill_tasks=[pb.TaskID(value=t) for t in kill],
+            heartbeat_interval=self.config.heartbeat_interval))
+        self._schedule()
+
+    def _claim(self, slave: SlaveInfo, rec: TaskRecord) -> None:
+        if rec.id not in slave.tasks:
+            slave.tasks.add(rec.id)
+            slave.used_cpus += rec.cpus
+            slave.used_mem += rec.mem
+
+    def _release(self, rec: TaskRecord) -> None:
+        slave = self.slaves.get(rec.slave_id or "")
+        if slave is not None and rec.id in slave.tasks:
+            slave.tasks.discard(rec.id)
+            slave.used_cpus = max(0.0, slave.used_cpus - rec.cpus)
+            slave.used_mem = max(0.0, slave.used_mem - rec.mem)
+
+    def _slave_of(self, sender: UPID) -> SlaveInfo | None:
+        slave_id = self._by_pid.get(sender)
+        return self.slaves.get(slave_id) if slave_id else None
+
+    def _touch(self, sender: UPID) -> SlaveInfo | None:
+        slave = self._slave_of(sender)
+        if slave is None or slave.state in ("lost", "removed"):
+            # Not (or no longer) registered: ask it to re-register, as Mesos's master does.
+            self.send(sender, pb.PingSlaveMessage(connected=False))
+            return None
+        slave.last_contact = _now()
+        if slave.state == "disconnected":
+            slave.state, slave.disconnected_at = "active", None
+        return slave
+
+    def _pong(self, sender: UPID, msg: pb.PongSlaveMessage) -> None:
+        self._touch(sender)
+
+    def _unregister(self, sender: UPID, slave_id: pb.SlaveID) -> None:
+        slave = self.slaves.get(slave_id.value)
+        if slave is None or slave.pid != sender:
+            return
+        log.info("slave %s shut down", slave.id)
+        self._slave_gone(slave, "removed", f"slave {slave.id} shut down")
+
+    def exited(self, pid: UPID) -> None:
+        slave = self._slave_of(pid)
+        if slave is not None and slave.state == "active":
+            log.info("slave %s disconnected (%s)", slave.id, pid)
+            slave.state, slave.disconnected_at = "disconnected", _now()
+
+    def _slave_gone(self, slave: SlaveInfo, state: str, reason: str) -> None:
+        slave.state = state
+        now = _now()
+        for tid in sorted(slave.tasks, key=_task_key):
+            rec = self.tasks.get(tid)
+            if rec is not None and rec.state in ACTIVE_STATES:
+                self._task_lost(rec, reason, now)
+        slave.tasks.clear()
+        slave.used_cpus = slave.used_mem = 0.0
+        self._schedule()
+
+    def _task_lost(self, rec: TaskRecord, reason: str, now: float,
+                   defer_update: bool = False) -> None:
+        self._release(rec)
+        if rec.transition("LOST", now, message=reason):
+            if rec.requeue(now):
+                log.info("task %s lost (%s); re-queued", rec.id, reason)
+            self._save(rec)
+
+    def _heartbeat(self) -> None:
+        now = _now()
+        timeout = self.config.slave_timeout
+        for slave in list(self.slaves.values()):
+            if slave.state == "active":
+                if now - slave.last_contact > timeout:
+                    log.warning("slave %s lost: no contact for %.1fs", slave.id, timeout)
+                    self._slave_gone(slave, "lost", f"slave {slave.id} lost (no heartbeat)")
+                else:
+                    self.send(slave.pid, pb.PingSlaveMessage(connected=True))
+            elif slave.state == "disconnected":
+                if now - (slave.disconnected_at or now) > timeout:
+                    log.warning("slave %s lost: disconnected for %.1fs", slave.id, timeout)
+                    self._slave_gone(slave, "lost", f"slave {slave.id} lost (disconnected)")
+                else:
+                    self.send(slave.pid, pb.PingSlaveMessage(connected=True))
+        if self._recovering_until is not None and now >= self._recovering_until:
+            self._recovering_until = None
+            known = {s.id for s in self.slaves.values() if s.state == "active"}
+            for rec in list(self.tasks.values()):
+                if rec.state in ACTIVE_STATES and rec.slave_id not in known:
+                    self._task_lost(rec, f"slave {rec.slave_id} did not re-register", now)
+            self._schedule()
+        for rec in list(self.tasks.values()):
+            if (rec.state == "STAGING" and rec.updated_at is not None
+                    and now - rec.updated_at > self.config.staging_timeout):
+                self._task_lost(rec, f"no word from slave {rec.slave_id} in "
+                                f"{self.config.staging_timeout:g}s after launch", now)
+                self._schedule()
+        delay(self.config.heartbeat_interval, self.pid, self._heartbeat)
+
+    # -- scheduling and launching --------------------------------------------------------
+
+    def _schedule(self) -> None:
+        if self._recovering_until is not None:
+            return  # first let slaves re-register, so their resources are known
+        pending = [t for t in self.tasks.values() if t.state == "PENDING"]
+        if not pending:
+            return
+        pending.sort(key=lambda t: (t.submitted_at or 0.0, _task_key(t.id)))
+        free = [scheduler.FreeResources(s.id, s.cpus - s.used_cpus, s.mem - s.used_mem)
+                for s in self.slaves.values() if s.state == "active"]
+        if not free:
+            return
+        assignments = scheduler.schedule(pending, free)
+        if not assignments:
+            return
+        now = _now()
+        by_slave: dict[str, list[tuple[str, int]]] = {}
+        saves = []
+        for a in assignments:
+            rec = self.tasks[a.task_id]
+            if rec.launch(a.slave_id, now):
+                self._claim(self.slaves[a.slave_id], rec)
+                by_slave.setdefault(a.slave_id, []).append((rec.id, rec.attempts))
+                saves.append(self._save(rec))
+        # Launch only once STAGING is durable: a master that dies in between relaunches.
+        committed = as_future(asyncio.gather(*saves))
+        for slave_id, items in by_slave.items():
+            committed.on_any(defer(self.pid, self._launch, slave_id, items))
+
+    def _launch(self, slave_id: str, items: list[tuple[str, int]], saved: Any) -> None:
+        slave = self.slaves.get(slave_id)
+        if saved.is_failed():
+            log.error("could not persist launches on %s: %s", slave_id, saved.failure())
+        infos = []
+        for tid, attempt in items:
+            rec = self.tasks.get(tid)
+            if rec is None or rec.state != "STAGING" or rec.attempts != attempt:
+                continue
+            infos.append(pb.TaskInfo(
+                name=rec.name, task_id=pb.TaskID(value=rec.id), command=rec.command,
+                resources=pb.Resources(cpus=rec.cpus, mem=rec.mem),
+                timeout=rec.timeout or 0.0, attempt=rec.attempts))
+        if not infos or slave is None or slave.state not in ("active", "disconnected"):
+            return
+        self._launch_seq += 1
+        self._counters["launches"] += len(infos)
+        self.send(slave.pid, pb.LaunchTasksMessage(
+            id=self._launch_seq & 0x7FFFFFFF, tasks=infos, slave_id=pb.SlaveID(value=slave_id)))
+
+    def _save(self, rec: TaskRecord) -> asyncio.Future[None]:
+        fut = self.store.save(rec)
+        self._last_save[rec.id] = fut
+        fut.add_done_callback(lambda f, tid=rec.id: self._forget_save(tid, f))
+        return fut
+
+    def _forget_save(self, tid: str, fut: asyncio.Future[None]) -> None:
+        if self._last_save.get(tid) is fut:
+            del self._last_save[tid]
+        if not fut.cancelled() and fut.exception() is not None:
+            log.error("could not persist task %s: %s", tid, fut.exception())
+
+    # -- status updates and progress ---------------------------------------------------
+
+    def _status_update(self, sender: UPID, update: pb.StatusUpdate) -> None:
+        self._counters["status_updates"] += 1
+        self._touch(sender)
+        tid = update.task_id.value
+        rec = self.tasks.get(tid)
+        state = pb.TaskState.Name(update.state)
+        ack = pb.StatusUpdateAcknowledgementMessage(
+            slave_id=update.slave_id if update.HasField("slave_id") else pb.SlaveID(value=""),
+            task_id=update.task_id, uuid=update.uuid)
+        if rec is None:
+            log.warning("status update %s for unknown task %s from %s", state, tid, sender)
+            if state not in TERMINAL_STATES:
+                self.send(sender, pb.KillTaskMessage(task_id=update.task_id))
+            self.send(sender, ack)
+            return
+        attempt = update.attempt if update.HasField("attempt") else None
+        now = _now()
+        applied = rec.transition(
+            state, now, attempt=attempt,
+            progress=update.progress if update.HasField("progress") else None,
+            exit_code=update.exit_code if update.HasField("exit_code") else None,
+            message=update.message if update.HasField("message") else None)
+        if applied:
+            log.debug("task %s -> %s", tid, state)
+            if state in TERMINAL_STATES:
+                self._release(rec)
+                if state in ("FAILED", "LOST") and rec.requeue(now):
+                    log.info("task %s %s (%s); re-queued, attempt %d of %d", tid, state,
+                             rec.message, rec.attempts + 1, rec.retries + 1)
+            saved: asyncio.Future[Any] = self._save(rec)
+            if state in TERMINAL_STATES:
+                self._schedule()
+        else:
+            self._counters["status_updates_ignored"] += 1
+            rejection = rec.check(state, attempt=attempt)
+            log.debug("ignored update for %s: %s", tid, rejection.reason if rejection else "")
+            if attempt is not None and attempt != rec.attempts and state not in TERMINAL_STATES:
+                self.send(sender, pb.KillTaskMessage(task_id=update.task_id))
+            pending_save = self._last_save.get(tid)
+            saved = pending_save if pending_save is not None else _done_future()
+        # Acknowledge only what is durable: the slave re-sends until we do.
+        saved.add_done_callback(
+            lambda f: None if (f.cancelled() or f.exception()) else self.send(sender, ack))
+
+    def _report_progress(self, sender: UPID, tasks: list[pb.Task]) -> None:
+        self._counters["progress_reports"] += 1
+        self._touch(sender)
+        now = _now()
+        for task in tasks:
+            rec = self.tasks.get(task.task_id.value)
+            if rec is None:
+                continue
+            attempt = task.attempt if task.HasField("attempt") else None
+            if rec.state == "STAGING" and task.state == pb.RUNNING and attempt == rec.attempts:
+                rec.transition("RUNNING", now, attempt=attempt)
+                self._save(rec)
+            if rec.set_progress(task.progress, now, attempt=attempt):
+                self.store.save_progress(rec.id, rec.progress, now)
+
+    # -- HTTP -----------------------------------------------------------------------------
+
+    def _counts(self) -> dict[str, int]:
+        counts = {s: 0 for s in STATES}
+        for t in self.tasks.values():
+            counts[t.state] += 1
+        return counts
+
+    def _slave_counts(self) -> dict[str, int]:
+        counts = {"active": 0, "disconnected": 0, "lost": 0, "removed": 0}
+        for s in self.slaves.values():
+            counts[s.state] += 1
+        return counts
+
+    def _vars(self, request: web.BaseRequest) -> web.Response:
+        now = time.time()
+        lines = [("version", VERSION), ("pid", str(self.pid)),
+                 ("uptime_secs", f"{now - self._started:.3f}")]
+        for state, n in self._slave_counts().items():
+            lines.append((f"slaves_{state}", str(n)))
+        slaves = [s for s in self.slaves.values() if s.state == "active"]
+        lines += [("cpus_total", f"{sum(s.cpus for s in slaves):g}"),
+                  ("cpus_used", f"{sum(s.used_cpus for s in slaves):g}"),
+                  ("mem_total", f"{sum(s.mem for s in slaves):g}"),
+                  ("mem_used", f"{sum(s.used_mem for s in slaves):g}")]
+        for state, n in self._counts().items():
+            lines.append((f"tasks_{state.lower()}", str(n)))
+        lines.append(("tasks_total", str(len(self.tasks))))
+        for key, value in self._counters.items():
+            lines.append((key, str(value)))
+        for key, value in self.store.stats().items():
+            lines.append((f"store_{key}", f"{value:g}" if isinstance(value, float) else str(value)))
+        text = "".join(f"{k} {v}\n" for k, v in lines)
+        return web.Response(text=text, content_type="text/plain")
+
+    def _state_json(self, request: web.BaseRequest) -> web.Response:
+        return web.json_response({
+            "version": VERSION, "pid": str(self.pid), "started_at": self._started,
+            "uptime_secs": time.time() - self._started,
+            "slaves": [s.to_json() for s in self.slaves.values()],
+            "task_counts": self._counts(), "slave_counts": self._slave_counts(),
+        })
+
+    def _slaves_json(self, request: web.BaseRequest) -> web.Response:
+        return web.json_response({"slaves": [s.to_json() for s in self.slaves.values()]})
+
+    def _not_found(self, request: web.BaseRequest) -> web.Response:
+        return _error(404, f"no endpoint {request.method} {request.path}; see /master/state, "
+                      "/master/tasks, /master/slaves, /master/vars")
+
+    def _authorized(self, request: web.BaseRequest) -> bool:
+        if self.config.secret is None:
+            return True
+        header = request.headers.get("Authorization", "")
+        token = header[7:] if header.startswith("Bearer ") else request.headers.get(
+            "X-Cluster-Secret", "")
+        return token == self.config.secret
+
+    def _tasks_http(self, request: web.BaseRequest) -> Any:
+        path = request.path
+        base = f"/{self.id}/tasks"
+        rest = path[len(base):] if path.startswith(base) else path[len("/tasks"):]
+        parts = [unquote(p) for p in rest.strip("/").split("/") if p]
+        method = request.method
+        if not parts:
+            if method == "GET":
+                return self._list_tasks(request)
+            if method == "POST":
+                if not self._authorized(request):
+                    log.warning("refused submit from %s: wrong or missing secret",
+                                request.remote)
+                    return _error(401, "wrong or missing secret (set CLUSTER_SECRET)")
+                return as_future(self._submit_http(request))
+            return _error(405, f"{method} not allowed on /master/tasks; use GET or POST")
+        rec = self.tasks.get(parts[0])
+        if rec is None:
+            return _error(404, f"no task with id {parts[0]!r}")
+        if len(parts) == 1 and method == "GET":
+            return web.json_response(rec.to_json())
+        if len(parts) == 2 and parts[1] == "kill":
+            if method != "POST":
+                return _error(405, "use POST to kill a task")
+            if not self._authorized(request):
+                return _error(401, "wrong or missing secret (set CLUSTER_SECRET)")
+            return self._kill(rec)
+        if len(parts) == 2 and parts[1] == "logs" and method == "GET":
+            return as_future(self._proxy_logs(request, rec))
+        return _error(404, f"no endpoint {method} {path}")
+
+    def _list_tasks(self, request: web.BaseRequest) -> web.Response:
+        state = request.query.get("state")
+        tasks: Iterable[TaskRecord] = self.tasks.values()
+        if state:
+            wanted = {s.strip().upper() for s in state.split(",")}
+            bad = wanted - set(STATES)
+            if bad:
+                return _error(400, f"unknown state(s) {', '.join(sorted(bad))}; "
+                              f"expected {', '.join(STATES)}")
+            tasks = [t for t in tasks if t.state in wanted]
+        ordered = sorted(tasks, key=lambda t: _task_key(t.id))
+        return web.json_response({"tasks": [t.to_json() for t in ordered]})
+
+    async def _submit_http(self, request: web.BaseRequest) -> web.Response:
+        try:
+            raw = await request.read()
+        except Exception as exc:  # noqa: BLE001 - too large, disconnected...
+            return _error(413 if "too large" in str(exc).lower() else 400,
+                          f"could not read the request body: {exc}")
+        try:
+            payload = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _error(400, f"body is not valid JSON: {exc}")
+        try:
+            specs = parse_submit(payload)
+        except ApiError as exc:
+            return _error(exc.status, str(exc))
+        result = await libproc.dispatch(self.pid, self._submit, specs)
+        if isinstance(result, web.Response):
+            return result
+        records, saved = result
+        try:
+            await saved
+        except StoreError as exc:
+            return _error(503, f"could not persist the tasks: {exc}")
+        return web.json_response({"ids": [r.id for r in records]}, status=201)
+
+    async def _submit(self, specs: list[Any]) -> Any:
+        totals = [s for s in self.slaves.values() if s.state in ("active", "disconnected")]
+        if totals:
+            for i, spec in enumerate(specs):
+                if not scheduler.fits_any(spec.cpus, spec.mem, totals):
+                    where = "" if len(specs) == 1 else f"task {i}: "
+                    return _error(422, where + scheduler.too_big_message(
+                        spec.cpus, spec.mem, totals))
+        try:
+            numbers = await self.store.allocate_ids(len(specs))
+        except StoreError as exc:
+            return _error(503, f"could not allocate task ids: {exc}")
+        now = _now()
+        records = []
+        for n, spec in zip(numbers, specs):
+            rec = TaskRecord.new(str(n), command=spec.command, cpus=spec.cpus, mem=spec.mem,
+                                 now=now, name=spec.name, timeout=spec.timeout,
+                                 retries=spec.retries)
+            self.tasks[rec.id] = rec
+            records.append(rec)
+        saved = asyncio.gather(*[self._save(r) for r in records])
+        self._schedule()
+        return (records, saved)  # a tuple: not awaited by dispatch, awaited by the caller
+
+    def _kill(self, rec: TaskRecord) -> Any:
+        if rec.is_terminal:
+            return _error(409, f"task {rec.id} is already {rec.state}")
+        now = _now()
+        if rec.state == "PENDING":
+            rec.transition("KILLED", now, message="killed by user before it started")
+            self._save(rec)
+            return web.json_response({"id": rec.id, "state": rec.state}, status=202)
+        slave = self.slaves.get(rec.slave_id or "")
+        if slave is None or slave.state not in ("active", "disconnected"):
+            self._release(rec)
+            rec.transition("KILLED", now, message="killed by user; its slave was gone")
+            self._save(rec)
+            return web.json_response({"id": rec.id, "state": rec.state}, status=202)
+        self.send(slave.pid, pb.KillTaskMessage(task_id=pb.TaskID(value=rec.id),
+                                                slave_id=pb.SlaveID(value=slave.id)))
+        return web.json_response({"id": rec.id, "state": "KILLING"}, status=202)
+
+    async def _proxy_logs(self, request: web.BaseRequest, rec: TaskRecord) -> web.Response:
+        """Read a task's log through the master, so clients need to reach only the master."""
+        slave = self.slaves.get(rec.slave_id or "")
+        if slave is None:
+            return _error(404, f"task {rec.id} has no slave to read logs from (state "
+                          f"{rec.state})")
+        params = {k: v for k, v in request.query.items()
+                  if k in ("stream", "offset", "limit")}
+        params["task_id"] = rec.id
+        params["attempt"] = str(max(rec.attempts, 1))
+        url = f"http://{slave.pid.host}:{slave.pid.port}/{slave.pid.id}/logs"
+        try:
+            async with ClientSession(timeout=ClientTimeout(total=10)) as session:
+                async with session.get(url, params=params) as resp:
+                    body = await resp.read()
+                    headers = {k: v for k, v in resp.headers.items()
+                               if k.lower().startswith("x-log-")}
+                    return web.Response(body=body, status=resp.status, headers=headers,
+                                        content_type=resp.content_type)
+        except Exception as exc:  # noqa: BLE001 - slave unreachable
+            return _error(502, f"could not read logs from slave {slave.id} at "
+                          f"{slave.pid.host}:{slave.pid.port}: {exc}")
+
+
+def _done_future() -> asyncio.Future[None]:
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    fut.set_result(None)
+    return fut
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)

@@ -1,0 +1,544 @@
+"""Task executor: runs each task as `/bin/sh -c COMMAND` in its own sandbox and process group.
+
+The slave actor owns one Executor and calls it on its event loop, which nothing here blocks
+for long: sandbox set-up and /proc scans run in a worker thread; progress polls and
+`read_log` read a bounded amount. Contracts the slave can rely on:
+
+- `<work_dir>/sandboxes/<escaped task id>/<attempt>/` holds `stdout` and `stderr` (the
+  child's own fds, opened for append: no pipes, so a task outlives a dead slave) and
+  `task.json` (pid, pgid, command, started_at; state, exit_code at the end) for `kill_orphans`.
+- A task is its process group: kill = SIGTERM to the group, SIGKILL after `kill_grace`
+  unless the group is gone. When the shell exits, what it left in its group is SIGKILLed.
+- Every launch ends in exactly one `on_exit(TaskResult)` call on the loop, even one that
+  could not start. `exit_code` is asyncio's returncode: -N if the shell died of signal N (a
+  command the shell ran that died of signal N shows as 128+N); None if nothing ran.
+- Timers (timeout, kill grace) go through the injected `sleep`, so a pausable clock can drive
+  them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import string
+import time
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from slave.progress import ProgressScanner
+
+__all__ = ["Executor", "RunningTask", "TaskResult", "kill_orphans", "sandbox_path"]
+
+log = logging.getLogger("slave.executor")
+
+Sleep = Callable[[float], Awaitable[Any]]
+Stream = Literal["stdout", "stderr"]
+
+MAX_TAIL = 64 * 1024
+"""Most stdout bytes scanned per task per poll; a task that wrote more is scanned from the end."""
+MAX_READ = 1024 * 1024
+"""Most bytes one `read_log` call returns, whatever limit is asked for."""
+
+_BAD = frozenset("/\\\0")
+_SAFE = frozenset(string.ascii_letters + string.digits + "-_.")
+_WRITE = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """How one launch ended; passed to `on_exit` exactly once per launch."""
+
+    task_id: str
+    attempt: int
+    state: str  # "FINISHED" (exit 0), "KILLED" (via kill()/shutdown()), "FAILED" (anything else)
+    exit_code: int | None  # asyncio's returncode (-N = signal N); None if nothing ran
+    message: str  # e.g. "exited with code 3", "timed out after 2 s", "could not start: ..."
+    progress: float  # 1.0 when FINISHED, else the last progress the task printed (or 0.0)
+
+
+@dataclass(frozen=True)
+class RunningTask:
+    """A snapshot of a running task, e.g. for re-registering with a restarted master."""
+
+    task_id: str
+    attempt: int
+    name: str
+    pid: int | None  # None until the shell is spawned
+    sandbox: Path | None  # None until the task id is checked
+    progress: float
+
+
+def sandbox_path(work_dir: str | os.PathLike[str], task_id: str, attempt: int) -> Path:
+    """The sandbox of one attempt of a task. Raises ValueError for ids that could escape it.
+
+    Characters outside [A-Za-z0-9._-] are %-escaped (so distinct ids get distinct
+    directories); ids with '/', '\\' or NUL, '.', '..' and empty ids are rejected outright.
+    """
+    if not isinstance(task_id, str) or task_id in ("", ".", "..") or _BAD & set(task_id):
+        raise ValueError(
+            f"task id {task_id!r} cannot name a sandbox: use a non-empty string other than "
+            "'.' or '..' without '/', '\\' or NUL"
+        )
+    if type(attempt) is not int or attempt < 0:
+        raise ValueError(f"attempt {attempt!r} must be a non-negative int")
+    name = "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in task_id)
+    if name.startswith("."):
+        name = "%2E" + name[1:]  # no hidden directories
+    if len(name) > 240:
+        raise ValueError(f"task id {task_id[:40]!r}... is too long for a directory name")
+    return Path(work_dir) / "sandboxes" / name / str(attempt)
+
+
+@dataclass(eq=False)
+class _Task:
+    task_id: str
+    attempt: int
+    name: str
+    sandbox: Path | None = None
+    proc: asyncio.subprocess.Process | None = None
+    pgid: int = 0
+    started_at: float = 0.0
+    reader: int = -1  # read-only fd on stdout, for tailing progress
+    offset: int = 0  # how far `scanner` has read stdout
+    scanner: ProgressScanner = field(default_factory=ProgressScanner)
+    reported: float | None = None  # the progress poll_progress last returned
+    kill_reason: str | None = None  # "killed" or "timeout"
+    grace: asyncio.Future[Any] | None = None  # the SIGKILL timer, once SIGTERM was sent
+    exited: bool = False  # the shell has exited: kill() is a no-op from here on
+    record: dict[str, Any] = field(default_factory=dict)  # task.json
+
+    def snapshot(self) -> RunningTask:
+        pid, progress = (self.proc.pid if self.proc else None), self.scanner.last or 0.0
+        return RunningTask(self.task_id, self.attempt, self.name, pid, self.sandbox, progress)
+
+
+class Executor:
+    """Launches, watches and kills tasks. Use from one event loop (the slave actor's)."""
+
+    def __init__(
+        self,
+        work_dir: str | os.PathLike[str],
+        on_exit: Callable[[TaskResult], None],
+        *,
+        kill_grace: float = 3.0,
+        sleep: Sleep = asyncio.sleep,
+        base_env: Mapping[str, str] | None = None,
+    ) -> None:
+        """`base_env` defaults to the slave's own os.environ (read at each launch)."""
+        self.work_dir = Path(work_dir).absolute()
+        self.kill_grace = kill_grace
+        self._on_exit = on_exit
+        self._sleep = sleep
+        self._base_env = base_env
+        self._tasks: dict[str, _Task] = {}
+        self._runs: set[asyncio.Task[TaskResult]] = set()
+        self._closed = False
+        self._counts = {f"tasks_{k}": 0 for k in ("launched", "finished", "failed", "killed")}
+
+    # -- launching -------------------------------------------------------------------------
+
+    def launch(
+        self,
+        task_id: str,
+        command: str,
+        *,
+        name: str = "",
+        attempt: int = 0,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> asyncio.Task[TaskResult]:
+        """Start a task in the background; its result goes to `on_exit` (and the returned task).
+
+        Must be called on the running loop. Anything that stops the task from starting (bad
+        id, sandbox not creatable, bad timeout) becomes a FAILED result, not an exception.
+        Raises ValueError only if `task_id` is still running here, RuntimeError after shutdown.
+        """
+        if self._closed:
+            raise RuntimeError(f"cannot launch task {task_id!r}: the executor was shut down")
+        if task_id in self._tasks:
+            raise ValueError(
+                f"task {task_id!r} is already running here (attempt "
+                f"{self._tasks[task_id].attempt}); kill it and wait for its result first"
+            )
+        t = _Task(task_id, attempt, name)
+        self._tasks[task_id] = t
+        self._counts["tasks_launched"] += 1
+        run = asyncio.get_running_loop().create_task(
+            self._run(t, command, env, timeout), name=f"task {task_id}"
+        )
+        self._runs.add(run)
+        run.add_done_callback(self._runs.discard)
+        return run
+
+    async def _run(
+        self, t: _Task, command: str, env: Mapping[str, str] | None, timeout: float | None
+    ) -> TaskResult:
+        try:
+            started = await self._start(t, command, env, timeout)
+        except (OSError, ValueError, TypeError) as e:
+            return await self._finish(t, "FAILED", None, f"could not start: {e}")
+        if not started:
+            return await self._finish(t, "KILLED", None, "killed before it started")
+        assert t.proc is not None
+        waiter = asyncio.ensure_future(t.proc.wait())
+        timer = asyncio.ensure_future(self._sleep(timeout)) if timeout is not None else None
+        try:
+            if timer is not None:
+                await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
+                if not waiter.done():
+                    t.kill_reason = t.kill_reason or "timeout"
+                    self._terminate(t)
+            rc = await waiter
+        finally:
+            waiter.cancel()
+            if timer is not None:
+                timer.cancel()
+        t.exited = True
+        await self._reap_group(t)
+        self._scan(t)
+        t.scanner.flush()
+        if t.kill_reason == "timeout" and timeout is not None:
+            return await self._finish(t, "FAILED", rc, f"timed out after {timeout:g} s")
+        if t.kill_reason == "killed":
+            return await self._finish(t, "KILLED", rc, f"kill requested; {_describe(rc)}")
+        return await self._finish(t, "FINISHED" if rc == 0 else "FAILED", rc, _describe(rc))
+
+    async def _start(
+        self, t: _Task, command: str, env: Mapping[str, str] | None, timeout: float | None
+    ) -> bool:
+        """Set up the sandbox and spawn the shell; False if kill() came first."""
+        if not isinstance(command, str) or not command.strip():
+            raise ValueError(f"command {command!r} is empty; give a shell command line")
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout {timeout!r} must be a positive number of seconds or None")
+        t.sandbox = sandbox_path(self.work_dir, t.task_id, t.attempt)
+        out, err, t.reader = await asyncio.to_thread(_prepare_sandbox, t.sandbox)
+        try:
+            if t.kill_reason is not None:
+                return False
+            # A re-run of the same attempt appends to its logs; progress starts at the new end.
+            t.offset = os.fstat(t.reader).st_size
+            t.proc = await asyncio.create_subprocess_exec(
+                "/bin/sh", "-c", command,
+                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err,
+                cwd=t.sandbox, env=self._env(t, env), start_new_session=True,
+            )  # fmt: skip
+        finally:
+            os.close(out)
+            os.close(err)
+        t.pgid, t.started_at = t.proc.pid, time.time()
+        if t.kill_reason is not None:  # kill() arrived while we were spawning
+            self._terminate(t)
+        t.record = {
+            "task_id": t.task_id, "name": t.name, "attempt": t.attempt, "command": command,
+            "pid": t.pgid, "pgid": t.pgid, "start_ticks": _start_ticks(t.pgid),
+            "started_at": t.started_at,
+        }  # fmt: skip
+        try:
+            await asyncio.to_thread(_write_json, t.sandbox / "task.json", t.record)
+        except OSError as e:  # the task runs; only orphan clean-up after a crash is weaker
+            log.warning("task %s: could not write task.json: %s", t.task_id, e)
+        return True
+
+    def _env(self, t: _Task, extra: Mapping[str, str] | None) -> dict[str, str]:
+        """The slave's env minus LIBPROCESS_* (a libproc task must not grab the slave's port)."""
+        base = os.environ if self._base_env is None else self._base_env
+        env = {k: v for k, v in base.items() if not k.startswith("LIBPROCESS_")}
+        env.setdefault("PYTHONUNBUFFERED", "1")  # else a Python task's PROGRESS lines lag
+        env.update(extra or {})
+        env.update(TASK_ID=t.task_id, TASK_NAME=t.name, TASK_ATTEMPT=str(t.attempt))
+        env["SANDBOX"] = str(t.sandbox)
+        return env
+
+    async def _finish(self, t: _Task, state: str, rc: int | None, message: str) -> TaskResult:
+        progress = 1.0 if state == "FINISHED" else (t.scanner.last or 0.0)
+        result = TaskResult(t.task_id, t.attempt, state, rc, message, progress)
+        if t.record and t.sandbox is not None:
+            t.record.update(state=state, exit_code=rc, message=message, finished_at=time.time())
+            try:
+                await asyncio.to_thread(_write_json, t.sandbox / "task.json", t.record)
+            except OSError as e:
+                log.warning("task %s: could not update task.json: %s", t.task_id, e)
+        if t.reader >= 0:
+            os.close(t.reader)
+            t.reader = -1
+        if self._tasks.get(t.task_id) is t:
+            del self._tasks[t.task_id]
+        self._counts[f"tasks_{state.lower()}"] += 1
+        try:
+            self._on_exit(result)
+        except Exception:  # a broken callback must not break the executor's bookkeeping
+            log.exception("on_exit raised for task %s", t.task_id)
+        return result
+
+    # -- killing ---------------------------------------------------------------------------
+
+    def kill(self, task_id: str) -> bool:
+        """SIGTERM the task's process group, SIGKILL after the grace period; result via on_exit.
+
+        False (and nothing happens) if the task is unknown or its shell has already exited; its
+        result, if any, is then already on its way to on_exit.
+        """
+        t = self._tasks.get(task_id)
+        if t is None or t.exited:
+            return False
+        t.kill_reason = t.kill_reason or "killed"
+        if t.proc is not None:
+            self._terminate(t)
+        return True
+
+    def _terminate(self, t: _Task) -> None:
+        if t.grace is None:
+            _signal_group(t.pgid, signal.SIGTERM)
+            t.grace = asyncio.ensure_future(self._escalate(t))
+
+    async def _escalate(self, t: _Task) -> None:
+        await self._sleep(self.kill_grace)
+        _signal_group(t.pgid, signal.SIGKILL)
+
+    async def _reap_group(self, t: _Task) -> None:
+        """After the shell exits: stragglers in its group get what is left of the grace."""
+        alive = await asyncio.to_thread(_group_alive, t.pgid)
+        if t.grace is None:
+            if alive:
+                _signal_group(t.pgid, signal.SIGKILL)
+        elif alive:
+            await t.grace
+        else:
+            t.grace.cancel()  # the group is gone; its pgid may be reused, never signal it again
+
+    async def shutdown(self) -> None:
+        """Kill every running task (SIGTERM, SIGKILL after grace) and wait for their results.
+
+        Later launches raise RuntimeError.
+        """
+        self._closed = True
+        for task_id in list(self._tasks):
+            self.kill(task_id)
+        if self._runs:
+            await asyncio.gather(*self._runs, return_exceptions=True)
+
+    async def kill_orphans(self) -> list[str]:
+        """`kill_orphans(self.work_dir)`, sparing the tasks this executor runs."""
+        mine = {t.pgid for t in self._tasks.values() if t.pgid}
+        return await kill_orphans(
+            self.work_dir, exclude_pgids=mine, grace=self.kill_grace, sleep=self._sleep
+        )
+
+    # -- progress, logs, counters ----------------------------------------------------------
+
+    def poll_progress(self) -> dict[str, float]:
+        """Tail each running task's stdout; {task_id: progress} for those that changed.
+
+        Call once per report interval. Reads at most MAX_TAIL bytes per task, on the loop.
+        """
+        changed: dict[str, float] = {}
+        for t in self._tasks.values():
+            if t.exited:
+                continue
+            self._scan(t)
+            if t.scanner.last is not None and t.scanner.last != t.reported:
+                t.reported = changed[t.task_id] = t.scanner.last
+        return changed
+
+    def progress(self) -> dict[str, float]:
+        """{task_id: last progress seen} for every running task (0.0 before any); no I/O."""
+        return {tid: t.scanner.last or 0.0 for tid, t in self._tasks.items()}
+
+    def running(self) -> list[RunningTask]:
+        """Snapshots of the running tasks (launched, result not yet reported)."""
+        return [t.snapshot() for t in self._tasks.values()]
+
+    def _scan(self, t: _Task) -> None:
+        if t.reader < 0:
+            return
+        try:
+            size = os.fstat(t.reader).st_size
+            if size < t.offset:  # the task truncated its own stdout
+                t.offset = 0
+                t.scanner.skip_to_next_line()
+            if size - t.offset > MAX_TAIL:
+                t.offset = size - MAX_TAIL
+                t.scanner.skip_to_next_line()
+            while t.offset < size:
+                data = os.pread(t.reader, size - t.offset, t.offset)
+                if not data:
+                    break
+                t.offset += len(data)
+                t.scanner.feed(data)
+        except OSError as e:
+            log.warning("task %s: cannot read stdout for progress: %s", t.task_id, e)
+
+    def read_log(
+        self, task_id: str, attempt: int, stream: Stream, offset: int = 0, limit: int = 65536
+    ) -> tuple[bytes, int, bool]:
+        """Read a task's log from `offset`: (data, new_offset, eof_known).
+
+        For an HTTP endpoint behind `cluster logs -f`: works for running and finished tasks.
+        `eof_known` is True once the reader has everything (the attempt is not running here
+        and `new_offset` is the file's end). Reads at most min(limit, MAX_READ) bytes.
+        Raises ValueError for a bad id (path traversal), stream, offset or limit, and
+        FileNotFoundError when that attempt has no sandbox here.
+        """
+        if stream not in ("stdout", "stderr"):
+            raise ValueError(f"stream {stream!r} must be 'stdout' or 'stderr'")
+        if type(offset) is not int or offset < 0 or type(limit) is not int or limit < 0:
+            raise ValueError(f"offset {offset!r} and limit {limit!r} must be non-negative ints")
+        path = sandbox_path(self.work_dir, task_id, attempt) / stream
+        t = self._tasks.get(task_id)
+        running = t is not None and t.attempt == attempt
+        try:
+            fd = os.open(path, _READ)
+        except FileNotFoundError:
+            if running:  # launched, sandbox not set up yet
+                return b"", offset, False
+            raise FileNotFoundError(
+                f"no {stream} for task {task_id!r} attempt {attempt} in {self.work_dir}; "
+                "check the task id and attempt, or ask the slave that ran it"
+            ) from None
+        try:
+            size = os.fstat(fd).st_size
+            data = os.pread(fd, min(limit, MAX_READ), offset) if offset < size else b""
+        finally:
+            os.close(fd)
+        new_offset = offset + len(data)
+        return data, new_offset, not running and new_offset >= size
+
+    def counters(self) -> dict[str, int]:
+        """Counters for /vars: tasks_launched, _running, _finished, _failed, _killed."""
+        return {**self._counts, "tasks_running": len(self._tasks)}
+
+
+async def kill_orphans(
+    work_dir: str | os.PathLike[str],
+    *,
+    exclude_pgids: Collection[int] = (),
+    grace: float = 3.0,
+    sleep: Sleep = asyncio.sleep,
+) -> list[str]:
+    """Kill process groups left running in `work_dir`'s sandboxes by an earlier slave.
+
+    Call when a slave restarts on the same work dir, before launching. Uses each sandbox's
+    task.json; a recorded pid now owned by another process (pid reuse, checked on Linux by
+    start time) is left alone. SIGTERM, then SIGKILL after `grace`. Returns the task ids
+    whose groups were signalled.
+    """
+    found = await asyncio.to_thread(_find_orphans, Path(work_dir), frozenset(exclude_pgids))
+    hit = [(tid, pgid) for tid, pgid in found if _signal_group(pgid, signal.SIGTERM)]
+    alive = [pgid for _, pgid in hit]
+    for _ in range(10):  # poll, so that groups that exit promptly do not cost the whole grace
+        if not alive:
+            break
+        await sleep(grace / 10)
+        alive = await asyncio.to_thread(_alive_groups, alive)
+    for pgid in alive:
+        _signal_group(pgid, signal.SIGKILL)
+    return list(dict.fromkeys(tid for tid, _ in hit))
+
+
+# -- helpers (blocking ones run in a worker thread) ------------------------------------------
+
+
+def _describe(rc: int) -> str:
+    if rc < 0:
+        try:
+            return f"killed by signal {-rc} ({signal.Signals(-rc).name})"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exited with code {rc}"
+
+
+def _prepare_sandbox(sandbox: Path) -> tuple[int, int, int]:
+    """Create the sandbox; open stdout/stderr for the child and stdout for tailing."""
+    sandbox.mkdir(parents=True, exist_ok=True)
+    fds: list[int] = []
+    try:
+        for name, flags in (("stdout", _WRITE), ("stderr", _WRITE), ("stdout", _READ)):
+            fds.append(os.open(sandbox / name, flags, 0o644))
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds[0], fds[1], fds[2]
+
+
+def _write_json(path: Path, record: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> bool:
+    """Signal a process group; False if it is gone. Never group 0 or 1 (ours, init's)."""
+    if pgid <= 1:
+        return False
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError as e:
+        log.warning("cannot signal process group %d: %s", pgid, e)
+        return False
+
+
+def _proc_stat(pid: int | str) -> list[str] | None:
+    """Fields 3.. of /proc/<pid>/stat (state, ppid, pgrp, ...), or None if unavailable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    return raw[raw.rfind(b")") + 2 :].decode().split()
+
+
+def _start_ticks(pid: int) -> int | None:
+    stat = _proc_stat(pid)
+    return int(stat[19]) if stat else None
+
+
+def _group_alive(pgid: int) -> bool:
+    """Does the group have a live member? Zombies do not count (they are already dead)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if not os.path.isdir("/proc/self"):
+        return True  # no /proc: trust kill(0), zombies included
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            stat = _proc_stat(entry.name)
+            if stat and stat[2] == str(pgid) and stat[0] not in ("Z", "X"):
+                return True
+    return False
+
+
+def _alive_groups(pgids: list[int]) -> list[int]:
+    return [pgid for pgid in pgids if _group_alive(pgid)]
+
+
+def _find_orphans(work_dir: Path, exclude: frozenset[int]) -> list[tuple[str, int]]:
+    found = []
+    for record_path in sorted((work_dir / "sandboxes").glob("*/*/task.json")):
+        try:
+            record = json.loads(record_path.read_text())
+            task_id, pgid = str(record["task_id"]), int(record["pgid"])
+            ticks = record.get("start_ticks")
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if "finished_at" in record or pgid <= 1 or pgid in exclude:
+            continue
+        now = _start_ticks(pgid)
+        if now is not None and ticks is not None and now != ticks:
+            continue  # the leader's pid belongs to another process now: its group is not ours
+        if _group_alive(pgid):
+            found.append((task_id, pgid))
+    return found

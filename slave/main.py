@@ -1,0 +1,67 @@
+"""Run a slave in this OS process until SIGINT/SIGTERM (which kills its tasks cleanly)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import libproc
+from libproc import UPID
+from slave.process import Slave, SlaveConfig
+
+__all__ = ["run_slave", "master_upid"]
+
+log = logging.getLogger("slave")
+
+
+def master_upid(master: str) -> UPID:
+    """`HOST:PORT` (or a full `master@HOST:PORT` UPID) -> the master's UPID."""
+    text = master.strip()
+    if text.startswith("http://"):
+        text = text[len("http://"):].rstrip("/")
+    if "@" not in text:
+        text = f"master@{text}"
+    return UPID.parse(text)
+
+
+async def run_slave(
+    *,
+    master: str,
+    host: str = "127.0.0.1",
+    port: int = 5051,
+    cpus: float = 4.0,
+    mem: float = 4096.0,
+    work_dir: str = "slave-work",
+    advertise_host: str | None = None,
+    advertise_port: int | None = None,
+    secret: str | None = None,
+    progress_interval: float = 1.0,
+) -> int:
+    master_pid = master_upid(master)
+    await libproc.start(host, port, advertise_host=advertise_host,
+                        advertise_port=advertise_port)
+    config = SlaveConfig(master=master_pid, work_dir=Path(work_dir).absolute(), cpus=cpus,
+                         mem=mem, secret=secret, progress_interval=progress_interval)
+    slave = Slave(config)
+    libproc.spawn(slave)
+    print(f"slave {slave.pid} registering with {master_pid}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    stopped = asyncio.ensure_future(_wait(slave.stopped()))
+    waiter = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([stopped, waiter], return_when=asyncio.FIRST_COMPLETED)
+    if not stopped.done():
+        log.info("slave shutting down: killing its tasks")
+        await libproc.dispatch(slave.pid, "shutdown")
+        await asyncio.sleep(0.2)  # let UnregisterSlaveMessage leave
+    waiter.cancel()
+    await libproc.stop()
+    return 0
+
+
+async def _wait(f: libproc.Future[bool]) -> bool:
+    return await f

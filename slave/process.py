@@ -1,0 +1,366 @@
+"""The slave actor: registers with the master, runs tasks, reports progress and status.
+
+- Registration is retried with capped exponential backoff until the master answers; after
+  a broken link (or a master that says it does not know us) it re-registers with its
+  slave id and its running tasks, so a restarted master recovers them.
+- Every status update (RUNNING, then the terminal state with the exit code) is kept and
+  re-sent until the master acknowledges it: an update sent while the master is down arrives
+  once it is back.
+- Progress of all running tasks goes out as one ReportProgressMessage per interval.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+import libproc
+from libproc import UPID, ProtobufProcess, defer, delay
+from libproc.clock import sleep as clock_sleep
+from protos import cluster_pb2 as pb
+from slave.executor import Executor, TaskResult
+
+__all__ = ["Slave", "SlaveConfig"]
+
+log = logging.getLogger("slave")
+VERSION = "0.1.0"
+
+
+@dataclass
+class SlaveConfig:
+    master: UPID
+    work_dir: Path
+    cpus: float = 4.0
+    mem: float = 4096.0
+    progress_interval: float = 1.0
+    update_retry: float = 1.0  # seconds between re-sends of unacknowledged status updates
+    max_backoff: float = 5.0  # cap of the registration backoff
+    kill_grace: float = 3.0
+    secret: str | None = None
+    hostname: str = ""
+    master_timeout: float = 15.0  # no word from the master this long -> re-register
+
+
+class Slave(ProtobufProcess):
+    def __init__(self, config: SlaveConfig, id: str | None = None) -> None:  # noqa: A002
+        super().__init__(id, prefix="slave")
+        self.config = config
+        self.slave_id: str | None = None
+        self.mode = "registering"  # registering | registered | shutting_down
+        self.tasks: dict[str, pb.TaskInfo] = {}  # running here, by task id
+        self.unacked: dict[bytes, pb.StatusUpdate] = {}
+        self._backoff = 0.25
+        self._last_master_contact = 0.0
+        self._counters = {"registrations": 0, "status_updates_sent": 0,
+                          "progress_reports_sent": 0, "launches_received": 0}
+        self._started = time.time()
+        self.executor: Executor | None = None
+        self._stopped: libproc.Promise[bool] = libproc.Promise()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def initialize(self) -> None:
+        self.config.work_dir.mkdir(parents=True, exist_ok=True)
+        self.executor = Executor(self.config.work_dir, defer(self.pid, self._task_exited),
+                                 kill_grace=self.config.kill_grace, sleep=clock_sleep)
+        saved = self._load_identity()
+        if saved:
+            self.slave_id = saved
+        self.install(pb.SlaveRegisteredMessage, self._registered)
+        self.install(pb.SlaveReregisteredMessage, self._reregistered)
+        self.install(pb.RegistrationRefusedMessage, self._refused, "reason")
+        self.install(pb.LaunchTasksMessage, self._launch, "id", "tasks")
+        self.install(pb.KillTaskMessage, self._kill, "task_id")
+        self.install(pb.StatusUpdateAcknowledgementMessage, self._acknowledged)
+        self.install(pb.PingSlaveMessage, self._ping, "connected")
+        self.install(pb.ShutdownSlaveMessage, self._shutdown_requested, "message")
+        self.route("/vars", self._vars)
+        self.route("/logs", self._logs)
+        self.route("/tasks", self._tasks_json)
+        libproc.future.as_future(self._kill_orphans())
+        self._register()
+        delay(self.config.progress_interval, self.pid, self._report_progress)
+        delay(self.config.update_retry, self.pid, self._retry_updates)
+
+    async def _kill_orphans(self) -> None:
+        assert self.executor is not None
+        killed = await self.executor.kill_orphans()
+        if killed:
+            log.warning("killed %d task(s) left running by an earlier slave: %s",
+                        len(killed), ", ".join(killed))
+
+    def _identity_file(self) -> Path:
+        return self.config.work_dir / "slave.json"
+
+    def _load_identity(self) -> str | None:
+        try:
+            data = json.loads(self._identity_file().read_text())
+            value = data.get("slave_id")
+            return value if isinstance(value, str) and value else None
+        except (OSError, ValueError):
+            return None
+
+    def _save_identity(self) -> None:
+        path = self._identity_file()
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps({"slave_id": self.slave_id, "master": str(self.config.master)}))
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("could not record the slave id in %s: %s", path, exc)
+
+    async def shutdown(self) -> None:
+        """Kill every task, tell the master, stop: what SIGTERM does."""
+        if self.mode == "shutting_down":
+            return
+        self.mode = "shutting_down"
+        assert self.executor is not None
+        await self.executor.shutdown()
+        if self.slave_id is not None:
+            self.send(self.config.master, pb.UnregisterSlaveMessage(
+                slave_id=pb.SlaveID(value=self.slave_id)))
+        self._stopped.set(True)
+
+    # -- registration --------------------------------------------------------------------
+
+    def _register(self) -> None:
+        if self.mode != "registering":
+            return
+        self._counters["registrations"] += 1
+        master = self.config.master
+        self.link(master, relink=True)
+        resources = pb.Resources(cpus=self.config.cpus, mem=self.config.mem)
+        hostname = self.config.hostname or socket.gethostname()
+        if self.slave_id is None:
+            self.send(master, pb.RegisterSlaveMessage(
+                resources=resources, hostname=hostname, secret=self.config.secret or "",
+                version=VERSION))
+        else:
+            running = []
+            assert self.executor is not None
+            progress = self.executor.progress()
+            for info in self.tasks.values():
+                running.append(pb.RunningTask(task=info, state=pb.RUNNING,
+                                              progress=progress.get(info.task_id.value, 0.0)))
+            self.send(master, pb.ReregisterSlaveMessage(
+                slave_id=pb.SlaveID(value=self.slave_id), resources=resources,
+                tasks=running, hostname=hostname, secret=self.config.secret or "",
+                version=VERSION))
+        delay(self._backoff, self.pid, self._register)
+        self._backoff = min(self._backoff * 2, self.config.max_backoff)
+
+    def _became_registered(self, slave_id: str, sender: UPID) -> None:
+        if sender != self.config.master:
+            log.warning("ignoring registration answer from %s (our master is %s)",
+                        sender, self.config.master)
+            return
+        first = self.slave_id != slave_id
+        self.slave_id = slave_id
+        self.mode = "registered"
+        self._backoff = 0.25
+        self._last_master_contact = libproc.Clock.now()
+        if first:
+            self._save_identity()
+        self._resend_updates()
+
+    def _registered(self, sender: UPID, msg: pb.SlaveRegisteredMessage) -> None:
+        if self.mode == "registering":
+            log.info("registered with %s as %s", sender, msg.slave_id.value)
+        self._became_registered(msg.slave_id.value, sender)
+
+    def _reregistered(self, sender: UPID, msg: pb.SlaveReregisteredMessage) -> None:
+        if self.mode == "registering":
+            log.info("re-registered with %s as %s", sender, msg.slave_id.value)
+        self._became_registered(msg.slave_id.value, sender)
+        assert self.executor is not None
+        for tid in msg.kill_tasks:
+            log.info("master no longer wants task %s: killing it", tid.value)
+            self.tasks.pop(tid.value, None)
+            self.executor.kill(tid.value)
+
+    def _refused(self, sender: UPID, reason: str) -> None:
+        log.error("master %s refused registration: %s", sender, reason)
+
+    def _ping(self, sender: UPID, connected: bool) -> None:
+        if sender != self.config.master:
+            return
+        self._last_master_contact = libproc.Clock.now()
+        if not connected and self.mode == "registered":
+            log.info("master does not know us (it restarted or declared us lost): "
+                     "re-registering")
+            self.mode = "registering"
+            self._register()
+            return
+        self.send(sender, pb.PongSlaveMessage(slave_id=pb.SlaveID(value=self.slave_id or "")))
+
+    def exited(self, pid: UPID) -> None:
+        if pid == self.config.master and self.mode == "registered":
+            log.warning("lost the connection to the master %s: re-registering", pid)
+            self.mode = "registering"
+            self._backoff = 0.25
+            self._register()
+
+    def _shutdown_requested(self, sender: UPID, message: str) -> None:
+        if sender == self.config.master:
+            log.warning("master asked us to shut down: %s", message)
+            libproc.future.as_future(self.shutdown())
+
+    # -- tasks --------------------------------------------------------------------------
+
+    def _launch(self, sender: UPID, launch_id: int, tasks: list[pb.TaskInfo]) -> None:
+        if sender != self.config.master or self.mode == "shutting_down":
+            log.warning("ignoring launch %d from %s", launch_id, sender)
+            return
+        self._counters["launches_received"] += 1
+        assert self.executor is not None
+        for info in tasks:
+            tid = info.task_id.value
+            if tid in self.tasks:
+                continue  # a duplicate launch
+            self.tasks[tid] = info
+            try:
+                self.executor.launch(tid, info.command, name=info.name, attempt=info.attempt,
+                                     timeout=info.timeout or None)
+            except (ValueError, RuntimeError) as exc:
+                self.tasks.pop(tid, None)
+                self._update(tid, info.attempt, pb.FAILED, message=f"could not start: {exc}")
+                continue
+            self._update(tid, info.attempt, pb.RUNNING)
+
+    def _kill(self, sender: UPID, task_id: pb.TaskID) -> None:
+        if sender != self.config.master:
+            return
+        assert self.executor is not None
+        tid = task_id.value
+        if tid in self.tasks:
+            self.executor.kill(tid)
+        elif not any(u.task_id.value == tid for u in self.unacked.values()):
+            # Unknown here (its launch never arrived): tell the master it is over.
+            self._update(tid, 0, pb.KILLED, message="killed: the task was not running here")
+
+    def _task_exited(self, result: TaskResult) -> None:
+        info = self.tasks.pop(result.task_id, None)
+        if self.mode == "shutting_down":
+            return  # the master is told by UnregisterSlaveMessage
+        if info is None:
+            return  # killed on the master's request after it declared the task lost
+        state = {"FINISHED": pb.FINISHED, "KILLED": pb.KILLED}.get(result.state, pb.FAILED)
+        self._update(result.task_id, result.attempt, state, exit_code=result.exit_code,
+                     message=result.message, progress=result.progress)
+
+    def _update(self, task_id: str, attempt: int, state: int, *, exit_code: int | None = None,
+                message: str = "", progress: float | None = None) -> None:
+        update = pb.StatusUpdate(task_id=pb.TaskID(value=task_id), state=state,
+                                 uuid=uuid.uuid4().bytes, timestamp=time.time(),
+                                 attempt=attempt, message=message)
+        if self.slave_id:
+            update.slave_id.value = self.slave_id
+        if exit_code is not None:
+            update.exit_code = exit_code
+        if progress is not None:
+            update.progress = progress
+        self.unacked[update.uuid] = update
+        if self.mode == "registered":
+            self._send_update(update)
+
+    def _send_update(self, update: pb.StatusUpdate) -> None:
+        self._counters["status_updates_sent"] += 1
+        self.send(self.config.master, pb.StatusUpdateMessage(update=update))
+
+    def _acknowledged(self, sender: UPID, ack: pb.StatusUpdateAcknowledgementMessage) -> None:
+        self.unacked.pop(ack.uuid, None)
+
+    def _resend_updates(self) -> None:
+        for update in sorted(self.unacked.values(), key=lambda u: u.timestamp):
+            if self.slave_id:
+                update.slave_id.value = self.slave_id
+            self._send_update(update)
+
+    def _retry_updates(self) -> None:
+        if self.mode == "registered":
+            now = libproc.Clock.now()
+            if now - self._last_master_contact > self.config.master_timeout:
+                log.warning("no word from the master for %.0fs: re-registering",
+                            now - self._last_master_contact)
+                self.mode = "registering"
+                self._backoff = 0.25
+                self._register()
+            elif self.unacked:
+                self._resend_updates()
+        if self.mode != "shutting_down":
+            delay(self.config.update_retry, self.pid, self._retry_updates)
+
+    def _report_progress(self) -> None:
+        assert self.executor is not None
+        if self.mode == "registered":
+            changed = self.executor.poll_progress()
+            if changed:
+                tasks = []
+                for tid, progress in changed.items():
+                    info = self.tasks.get(tid)
+                    if info is None:
+                        continue
+                    tasks.append(pb.Task(name=info.name, task_id=info.task_id,
+                                         progress=progress, state=pb.RUNNING,
+                                         attempt=info.attempt))
+                if tasks:
+                    self._counters["progress_reports_sent"] += 1
+                    self.send(self.config.master, pb.ReportProgressMessage(
+                        tasks=tasks, slave_id=pb.SlaveID(value=self.slave_id or "")))
+        if self.mode != "shutting_down":
+            delay(self.config.progress_interval, self.pid, self._report_progress)
+
+    # -- HTTP -----------------------------------------------------------------------------
+
+    def _vars(self, request: web.BaseRequest) -> web.Response:
+        assert self.executor is not None
+        lines = [("version", VERSION), ("pid", str(self.pid)),
+                 ("slave_id", self.slave_id or "-"), ("mode", self.mode),
+                 ("master", str(self.config.master)),
+                 ("uptime_secs", f"{time.time() - self._started:.3f}"),
+                 ("cpus", f"{self.config.cpus:g}"), ("mem", f"{self.config.mem:g}"),
+                 ("unacked_updates", str(len(self.unacked)))]
+        lines += [(k, str(v)) for k, v in self._counters.items()]
+        lines += [(k, str(v)) for k, v in self.executor.counters().items()]
+        return web.Response(text="".join(f"{k} {v}\n" for k, v in lines),
+                            content_type="text/plain")
+
+    def _tasks_json(self, request: web.BaseRequest) -> web.Response:
+        assert self.executor is not None
+        progress = self.executor.progress()
+        return web.json_response({"tasks": [
+            {"id": tid, "name": info.name, "attempt": info.attempt,
+             "progress": progress.get(tid, 0.0)} for tid, info in self.tasks.items()]})
+
+    def _logs(self, request: web.BaseRequest) -> web.Response:
+        assert self.executor is not None
+        q = request.query
+        task_id = q.get("task_id", "")
+        stream = q.get("stream", "stdout")
+        try:
+            attempt = int(q.get("attempt", "1"))
+            offset = int(q.get("offset", "0"))
+            limit = int(q.get("limit", "65536"))
+            data, new_offset, eof = self.executor.read_log(task_id, attempt, stream,  # type: ignore[arg-type]
+                                                           offset, limit)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        except FileNotFoundError as exc:
+            return web.json_response({"error": str(exc)}, status=404)
+        return web.Response(body=data, content_type="application/octet-stream",
+                            headers={"X-Log-Offset": str(new_offset),
+                                     "X-Log-Eof": "1" if eof else "0"})
+
+    def stopped(self) -> libproc.Future[bool]:
+        return self._stopped.future
+
+
