@@ -306,7 +306,10 @@ class Store:
 
     def load_tasks_blocking(self) -> list[TaskRecord]:
         """``load_tasks`` for start-up code that is not yet running on the loop."""
-        result: list[TaskRecord] = self._submit_blocking(_Op(work=_load_tasks, solo=True))
+        try:
+            result: list[TaskRecord] = self._submit_blocking(_Op(work=_load_tasks, solo=True))
+        except Exception as exc:  # noqa: BLE001 - any driver error becomes a StoreError
+            raise StoreError(f"cannot read tasks from {self.url}: {_db_message(exc)}") from None
         return result
 
     def stats(self) -> dict[str, int | float]:
@@ -409,8 +412,11 @@ class Store:
             with Session(self._engine) as session, session.begin():
                 result = op.work(session) if op.work else None
         except Exception as exc:  # noqa: BLE001 - handed to the caller
+            if op.cfut is not None:  # a blocking caller (open): it explains the error itself
+                self._resolve([op], [], exc)
+                return
             log.error("database request failed on %s: %s", self.url, _db_message(exc))
-            self._resolve([op], [], exc if op.cfut else StoreError(_db_message(exc)))
+            self._resolve([op], [], StoreError(_db_message(exc)))
             return
         self._resolve([op], [result], None)
 
