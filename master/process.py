@@ -179,6 +179,8 @@ class Master(ProtobufProcess):
             attempt = running.task.attempt
             reported.add(tid)
             rec = self.tasks.get(tid)
+            if running.state in (pb.FINISHED, pb.FAILED, pb.KILLED, pb.LOST):
+                continue  # ended while we were away; its status update follows
             if rec is None or rec.is_terminal or rec.attempts != attempt or (
                     rec.slave_id not in (None, slave_id)):
                 kill.append(tid)  # the master no longer wants it (e.g. declared LOST)
@@ -192,7 +194,7 @@ class Master(ProtobufProcess):
         for rec in list(self.tasks.values()):
             if rec.slave_id == slave_id and rec.state in ACTIVE_STATES and rec.id not in reported:
                 self._task_lost(rec, f"slave {slave_id} re-registered without task {rec.id}",
-                                now, defer_update=True)
+                                now)
         log.info("slave %s re-registered at %s with %d tasks (%d to kill)", slave_id, sender,
                  len(msg.tasks), len(kill))
         self.send(sender, pb.SlaveReregisteredMessage(
@@ -256,8 +258,7 @@ class Master(ProtobufProcess):
         slave.used_cpus = slave.used_mem = 0.0
         self._schedule()
 
-    def _task_lost(self, rec: TaskRecord, reason: str, now: float,
-                   defer_update: bool = False) -> None:
+    def _task_lost(self, rec: TaskRecord, reason: str, now: float) -> None:
         self._release(rec)
         if rec.transition("LOST", now, message=reason):
             if rec.requeue(now):

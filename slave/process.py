@@ -151,6 +151,14 @@ class Slave(ProtobufProcess):
             for info in self.tasks.values():
                 running.append(pb.RunningTask(task=info, state=pb.RUNNING,
                                               progress=progress.get(info.task_id.value, 0.0)))
+            # Tasks that ended while the master was away: their (re-sent) status update
+            # settles them, so the master must not declare them lost meanwhile.
+            for update in self.unacked.values():
+                if update.state != pb.RUNNING and update.task_id.value not in self.tasks:
+                    running.append(pb.RunningTask(
+                        task=pb.TaskInfo(name="", task_id=update.task_id, command="",
+                                         attempt=update.attempt),
+                        state=update.state, progress=update.progress))
             self.send(master, pb.ReregisterSlaveMessage(
                 slave_id=pb.SlaveID(value=self.slave_id), resources=resources,
                 tasks=running, hostname=hostname, secret=self.config.secret or "",

@@ -263,3 +263,24 @@ async def test_wrong_secret_is_refused_and_nothing_registers(tmp_path: Path) -> 
     finally:
         await libproc.stop()
         await store.close()
+
+
+async def test_task_that_finished_during_outage_ends_finished_not_lost(cluster: Any) -> None:
+    master, slave, _ = cluster
+    await register(master, slave)
+    [tid] = await submit(master, {"command": "true"})
+    await until(lambda: bool(slave.of(pb.LaunchTasksMessage)))
+    slave.update(master.pid, tid, pb.RUNNING)
+    await until(lambda: master.tasks[tid].state == "RUNNING")
+    info = slave.of(pb.LaunchTasksMessage)[0].tasks[0]
+    # The slave re-registers reporting the task as ended (its update not yet acknowledged).
+    slave.send(master.pid, pb.ReregisterSlaveMessage(
+        slave_id=pb.SlaveID(value=slave.slave_id), resources=pb.Resources(cpus=2, mem=1024),
+        tasks=[pb.RunningTask(task=pb.TaskInfo(name="", task_id=info.task_id, command="",
+                                               attempt=1), state=pb.FINISHED)]))
+    await until(lambda: bool(slave.of(pb.SlaveReregisteredMessage)))
+    assert master.tasks[tid].state == "RUNNING"  # not declared lost
+    assert list(slave.of(pb.SlaveReregisteredMessage)[0].kill_tasks) == []
+    slave.update(master.pid, tid, pb.FINISHED, exit_code=0)
+    await until(lambda: master.tasks[tid].state == "FINISHED")
+    assert master.tasks[tid].exit_code == 0
