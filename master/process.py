@@ -90,6 +90,7 @@ class Master(ProtobufProcess):
         self._by_pid: dict[UPID, str] = {}
         self._launch_seq = 0
         self._last_save: dict[str, asyncio.Future[None]] = {}
+        self._dirty: set[str] = set()
         self._started = time.time()
         self._counters = {"status_updates": 0, "status_updates_ignored": 0,
                           "progress_reports": 0, "launches": 0, "registrations_refused": 0}
@@ -294,6 +295,8 @@ class Master(ProtobufProcess):
                 self._task_lost(rec, f"no word from slave {rec.slave_id} in "
                                 f"{self.config.staging_timeout:g}s after launch", now)
                 self._schedule()
+        if self._dirty:
+            self._resave_dirty()
         delay(self.config.heartbeat_interval, self.pid, self._heartbeat)
 
     # -- scheduling and launching --------------------------------------------------------
@@ -353,10 +356,20 @@ class Master(ProtobufProcess):
         return fut
 
     def _forget_save(self, tid: str, fut: asyncio.Future[None]) -> None:
+        # Runs on the loop between events; `_last_save` is only a cache of in-flight saves.
         if self._last_save.get(tid) is fut:
             del self._last_save[tid]
         if not fut.cancelled() and fut.exception() is not None:
-            log.error("could not persist task %s: %s", tid, fut.exception())
+            log.error("could not persist task %s (will retry): %s", tid, fut.exception())
+            libproc.dispatch(self.pid, self._dirty.add, tid)
+
+    def _resave_dirty(self) -> None:
+        """Re-save records whose last save failed, so memory and database converge."""
+        dirty, self._dirty = self._dirty, set()
+        for tid in dirty:
+            rec = self.tasks.get(tid)
+            if rec is not None:
+                self._save(rec)
 
     # -- status updates and progress ---------------------------------------------------
 

@@ -457,16 +457,26 @@ class Store:
         rows = _upsert(session, list(saves.values())) if saves else 0
         if progress:
             table = Base.metadata.tables["tasks"]
+            # Literal states, not an expanding IN: executemany() cannot expand parameters.
+            active = sa.or_(*[table.c.state == sa.literal_column(f"'{s}'")
+                              for s in sorted(ACTIVE_STATES)])
             stmt = (
                 sa.update(table)
-                .where(table.c.id == sa.bindparam("b_id"), table.c.state.in_(sorted(ACTIVE_STATES)))
+                .where(table.c.id == sa.bindparam("b_id"), active)
                 .values(progress=sa.bindparam("b_progress"), updated_at=sa.bindparam("b_updated"))
             )
             params = [
                 {"b_id": k, "b_progress": p, "b_updated": t} for k, (p, t) in progress.items()
             ]
-            count = session.execute(stmt, params).rowcount  # type: ignore[attr-defined]
-            rows += count if count >= 0 else len(params)
+            try:
+                # A savepoint: progress is best effort and must never sink the batch's saves.
+                with session.begin_nested():
+                    count = session.execute(stmt, params).rowcount  # type: ignore[attr-defined]
+                rows += count if count >= 0 else len(params)
+            except Exception as exc:  # noqa: BLE001
+                if _is_transient(exc):
+                    raise
+                log.error("dropped %d progress values: %s", len(params), _db_message(exc))
         return results, rows
 
     def _resolve(self, ops: list[_Op], results: list[Any], exc: BaseException | None) -> None:

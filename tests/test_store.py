@@ -301,3 +301,21 @@ async def test_store_refuses_work_after_close(db: Path) -> None:
         store.save(task("1"))
     with pytest.raises(StoreError, match="closed"):
         store.save_progress("1", 0.5, 1.0)
+
+
+async def test_progress_of_many_tasks_in_one_batch_is_written_with_their_saves(
+    store: Store, db: Path
+) -> None:
+    # Regression: the coalesced UPDATE once used an expanding IN with executemany(), which
+    # failed for two or more tasks and took the whole batch (task saves too) down with it.
+    for tid in ("1", "2", "3"):
+        await store.save(running(tid))
+    for i, tid in enumerate(("1", "2", "3")):
+        store.save_progress(tid, 0.1 * (i + 1), 300.0)
+    finished = running("4")
+    finished.transition(FINISHED, 310.0, attempt=1, exit_code=0)
+    await store.save(finished)  # same batch as the three progress values
+    assert [(read_row(db, t) or {})["progress"] for t in ("1", "2", "3")] == [
+        pytest.approx(0.1), pytest.approx(0.2), pytest.approx(0.3)]
+    assert (read_row(db, "4") or {})["state"] == "FINISHED"
+    assert store.stats()["batches_failed"] == 0
