@@ -76,6 +76,11 @@ def _task_key(task_id: str) -> tuple[int, str]:
     return (int(task_id), "") if task_id.isdigit() else (1 << 62, task_id)
 
 
+def _progress(value: float) -> float:
+    """Progress travels as a protobuf float32: undo its noise (0.1 -> 0.10000000149)."""
+    return round(value, 6)
+
+
 def _now() -> float:
     return libproc.Clock.now()
 
@@ -392,7 +397,7 @@ class Master(ProtobufProcess):
         now = _now()
         applied = rec.transition(
             state, now, attempt=attempt,
-            progress=update.progress if update.HasField("progress") else None,
+            progress=_progress(update.progress) if update.HasField("progress") else None,
             exit_code=update.exit_code if update.HasField("exit_code") else None,
             message=update.message if update.HasField("message") else None)
         if applied:
@@ -429,7 +434,7 @@ class Master(ProtobufProcess):
             if rec.state == "STAGING" and task.state == pb.RUNNING and attempt == rec.attempts:
                 rec.transition("RUNNING", now, attempt=attempt)
                 self._save(rec)
-            if rec.set_progress(task.progress, now, attempt=attempt):
+            if rec.set_progress(_progress(task.progress), now, attempt=attempt):
                 self.store.save_progress(rec.id, rec.progress, now)
 
     # -- HTTP -----------------------------------------------------------------------------

@@ -1,0 +1,276 @@
+"""`cluster master`, `cluster slave`, `cluster up`: the typer faces of cli/servers.py and
+cli/up.py. Registered on the app by cli/main.py; the work is imported only when run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.client import DEFAULT_MASTER
+from cli.options import MasterOpt, SecretOpt, VerboseOpt, positive
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    """Add master, slave and up to `app`, in that order."""
+    app.command(epilog=MASTER_EXAMPLES)(master)
+    app.command(epilog=SLAVE_EXAMPLES)(slave)
+    app.command(epilog=UP_EXAMPLES)(up)
+
+
+MASTER_EXAMPLES = (
+    "Examples:\n\n"
+    "  cluster master                       # 127.0.0.1:5050, ./cluster.db\n\n"
+    "  cluster master --host 0.0.0.0 --secret s3cret --db /var/lib/cluster.db\n\n"
+    "  CLUSTER_PORT=6000 cluster master -v"
+)
+
+
+def master(
+    host: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CLUSTER_HOST",
+            show_default=False,
+            help="Address to bind \\[default: LIBPROCESS_IP, else 127.0.0.1].",
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="CLUSTER_PORT",
+            min=0,
+            max=65535,
+            show_default=False,
+            help="Port to listen on \\[default: LIBPROCESS_PORT, else 5050].",
+        ),
+    ] = None,
+    db: Annotated[
+        str, typer.Option(envvar="CLUSTER_DB", help="SQLite file, or any SQLAlchemy URL.")
+    ] = "cluster.db",
+    advertise_host: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CLUSTER_ADVERTISE_HOST",
+            show_default=False,
+            help="Host (IP or name) that slaves use to reach this master "
+            "\\[default: LIBPROCESS_ADVERTISE_IP, else the bound address].",
+        ),
+    ] = None,
+    advertise_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="CLUSTER_ADVERTISE_PORT",
+            min=1,
+            max=65535,
+            show_default=False,
+            help="Port that slaves use to reach this master \\[default: the bound port].",
+        ),
+    ] = None,
+    secret: SecretOpt = None,
+    heartbeat_interval: Annotated[
+        float | None,
+        typer.Option(
+            min=0.01, show_default=False, help="Seconds between pings to each slave \\[default: 1]."
+        ),
+    ] = None,
+    slave_timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1,
+            show_default=False,
+            help="A slave silent this long is lost and its tasks LOST \\[default: 5].",
+        ),
+    ] = None,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Run the master: accepts tasks, schedules them onto slaves, stores state in SQLite."""
+    from cli.servers import bind_host, bind_port, serve_master
+
+    serve_master(
+        host=bind_host(host),
+        port=bind_port(port, 5050),
+        db=db,
+        advertise_host=advertise_host or None,
+        advertise_port=advertise_port,
+        secret=secret or None,
+        verbose=verbose,
+        heartbeat_interval=heartbeat_interval,
+        slave_timeout=slave_timeout,
+    )
+
+
+SLAVE_EXAMPLES = (
+    "Examples:\n\n"
+    "  cluster slave --master 127.0.0.1:5050\n\n"
+    "  cluster slave --master 10.0.0.5:5050 --host 0.0.0.0 --advertise-host 10.0.0.7 "
+    "--cpus 8 --mem 16000\n\n"
+    "  CLUSTER_MASTER=master:5050 CLUSTER_WORK_DIR=/work cluster slave"
+)
+
+
+def slave(
+    master: MasterOpt = DEFAULT_MASTER,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CLUSTER_HOST",
+            show_default=False,
+            help="Address to bind \\[default: LIBPROCESS_IP, else 127.0.0.1].",
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="CLUSTER_PORT",
+            min=0,
+            max=65535,
+            show_default=False,
+            help="Port to listen on, 0 for any free one \\[default: LIBPROCESS_PORT, else 5051].",
+        ),
+    ] = None,
+    cpus: Annotated[
+        float | None,
+        typer.Option(
+            envvar="CLUSTER_CPUS",
+            show_default=False,
+            help="CPUs to offer \\[default: this machine's count].",
+        ),
+    ] = None,
+    mem: Annotated[
+        float | None,
+        typer.Option(
+            envvar="CLUSTER_MEM",
+            show_default=False,
+            help="Memory to offer, MiB \\[default: this machine's, less 1 GiB].",
+        ),
+    ] = None,
+    work_dir: Annotated[
+        str, typer.Option(envvar="CLUSTER_WORK_DIR", help="Where task sandboxes and logs go.")
+    ] = "slave-work",
+    advertise_host: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CLUSTER_ADVERTISE_HOST",
+            show_default=False,
+            help="Host (IP or name) the master uses to reach this slave "
+            "\\[default: LIBPROCESS_ADVERTISE_IP, else the bound address].",
+        ),
+    ] = None,
+    advertise_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="CLUSTER_ADVERTISE_PORT",
+            min=1,
+            max=65535,
+            show_default=False,
+            help="Port the master uses to reach this slave \\[default: the bound port].",
+        ),
+    ] = None,
+    secret: SecretOpt = None,
+    progress_interval: Annotated[
+        float, typer.Option(min=0.05, help="Seconds between progress reports to the master.")
+    ] = 1.0,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Run a slave: registers with the master and runs the tasks it is given."""
+    from cli.servers import bind_host, bind_port, detect_resources, serve_slave
+
+    detected_cpus, detected_mem = detect_resources()
+    positive("--cpus", cpus)
+    positive("--mem", mem)
+    serve_slave(
+        master=master,
+        host=bind_host(host),
+        port=bind_port(port, 5051),
+        cpus=cpus if cpus is not None else detected_cpus,
+        mem=mem if mem is not None else detected_mem,
+        work_dir=work_dir,
+        advertise_host=advertise_host or None,
+        advertise_port=advertise_port,
+        secret=secret or None,
+        verbose=verbose,
+        progress_interval=progress_interval,
+    )
+
+
+UP_EXAMPLES = (
+    "Examples:\n\n"
+    "  cluster up                          # master on 127.0.0.1:5050 + 2 slaves\n\n"
+    "  cluster up --slaves 4 --port 6000 --work-dir /tmp/mycluster\n\n"
+    "  cluster up -v                       # every process logs to this terminal"
+)
+
+
+def up(
+    slaves: Annotated[int, typer.Option(min=0, max=64, help="How many slaves to start.")] = 2,
+    port: Annotated[
+        int,
+        typer.Option(
+            envvar="CLUSTER_PORT", min=0, max=65535, help="The master's port (0: any free one)."
+        ),
+    ] = 5050,
+    host: Annotated[
+        str, typer.Option(envvar="CLUSTER_HOST", help="Address the master binds.")
+    ] = "127.0.0.1",
+    work_dir: Annotated[
+        Path,
+        typer.Option(
+            envvar="CLUSTER_WORK_DIR",
+            file_okay=False,
+            help="Holds the database, each slave's sandboxes and the logs.",
+        ),
+    ] = Path(".cluster"),
+    db: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CLUSTER_DB",
+            show_default=False,
+            help="SQLite file or SQLAlchemy URL \\[default: WORK_DIR/cluster.db].",
+        ),
+    ] = None,
+    cpus: Annotated[
+        float | None,
+        typer.Option(
+            envvar="CLUSTER_CPUS",
+            show_default=False,
+            help="CPUs each slave offers \\[default: this machine's, shared among the slaves].",
+        ),
+    ] = None,
+    mem: Annotated[
+        float | None,
+        typer.Option(
+            envvar="CLUSTER_MEM",
+            show_default=False,
+            help="MiB each slave offers \\[default: this machine's, shared among the slaves].",
+        ),
+    ] = None,
+    secret: SecretOpt = None,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Start a master and N slaves on this machine, each its own process; Ctrl-C stops all."""
+    from cli.servers import detect_resources, warn_if_exposed
+    from cli.up import UpConfig, run_up
+
+    positive("--cpus", cpus)
+    positive("--mem", mem)
+    all_cpus, all_mem = detect_resources()
+    share = max(slaves, 1)
+    warn_if_exposed("master", host, port, secret)
+    code = run_up(
+        UpConfig(
+            slaves=slaves,
+            host=host,
+            port=port,
+            work_dir=work_dir,
+            db=db,
+            cpus=cpus if cpus is not None else max(1.0, float(int(all_cpus / share))),
+            mem=mem if mem is not None else max(256.0, float(int(all_mem / share))),
+            secret=secret or None,
+            verbose=verbose,
+        )
+    )
+    raise typer.Exit(code)
