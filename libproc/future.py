@@ -372,8 +372,9 @@ def as_future(value: Any) -> Future[Any]:
 
 
 def _flatten(futures: tuple[Any, ...]) -> list[Future[Any]]:
-    if len(futures) == 1 and not isinstance(futures[0], Future) and isinstance(futures[0], Iterable):
-        return [as_future(f) for f in futures[0]]
+    only = futures[0] if len(futures) == 1 else None
+    if only is not None and not isinstance(only, Future) and isinstance(only, Iterable):
+        return [as_future(f) for f in only]
     return [as_future(f) for f in futures]
 
 

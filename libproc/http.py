@@ -20,6 +20,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from libproc import wire
+from libproc.errors import FutureDiscardedError
 from libproc.future import Future, Promise
 from libproc.metrics import metrics
 from libproc.process import HTTP
@@ -89,16 +90,20 @@ class HttpServer:
         proc._enqueue((HTTP, handler, request, promise))
         try:
             result = await promise.future
+            if isinstance(result, Future):
+                result = await result
+        except FutureDiscardedError:  # the process terminated before it served the request
+            return json_error(503, f"process {proc.id!r} terminated before serving {rest!r}")
         except Exception as exc:  # a route that raised: 500 with the reason, actor lives on
             metrics.inc("libproc/http_handler_errors")
             log.error("%s %s raised", proc.id, rest, exc_info=exc)
             return json_error(500, f"internal error in {proc.id}{rest}: {exc}")
-        if isinstance(result, Future):
-            result = await result
         return to_response(result)
 
     async def _message(self, request: web.BaseRequest, headers: dict[str, str]) -> web.Response:
         body = await request.read()
+        # aiohttp has already undone any Content-Encoding: do not decode the body twice.
+        headers.pop("content-encoding", None)
         req = wire.Request(request.method, request.raw_path, "HTTP/1.1", headers, body)
         result = wire.classify(req, self.rt.transport.limits)
         if isinstance(result, wire.Message):

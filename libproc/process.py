@@ -1,10 +1,13 @@
 """Process: an actor with a UPID, a FIFO mailbox, message handlers and HTTP routes.
 
 A process handles one event at a time, in arrival order: messages, dispatches, HTTP requests,
-`exited` notices, and finally its termination. A handler may be a coroutine: the mailbox then
-waits for it before the next event (so keep such handlers short, and never await a dispatch to
-yourself from one: that raises DeadlockError instead of hanging). A handler that raises is
-logged and counted; the process carries on. Only the process's own handlers touch its state.
+`exited` notices, and finally its termination. A handler may be a coroutine function: the mailbox
+then waits for it before the next event (so keep such handlers short, and never await a dispatch
+to yourself from one: that raises DeadlockError instead of hanging). Any other return value of a
+message, `exited`, `initialize` or `finalize` handler, a Future included, is ignored: it does not
+hold up the mailbox (a dispatch's or route's Future becomes that call's result instead). A
+handler that raises is logged and counted; the process carries on. Only the process's own
+handlers touch its state.
 
 Subclass it, `install()` message handlers and `route()` endpoints in `initialize()`, then
 `libproc.spawn(MyProcess())`. `finalize()` runs as the last event before the process is gone.
@@ -227,7 +230,7 @@ class Process:
                     result = self.visit_message(sender, name, body)
                 else:
                     result = handler(sender, body)
-                if result is not None and inspect.isawaitable(result):
+                if result is not None and inspect.iscoroutine(result):
                     return result
                 self._current_from = None
                 return None
@@ -247,18 +250,18 @@ class Process:
                 return None
             if kind == EXITED:
                 result = self.exited(event[1])
-                return result if inspect.isawaitable(result) else None
+                return result if inspect.iscoroutine(result) else None
             if kind == INITIALIZE:
                 self._state = "running"
                 result = self.initialize()
-                if inspect.isawaitable(result):
+                if inspect.iscoroutine(result):
                     return result
                 self._after_special(INITIALIZE)
                 return None
             if kind == TERMINATE:
                 self._state = "terminating"
                 result = self.finalize()
-                if inspect.isawaitable(result):
+                if inspect.iscoroutine(result):
                     return result
                 self._after_special(TERMINATE)
                 return None

@@ -61,6 +61,13 @@ class ProtobufProcess(Process):
                 metrics.inc("libproc/messages_undecodable")
                 log.warning("%s: dropping undecodable %s from %s: %s", self.id, name, sender, exc)
                 return None
+            if not msg.IsInitialized():
+                # The Python runtime parses proto2 messages missing required fields; C++
+                # libprocess's ParseFromString refuses them, so we drop them too.
+                metrics.inc("libproc/messages_undecodable")
+                log.warning("%s: dropping %s from %s: missing required field(s) %s", self.id,
+                            name, sender, ", ".join(msg.FindInitializationErrors()))
+                return None
             if unpack:
                 return handler(sender, *[u(msg) for u in unpack])
             return handler(sender, msg)

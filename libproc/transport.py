@@ -3,8 +3,11 @@
 Incoming: a raw asyncio Protocol parses requests with wire.RequestParser. Messages are
 delivered and answered (202/404/400/500) in request order; the first request on a connection
 that is not a message (a browser, curl, an HTTP client) hands the whole connection, bytes
-already read included, to aiohttp's web server. A connection that sends bytes that are not
-HTTP is closed without a response; otherwise we never close an incoming connection.
+already read included, to aiohttp's web server (messages that follow on it are still
+delivered, through http.py, but aiohttp's parser then applies its own rules: an HTTP/1.1
+request without a Host header gets 400 there). A connection that sends bytes that are not
+HTTP is closed without a response (requests before those bytes are answered first);
+otherwise we never close an incoming connection.
 
 Outgoing: one connection per remote `host:port`, shared by every local process. Sends are
 queued and flushed once per event-loop turn (pipelined; we never wait for the 202s, whose bytes
@@ -100,6 +103,14 @@ class _Inbound(asyncio.Protocol):
                     metrics.inc("libproc/messages_rejected")
                     out.append(wire.RESPONSES[result.status])
             transport.write(out[0] if len(out) == 1 else b"".join(out))
+            if self._parser.error is not None:
+                # Bad bytes after good requests: answer those (close() flushes), then close.
+                metrics.inc("libproc/requests_malformed")
+                log.debug("closing connection from %s: %s",
+                          transport.get_extra_info("peername"), self._parser.error)
+                transport.close()
+                self._transport = None
+                return
         if self._parser.claimed:
             self._hand_over(transport, self._parser.take_rest())
 
@@ -193,10 +204,10 @@ class _Outbound(asyncio.Protocol):
         """Shut our write side after the queue drains; the peer then closes its side."""
         if self.state in ("draining", "closed"):
             return
-        self._flush()
-        if self.transport is None:
+        if self.transport is None:  # still connecting: what is queued is dropped (counted)
             self._closed(None)
             return
+        self._flush()
         self.state = "draining"
         try:
             if self.transport.can_write_eof():
@@ -298,10 +309,16 @@ class Transport:
     def relink(self, address: tuple[str, int]) -> _Outbound:
         """Replace the connection to `address` with a new persistent one (no `exited`)."""
         old = self.outbound.pop(address, None)
+        carried: list[tuple[str, str, str, bytes]] = []
         if old is not None:
             old.abandoned = True
+            if old.transport is None:  # still connecting: its queue moves to the new socket
+                carried, old._queue = old._queue, []
             old.close_gracefully()
-        return self.connection(address, persistent=True)
+        conn = self.connection(address, persistent=True)
+        if carried:
+            conn._queue[:0] = carried
+        return conn
 
     def _outbound_closed(self, conn: _Outbound) -> None:
         if self.outbound.get(conn.address) is conn:

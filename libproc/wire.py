@@ -114,13 +114,17 @@ class RequestParser:
     """Incremental HTTP/1.x request parser. `feed(data)` returns the requests completed.
 
     Raises WireError (the connection must be closed without a response) for bytes that are
-    not HTTP or break a limit. `passthrough(request)` may claim a request whose head has just
-    been parsed: the parser stops, and `take_rest()` returns the raw bytes from the start of
-    that request on, to be handed to another HTTP server.
+    not HTTP or break a limit. Requests completed before the bad bytes in the same `feed` are
+    still returned (so the outcome does not depend on how TCP split the stream); the error is
+    then kept in `error` and raised by the next `feed`.
+
+    `passthrough(request)` may claim a request whose head has just been parsed: the parser
+    stops, and `take_rest()` returns the raw bytes from the start of that request on, to be
+    handed to another HTTP server.
     """
 
     __slots__ = ("limits", "_buf", "_state", "_req", "_remaining", "_chunks", "_size",
-                 "_passthrough", "_claimed", "_req_start")
+                 "_passthrough", "_claimed", "_req_start", "error")
 
     def __init__(
         self,
@@ -137,6 +141,7 @@ class RequestParser:
         self._passthrough = passthrough
         self._claimed = False
         self._req_start = 0
+        self.error: WireError | None = None
 
     @property
     def claimed(self) -> bool:
@@ -148,6 +153,8 @@ class RequestParser:
         return rest
 
     def feed(self, data: bytes) -> list[Request]:
+        if self.error is not None:
+            raise self.error
         if self._claimed:
             self._buf += data
             return []
@@ -251,13 +258,17 @@ class RequestParser:
                         if len(buf) - pos > limits.max_head:
                             raise WireError("trailer too large")
                         break
-                    line = buf[pos:nl].rstrip(b"\r")
+                    trailer = buf[pos:nl].rstrip(b"\r")
                     pos = nl + 1
-                    if not line:
+                    if not trailer:
                         assert self._req is not None
                         self._req.body = b"".join(self._chunks)
                         self._chunks = []
                         out.append(self._finish())
+        except WireError as exc:
+            if not out:
+                raise
+            self.error = exc
         finally:
             if pos:
                 del buf[:pos]

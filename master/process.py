@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import Iterable
@@ -62,6 +63,9 @@ class SlaveInfo:
     used_cpus: float = 0.0
     used_mem: float = 0.0
     tasks: set[str] = field(default_factory=set)
+    # Sent to the slave at registration and put in every command to it: the slave obeys
+    # only commands that carry it (Libprocess-From alone can be forged by anyone).
+    token: bytes = field(default_factory=lambda: secrets.token_bytes(16))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -156,7 +160,7 @@ class Master(ProtobufProcess):
                      slave.cpus, slave.mem)
         self.send(sender, pb.SlaveRegisteredMessage(
             slave_id=pb.SlaveID(value=slave.id),
-            heartbeat_interval=self.config.heartbeat_interval))
+            heartbeat_interval=self.config.heartbeat_interval, token=slave.token))
         self._schedule()
 
     def _add_slave(self, slave_id: str, pid: UPID, resources: pb.Resources,
@@ -206,7 +210,7 @@ class Master(ProtobufProcess):
         self.send(sender, pb.SlaveReregisteredMessage(
             slave_id=pb.SlaveID(value=slave_id),
             kill_tasks=[pb.TaskID(value=t) for t in kill],
-            heartbeat_interval=self.config.heartbeat_interval))
+            heartbeat_interval=self.config.heartbeat_interval, token=slave.token))
         self._schedule()
 
     def _claim(self, slave: SlaveInfo, rec: TaskRecord) -> None:
@@ -236,6 +240,11 @@ class Master(ProtobufProcess):
         if slave.state == "disconnected":
             slave.state, slave.disconnected_at = "active", None
         return slave
+
+    def _send_kill(self, to: UPID, task_id: pb.TaskID) -> None:
+        slave = self._slave_of(to)
+        self.send(to, pb.KillTaskMessage(task_id=task_id,
+                                         token=slave.token if slave else b""))
 
     def _pong(self, sender: UPID, msg: pb.PongSlaveMessage) -> None:
         self._touch(sender)
@@ -352,7 +361,8 @@ class Master(ProtobufProcess):
         self._launch_seq += 1
         self._counters["launches"] += len(infos)
         self.send(slave.pid, pb.LaunchTasksMessage(
-            id=self._launch_seq & 0x7FFFFFFF, tasks=infos, slave_id=pb.SlaveID(value=slave_id)))
+            id=self._launch_seq & 0x7FFFFFFF, tasks=infos, slave_id=pb.SlaveID(value=slave_id),
+            token=slave.token))
 
     def _save(self, rec: TaskRecord) -> asyncio.Future[None]:
         fut = self.store.save(rec)
@@ -390,7 +400,7 @@ class Master(ProtobufProcess):
         if rec is None:
             log.warning("status update %s for unknown task %s from %s", state, tid, sender)
             if state not in TERMINAL_STATES:
-                self.send(sender, pb.KillTaskMessage(task_id=update.task_id))
+                self._send_kill(sender, update.task_id)
             self.send(sender, ack)
             return
         attempt = update.attempt if update.HasField("attempt") else None
@@ -415,7 +425,7 @@ class Master(ProtobufProcess):
             rejection = rec.check(state, attempt=attempt)
             log.debug("ignored update for %s: %s", tid, rejection.reason if rejection else "")
             if attempt is not None and attempt != rec.attempts and state not in TERMINAL_STATES:
-                self.send(sender, pb.KillTaskMessage(task_id=update.task_id))
+                self._send_kill(sender, update.task_id)
             pending_save = self._last_save.get(tid)
             saved = pending_save if pending_save is not None else _done_future()
         # Acknowledge only what is durable: the slave re-sends until we do.
@@ -602,7 +612,8 @@ class Master(ProtobufProcess):
             self._save(rec)
             return web.json_response({"id": rec.id, "state": rec.state}, status=202)
         self.send(slave.pid, pb.KillTaskMessage(task_id=pb.TaskID(value=rec.id),
-                                                slave_id=pb.SlaveID(value=slave.id)))
+                                                slave_id=pb.SlaveID(value=slave.id),
+                                                token=slave.token))
         return web.json_response({"id": rec.id, "state": "KILLING"}, status=202)
 
     async def _proxy_logs(self, request: web.BaseRequest, rec: TaskRecord) -> web.Response:

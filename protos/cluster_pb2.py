@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/cluster.proto\x12\x07\x63luster\"\x17\n\x06TaskID\x12\r\n\x05value\x18\x01 \x02(\t\"\x18\n\x07SlaveID\x12\r\n\x05value\x18\x01 \x02(\t\"&\n\tResources\x12\x0c\n\x04\x63pus\x18\x01 \x01(\x01\x12\x0b\n\x03mem\x18\x02 \x01(\x01\"|\n\x04Task\x12\x0c\n\x04name\x18\x01 \x02(\t\x12 \n\x07task_id\x18\x02 \x02(\x0b\x32\x0f.cluster.TaskID\x12\x10\n\x08progress\x18\x03 \x02(\x02\x12!\n\x05state\x18\x04 \x01(\x0e\x32\x12.cluster.TaskState\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\r\"\x94\x01\n\x08TaskInfo\x12\x0c\n\x04name\x18\x01 \x02(\t\x12 \n\x07task_id\x18\x02 \x02(\x0b\x32\x0f.cluster.TaskID\x12\x0f\n\x07\x63ommand\x18\x03 \x02(\t\x12%\n\tresources\x18\x04 \x01(\x0b\x32\x12.cluster.Resources\x12\x0f\n\x07timeout\x18\x05 \x01(\x01\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\"f\n\x12LaunchTasksMessage\x12\n\n\x02id\x18\x01 \x02(\x05\x12 \n\x05tasks\x18\x02 \x03(\x0b\x32\x11.cluster.TaskInfo\x12\"\n\x08slave_id\x18\x03 \x01(\x0b\x32\x10.cluster.SlaveID\"Y\n\x15ReportProgressMessage\x12\x1c\n\x05tasks\x18\x03 \x03(\x0b\x32\r.cluster.Task\x12\"\n\x08slave_id\x18\x04 \x01(\x0b\x32\x10.cluster.SlaveID\"p\n\x14RegisterSlaveMessage\x12%\n\tresources\x18\x01 \x02(\x0b\x32\x12.cluster.Resources\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x0e\n\x06secret\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\"c\n\x0bRunningTask\x12\x1f\n\x04task\x18\x01 \x02(\x0b\x32\x11.cluster.TaskInfo\x12!\n\x05state\x18\x02 \x01(\x0e\x32\x12.cluster.TaskState\x12\x10\n\x08progress\x18\x03 \x01(\x02\"\xbb\x01\n\x16ReregisterSlaveMessage\x12\"\n\x08slave_id\x18\x01 \x02(\x0b\x32\x10.cluster.SlaveID\x12%\n\tresources\x18\x02 \x02(\x0b\x32\x12.cluster.Resources\x12#\n\x05tasks\x18\x03 \x03(\x0b\x32\x14.cluster.RunningTask\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x0e\n\x06secret\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\"X\n\x16SlaveRegisteredMessage\x12\"\n\x08slave_id\x18\x01 \x02(\x0b\x32\x10.cluster.SlaveID\x12\x1a\n\x12heartbeat_interval\x18\x02 \x01(\x01\"\x7f\n\x18SlaveReregisteredMessage\x12\"\n\x08slave_id\x18\x01 \x02(\x0b\x32\x10.cluster.SlaveID\x12#\n\nkill_tasks\x18\x02 \x03(\x0b\x32\x0f.cluster.TaskID\x12\x1a\n\x12heartbeat_interval\x18\x03 \x01(\x01\",\n\x1aRegistrationRefusedMessage\x12\x0e\n\x06reason\x18\x01 \x02(\t\"\xdf\x01\n\x0cStatusUpdate\x12 \n\x07task_id\x18\x01 \x02(\x0b\x32\x0f.cluster.TaskID\x12!\n\x05state\x18\x02 \x02(\x0e\x32\x12.cluster.TaskState\x12\"\n\x08slave_id\x18\x03 \x01(\x0b\x32\x10.cluster.SlaveID\x12\x11\n\texit_code\x18\x04 \x01(\x05\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x10\n\x08progress\x18\x06 \x01(\x02\x12\x0c\n\x04uuid\x18\x07 \x02(\x0c\x12\x11\n\ttimestamp\x18\x08 \x01(\x01\x12\x0f\n\x07\x61ttempt\x18\t \x01(\r\"<\n\x13StatusUpdateMessage\x12%\n\x06update\x18\x01 \x02(\x0b\x32\x15.cluster.StatusUpdate\"x\n\"StatusUpdateAcknowledgementMessage\x12\"\n\x08slave_id\x18\x01 \x02(\x0b\x32\x10.cluster.SlaveID\x12 \n\x07task_id\x18\x02 \x02(\x0b\x32\x0f.cluster.TaskID\x12\x0c\n\x04uuid\x18\x03 \x02(\x0c\"W\n\x0fKillTaskMessage\x12 \n\x07task_id\x18\x01 \x02(\x0b\x32\x0f.cluster.TaskID\x12\"\n\x08slave_id\x18\x02 \x01(\x0b\x32\x10.cluster.SlaveID\"%\n\x10PingSlaveMessage\x12\x11\n\tconnected\x18\x01 \x01(\x08\"6\n\x10PongSlaveMessage\x12\"\n\x08slave_id\x18\x01 \x01(\x0b\x32\x10.cluster.SlaveID\"<\n\x16UnregisterSlaveMessage\x12\"\n\x08slave_id\x18\x01 \x02(\x0b\x32\x10.cluster.SlaveID\"\'\n\x14ShutdownSlaveMessage\x12\x0f\n\x07message\x18\x01 \x01(\t*b\n\tTaskState\x12\x0b\n\x07PENDING\x10\x00\x12\x0b\n\x07STAGING\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\x0c\n\x08\x46INISHED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\n\n\x06KILLED\x10\x05\x12\x08\n\x04LOST\x10\x06')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/cluster.proto\x12\x07\x63luster\"\x17\n\x06TaskID\x12\r\n\x05value\x18\x01 \x02(\t\"\x18\n\x07SlaveID\x12\r\n\x05value\x18\x01 \x02(\t\"&\n\tResources\x12\x0c\n\x04\x63pus\x18\x01 \x01(\x01\x12\x0b\n\x03mem\x18\x02 \x01(\x01\"|\n\x04Task\x12\x0c\n\x04name\x18\x01 \x02(\t\x12 \n\x07task_id\x18\x02 \x02(\x0b\x32\x0f.cluster.TaskID\x12\x10\n\x08progress\x18\x03 \x02(\x02\x12!\n\x05state\x18\x04 \x01(\x0e\x32\x12.cluster.TaskState\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\r\"\x94\x01\n\x08TaskInfo\x12\x0c\n\x04name\x18\x01 \x02(\t\x12 \n\x07task_id\x18\x02 \x02(\x0b\x32\x0f.cluster.TaskID\x12\x0f\n\x07\x63ommand\x18\x03 \x02(\t\x12%\n\tresources\x18\x04 \x01(\x0b\x32\x12.cluster.Resources\x12\x0f\n\x07timeout\x18\x05 \x01(\x01\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\"u\n\x12LaunchTasksMessage\x12\n\n\x02id\x18\x01 \x02(\x05\x12 \n\x05tasks\x18\x02 \x03(\x0b\x32\x11.cluster.TaskInfo\x12\"\n\x08slave_id\x18\x03 \x01(\x0b\x32\x10.cluster.SlaveID\x12\r\n\x05token\x18\x04 \x01(\x0c\"Y\n\x15ReportProgressMessage\x12\x1c\n\x05tasks\x18\x03 \x03(\x0b\x32\r.cluster.Task\x12\"\n\x08slave_id\x18\x04 \x01(\x0b\x32\x10.cluster.SlaveID\"p\n\x14RegisterSlaveMessage\x12%\n\tresources\x18\x01 \x02(\x0b\x32\x12.cluster.Resources\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x0e\n\x06secret\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\"c\n\x0bRunningTask\x12\x1f\n\x04task\x18\x01 \x02(\x0b\x32\x11.cluster.TaskInfo\x12!\n\x05state\x18\x02 \x01(\x0e\x32\x12.cluster.TaskState\x12\x10\n\x08progress\x18\x03 \x01(\x02\"\xbb\x01\n\x16ReregisterSlaveMessage\x12\"\n\x08slave_id\x18\x01 \x02(\x0b\x32\x10.cluster.SlaveID\x12%\n\tresources\x18\x02 \x02(\x0b\x32\x12.cluster.Resources\x12#\n\x05tasks\x18\x03 \x03(\x0b\x32\x14.cluster.RunningTask\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x0e\n\x06secret\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\"g\n\x16SlaveRegisteredMessage\x12\"\n\x08slave_id\x18\x01 \x02(\x0b\x32\x10.cluster.SlaveID\x12\x1a\n\x12heartbeat_interval\x18\x02 \x01(\x01\x12\r\n\x05token\x18\x03 \x01(\x0c\"\x8e\x01\n\x18SlaveReregisteredMessage\x12\"\n\x08slave_id\x18\x01 \x02(\x0b\x32\x10.cluster.SlaveID\x12#\n\nkill_tasks\x18\x02 \x03(\x0b\x32\x0f.cluster.TaskID\x12\x1a\n\x12heartbeat_interval\x18\x03 \x01(\x01\x12\r\n\x05token\x18\x04 \x01(\x0c\",\n\x1aRegistrationRefusedMessage\x12\x0e\n\x06reason\x18\x01 \x02(\t\"\xdf\x01\n\x0cStatusUpdate\x12 \n\x07task_id\x18\x01 \x02(\x0b\x32\x0f.cluster.TaskID\x12!\n\x05state\x18\x02 \x02(\x0e\x32\x12.cluster.TaskState\x12\"\n\x08slave_id\x18\x03 \x01(\x0b\x32\x10.cluster.SlaveID\x12\x11\n\texit_code\x18\x04 \x01(\x05\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x10\n\x08progress\x18\x06 \x01(\x02\x12\x0c\n\x04uuid\x18\x07 \x02(\x0c\x12\x11\n\ttimestamp\x18\x08 \x01(\x01\x12\x0f\n\x07\x61ttempt\x18\t \x01(\r\"<\n\x13StatusUpdateMessage\x12%\n\x06update\x18\x01 \x02(\x0b\x32\x15.cluster.StatusUpdate\"x\n\"StatusUpdateAcknowledgementMessage\x12\"\n\x08slave_id\x18\x01 \x02(\x0b\x32\x10.cluster.SlaveID\x12 \n\x07task_id\x18\x02 \x02(\x0b\x32\x0f.cluster.TaskID\x12\x0c\n\x04uuid\x18\x03 \x02(\x0c\"f\n\x0fKillTaskMessage\x12 \n\x07task_id\x18\x01 \x02(\x0b\x32\x0f.cluster.TaskID\x12\"\n\x08slave_id\x18\x02 \x01(\x0b\x32\x10.cluster.SlaveID\x12\r\n\x05token\x18\x03 \x01(\x0c\"%\n\x10PingSlaveMessage\x12\x11\n\tconnected\x18\x01 \x01(\x08\"6\n\x10PongSlaveMessage\x12\"\n\x08slave_id\x18\x01 \x01(\x0b\x32\x10.cluster.SlaveID\"<\n\x16UnregisterSlaveMessage\x12\"\n\x08slave_id\x18\x01 \x02(\x0b\x32\x10.cluster.SlaveID\"6\n\x14ShutdownSlaveMessage\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x0c*b\n\tTaskState\x12\x0b\n\x07PENDING\x10\x00\x12\x0b\n\x07STAGING\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\x0c\n\x08\x46INISHED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\n\n\x06KILLED\x10\x05\x12\x08\n\x04LOST\x10\x06')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.cluster_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASKSTATE']._serialized_start=1963
-  _globals['_TASKSTATE']._serialized_end=2061
+  _globals['_TASKSTATE']._serialized_start=2039
+  _globals['_TASKSTATE']._serialized_end=2137
   _globals['_TASKID']._serialized_start=33
   _globals['_TASKID']._serialized_end=56
   _globals['_SLAVEID']._serialized_start=58
@@ -44,35 +44,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKINFO']._serialized_start=251
   _globals['_TASKINFO']._serialized_end=399
   _globals['_LAUNCHTASKSMESSAGE']._serialized_start=401
-  _globals['_LAUNCHTASKSMESSAGE']._serialized_end=503
-  _globals['_REPORTPROGRESSMESSAGE']._serialized_start=505
-  _globals['_REPORTPROGRESSMESSAGE']._serialized_end=594
-  _globals['_REGISTERSLAVEMESSAGE']._serialized_start=596
-  _globals['_REGISTERSLAVEMESSAGE']._serialized_end=708
-  _globals['_RUNNINGTASK']._serialized_start=710
-  _globals['_RUNNINGTASK']._serialized_end=809
-  _globals['_REREGISTERSLAVEMESSAGE']._serialized_start=812
-  _globals['_REREGISTERSLAVEMESSAGE']._serialized_end=999
-  _globals['_SLAVEREGISTEREDMESSAGE']._serialized_start=1001
-  _globals['_SLAVEREGISTEREDMESSAGE']._serialized_end=1089
-  _globals['_SLAVEREREGISTEREDMESSAGE']._serialized_start=1091
-  _globals['_SLAVEREREGISTEREDMESSAGE']._serialized_end=1218
-  _globals['_REGISTRATIONREFUSEDMESSAGE']._serialized_start=1220
-  _globals['_REGISTRATIONREFUSEDMESSAGE']._serialized_end=1264
-  _globals['_STATUSUPDATE']._serialized_start=1267
-  _globals['_STATUSUPDATE']._serialized_end=1490
-  _globals['_STATUSUPDATEMESSAGE']._serialized_start=1492
-  _globals['_STATUSUPDATEMESSAGE']._serialized_end=1552
-  _globals['_STATUSUPDATEACKNOWLEDGEMENTMESSAGE']._serialized_start=1554
-  _globals['_STATUSUPDATEACKNOWLEDGEMENTMESSAGE']._serialized_end=1674
-  _globals['_KILLTASKMESSAGE']._serialized_start=1676
-  _globals['_KILLTASKMESSAGE']._serialized_end=1763
-  _globals['_PINGSLAVEMESSAGE']._serialized_start=1765
-  _globals['_PINGSLAVEMESSAGE']._serialized_end=1802
-  _globals['_PONGSLAVEMESSAGE']._serialized_start=1804
-  _globals['_PONGSLAVEMESSAGE']._serialized_end=1858
-  _globals['_UNREGISTERSLAVEMESSAGE']._serialized_start=1860
-  _globals['_UNREGISTERSLAVEMESSAGE']._serialized_end=1920
-  _globals['_SHUTDOWNSLAVEMESSAGE']._serialized_start=1922
-  _globals['_SHUTDOWNSLAVEMESSAGE']._serialized_end=1961
+  _globals['_LAUNCHTASKSMESSAGE']._serialized_end=518
+  _globals['_REPORTPROGRESSMESSAGE']._serialized_start=520
+  _globals['_REPORTPROGRESSMESSAGE']._serialized_end=609
+  _globals['_REGISTERSLAVEMESSAGE']._serialized_start=611
+  _globals['_REGISTERSLAVEMESSAGE']._serialized_end=723
+  _globals['_RUNNINGTASK']._serialized_start=725
+  _globals['_RUNNINGTASK']._serialized_end=824
+  _globals['_REREGISTERSLAVEMESSAGE']._serialized_start=827
+  _globals['_REREGISTERSLAVEMESSAGE']._serialized_end=1014
+  _globals['_SLAVEREGISTEREDMESSAGE']._serialized_start=1016
+  _globals['_SLAVEREGISTEREDMESSAGE']._serialized_end=1119
+  _globals['_SLAVEREREGISTEREDMESSAGE']._serialized_start=1122
+  _globals['_SLAVEREREGISTEREDMESSAGE']._serialized_end=1264
+  _globals['_REGISTRATIONREFUSEDMESSAGE']._serialized_start=1266
+  _globals['_REGISTRATIONREFUSEDMESSAGE']._serialized_end=1310
+  _globals['_STATUSUPDATE']._serialized_start=1313
+  _globals['_STATUSUPDATE']._serialized_end=1536
+  _globals['_STATUSUPDATEMESSAGE']._serialized_start=1538
+  _globals['_STATUSUPDATEMESSAGE']._serialized_end=1598
+  _globals['_STATUSUPDATEACKNOWLEDGEMENTMESSAGE']._serialized_start=1600
+  _globals['_STATUSUPDATEACKNOWLEDGEMENTMESSAGE']._serialized_end=1720
+  _globals['_KILLTASKMESSAGE']._serialized_start=1722
+  _globals['_KILLTASKMESSAGE']._serialized_end=1824
+  _globals['_PINGSLAVEMESSAGE']._serialized_start=1826
+  _globals['_PINGSLAVEMESSAGE']._serialized_end=1863
+  _globals['_PONGSLAVEMESSAGE']._serialized_start=1865
+  _globals['_PONGSLAVEMESSAGE']._serialized_end=1919
+  _globals['_UNREGISTERSLAVEMESSAGE']._serialized_start=1921
+  _globals['_UNREGISTERSLAVEMESSAGE']._serialized_end=1981
+  _globals['_SHUTDOWNSLAVEMESSAGE']._serialized_start=1983
+  _globals['_SHUTDOWNSLAVEMESSAGE']._serialized_end=2037
 # @@protoc_insertion_point(module_scope)

@@ -75,14 +75,16 @@ class TaskInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., task_id: _Optional[_Union[TaskID, _Mapping]] = ..., command: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., timeout: _Optional[float] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class LaunchTasksMessage(_message.Message):
-    __slots__ = ("id", "tasks", "slave_id")
+    __slots__ = ("id", "tasks", "slave_id", "token")
     ID_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     SLAVE_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
     id: int
     tasks: _containers.RepeatedCompositeFieldContainer[TaskInfo]
     slave_id: SlaveID
-    def __init__(self, id: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ..., slave_id: _Optional[_Union[SlaveID, _Mapping]] = ...) -> None: ...
+    token: bytes
+    def __init__(self, id: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ..., slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., token: _Optional[bytes] = ...) -> None: ...
 
 class ReportProgressMessage(_message.Message):
     __slots__ = ("tasks", "slave_id")
@@ -131,22 +133,26 @@ class ReregisterSlaveMessage(_message.Message):
     def __init__(self, slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[RunningTask, _Mapping]]] = ..., hostname: _Optional[str] = ..., secret: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class SlaveRegisteredMessage(_message.Message):
-    __slots__ = ("slave_id", "heartbeat_interval")
+    __slots__ = ("slave_id", "heartbeat_interval", "token")
     SLAVE_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
     slave_id: SlaveID
     heartbeat_interval: float
-    def __init__(self, slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., heartbeat_interval: _Optional[float] = ...) -> None: ...
+    token: bytes
+    def __init__(self, slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., heartbeat_interval: _Optional[float] = ..., token: _Optional[bytes] = ...) -> None: ...
 
 class SlaveReregisteredMessage(_message.Message):
-    __slots__ = ("slave_id", "kill_tasks", "heartbeat_interval")
+    __slots__ = ("slave_id", "kill_tasks", "heartbeat_interval", "token")
     SLAVE_ID_FIELD_NUMBER: _ClassVar[int]
     KILL_TASKS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
     slave_id: SlaveID
     kill_tasks: _containers.RepeatedCompositeFieldContainer[TaskID]
     heartbeat_interval: float
-    def __init__(self, slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., kill_tasks: _Optional[_Iterable[_Union[TaskID, _Mapping]]] = ..., heartbeat_interval: _Optional[float] = ...) -> None: ...
+    token: bytes
+    def __init__(self, slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., kill_tasks: _Optional[_Iterable[_Union[TaskID, _Mapping]]] = ..., heartbeat_interval: _Optional[float] = ..., token: _Optional[bytes] = ...) -> None: ...
 
 class RegistrationRefusedMessage(_message.Message):
     __slots__ = ("reason",)
@@ -193,12 +199,14 @@ class StatusUpdateAcknowledgementMessage(_message.Message):
     def __init__(self, slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., task_id: _Optional[_Union[TaskID, _Mapping]] = ..., uuid: _Optional[bytes] = ...) -> None: ...
 
 class KillTaskMessage(_message.Message):
-    __slots__ = ("task_id", "slave_id")
+    __slots__ = ("task_id", "slave_id", "token")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     SLAVE_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
     task_id: TaskID
     slave_id: SlaveID
-    def __init__(self, task_id: _Optional[_Union[TaskID, _Mapping]] = ..., slave_id: _Optional[_Union[SlaveID, _Mapping]] = ...) -> None: ...
+    token: bytes
+    def __init__(self, task_id: _Optional[_Union[TaskID, _Mapping]] = ..., slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., token: _Optional[bytes] = ...) -> None: ...
 
 class PingSlaveMessage(_message.Message):
     __slots__ = ("connected",)
@@ -219,7 +227,9 @@ class UnregisterSlaveMessage(_message.Message):
     def __init__(self, slave_id: _Optional[_Union[SlaveID, _Mapping]] = ...) -> None: ...
 
 class ShutdownSlaveMessage(_message.Message):
-    __slots__ = ("message",)
+    __slots__ = ("message", "token")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
     message: str
-    def __init__(self, message: _Optional[str] = ...) -> None: ...
+    token: bytes
+    def __init__(self, message: _Optional[str] = ..., token: _Optional[bytes] = ...) -> None: ...

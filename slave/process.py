@@ -55,13 +55,15 @@ class Slave(ProtobufProcess):
         super().__init__(id, prefix="slave")
         self.config = config
         self.slave_id: str | None = None
+        self.token = b""  # from the master at registration; required on its commands
         self.mode = "registering"  # registering | registered | shutting_down
         self.tasks: dict[str, pb.TaskInfo] = {}  # running here, by task id
         self.unacked: dict[bytes, pb.StatusUpdate] = {}
         self._backoff = 0.25
         self._last_master_contact = 0.0
         self._counters = {"registrations": 0, "status_updates_sent": 0,
-                          "progress_reports_sent": 0, "launches_received": 0}
+                          "progress_reports_sent": 0, "launches_received": 0,
+                          "commands_refused": 0}
         self._started = time.time()
         self.executor: Executor | None = None
         self._stopped: libproc.Promise[bool] = libproc.Promise()
@@ -78,11 +80,11 @@ class Slave(ProtobufProcess):
         self.install(pb.SlaveRegisteredMessage, self._registered)
         self.install(pb.SlaveReregisteredMessage, self._reregistered)
         self.install(pb.RegistrationRefusedMessage, self._refused, "reason")
-        self.install(pb.LaunchTasksMessage, self._launch, "id", "tasks")
-        self.install(pb.KillTaskMessage, self._kill, "task_id")
+        self.install(pb.LaunchTasksMessage, self._launch, "id", "tasks", "token")
+        self.install(pb.KillTaskMessage, self._kill, "task_id", "token")
         self.install(pb.StatusUpdateAcknowledgementMessage, self._acknowledged)
         self.install(pb.PingSlaveMessage, self._ping, "connected")
-        self.install(pb.ShutdownSlaveMessage, self._shutdown_requested, "message")
+        self.install(pb.ShutdownSlaveMessage, self._shutdown_requested, "message", "token")
         self.route("/vars", self._vars)
         self.route("/logs", self._logs)
         self.route("/tasks", self._tasks_json)
@@ -166,13 +168,23 @@ class Slave(ProtobufProcess):
         delay(self._backoff, self.pid, self._register)
         self._backoff = min(self._backoff * 2, self.config.max_backoff)
 
-    def _became_registered(self, slave_id: str, sender: UPID) -> None:
+    def _from_master(self, sender: UPID, token: bytes, what: str) -> bool:
+        """A command counts only from our master and with our registration token."""
+        if sender == self.config.master and token and token == self.token:
+            return True
+        self._counters["commands_refused"] += 1
+        log.warning("refused %s from %s: not from our master or without its token", what,
+                    sender)
+        return False
+
+    def _became_registered(self, slave_id: str, sender: UPID, token: bytes) -> None:
         if sender != self.config.master:
             log.warning("ignoring registration answer from %s (our master is %s)",
                         sender, self.config.master)
             return
         first = self.slave_id != slave_id
         self.slave_id = slave_id
+        self.token = token
         self.mode = "registered"
         self._backoff = 0.25
         self._last_master_contact = libproc.Clock.now()
@@ -183,12 +195,12 @@ class Slave(ProtobufProcess):
     def _registered(self, sender: UPID, msg: pb.SlaveRegisteredMessage) -> None:
         if self.mode == "registering":
             log.info("registered with %s as %s", sender, msg.slave_id.value)
-        self._became_registered(msg.slave_id.value, sender)
+        self._became_registered(msg.slave_id.value, sender, msg.token)
 
     def _reregistered(self, sender: UPID, msg: pb.SlaveReregisteredMessage) -> None:
         if self.mode == "registering":
             log.info("re-registered with %s as %s", sender, msg.slave_id.value)
-        self._became_registered(msg.slave_id.value, sender)
+        self._became_registered(msg.slave_id.value, sender, msg.token)
         assert self.executor is not None
         for tid in msg.kill_tasks:
             log.info("master no longer wants task %s: killing it", tid.value)
@@ -217,16 +229,18 @@ class Slave(ProtobufProcess):
             self._backoff = 0.25
             self._register()
 
-    def _shutdown_requested(self, sender: UPID, message: str) -> None:
-        if sender == self.config.master:
+    def _shutdown_requested(self, sender: UPID, message: str, token: bytes) -> None:
+        if self._from_master(sender, token, "shutdown"):
             log.warning("master asked us to shut down: %s", message)
             libproc.future.as_future(self.shutdown())
 
     # -- tasks --------------------------------------------------------------------------
 
-    def _launch(self, sender: UPID, launch_id: int, tasks: list[pb.TaskInfo]) -> None:
-        if sender != self.config.master or self.mode == "shutting_down":
-            log.warning("ignoring launch %d from %s", launch_id, sender)
+    def _launch(self, sender: UPID, launch_id: int, tasks: list[pb.TaskInfo],
+                token: bytes) -> None:
+        if not self._from_master(sender, token, f"launch {launch_id}"):
+            return
+        if self.mode == "shutting_down":
             return
         self._counters["launches_received"] += 1
         assert self.executor is not None
@@ -244,8 +258,8 @@ class Slave(ProtobufProcess):
                 continue
             self._update(tid, info.attempt, pb.RUNNING)
 
-    def _kill(self, sender: UPID, task_id: pb.TaskID) -> None:
-        if sender != self.config.master:
+    def _kill(self, sender: UPID, task_id: pb.TaskID, token: bytes) -> None:
+        if not self._from_master(sender, token, f"kill {task_id.value}"):
             return
         assert self.executor is not None
         tid = task_id.value

@@ -118,7 +118,8 @@ def test_callbacks_on_failure_get_the_message() -> None:
     calls: list[Any] = []
     p: Promise[int] = Promise()
     p.future.on_ready(calls.append).on_failed(calls.append).on_discarded(
-        lambda: calls.append("discarded"))
+        lambda: calls.append("discarded")
+    )
     p.fail("broken pipe")
     assert calls == ["broken pipe"]
 
@@ -127,7 +128,8 @@ def test_callbacks_on_discarded_run() -> None:
     calls: list[Any] = []
     p: Promise[int] = Promise()
     p.future.on_ready(calls.append).on_failed(calls.append).on_discarded(
-        lambda: calls.append("discarded"))
+        lambda: calls.append("discarded")
+    )
     p.discard()
     assert calls == ["discarded"]
 

@@ -14,8 +14,12 @@ def test_parse_reads_id_host_and_port() -> None:
 
 
 def test_str_is_id_at_host_colon_port_and_round_trips() -> None:
-    for text in ("master@127.0.0.1:5050", "slave(1)@10.0.0.5:5051", "@1.2.3.4:1",
-                 "pong@my-host.example:0"):
+    for text in (
+        "master@127.0.0.1:5050",
+        "slave(1)@10.0.0.5:5051",
+        "@1.2.3.4:1",
+        "pong@my-host.example:0",
+    ):
         assert str(UPID.parse(text)) == text
 
 

@@ -106,8 +106,9 @@ def test_empty_body_message_parses_with_empty_body() -> None:
 
 
 def test_content_length_body_is_read() -> None:
-    req = one(b"POST /a/b HTTP/1.1\r\nLibprocess-From: x@1.2.3.4:5\r\n"
-              b"Content-Length: 5\r\n\r\nhello")
+    req = one(
+        b"POST /a/b HTTP/1.1\r\nLibprocess-From: x@1.2.3.4:5\r\nContent-Length: 5\r\n\r\nhello"
+    )
     assert req.body == b"hello"
 
 
@@ -117,23 +118,28 @@ def test_zero_content_length_request_completes_without_body() -> None:
 
 
 def test_multi_chunk_body_with_extensions_and_trailers() -> None:
-    data = (b"POST /a/b HTTP/1.1\r\nLibprocess-From: x@1.2.3.4:5\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n"
-            b"3;ext=1\r\nabc\r\nA\r\n0123456789\r\n0\r\nX-Trailer: yes\r\n\r\n")
+    data = (
+        b"POST /a/b HTTP/1.1\r\nLibprocess-From: x@1.2.3.4:5\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+        b"3;ext=1\r\nabc\r\nA\r\n0123456789\r\n0\r\nX-Trailer: yes\r\n\r\n"
+    )
     assert one(data).body == b"abc0123456789"
 
 
 def test_lf_only_line_ends_are_accepted() -> None:
-    data = (b"POST /a/b HTTP/1.1\nLibprocess-From: x@1.2.3.4:5\n"
-            b"Transfer-Encoding: chunked\n\n3\nabc\n0\n\n")
+    data = (
+        b"POST /a/b HTTP/1.1\nLibprocess-From: x@1.2.3.4:5\n"
+        b"Transfer-Encoding: chunked\n\n3\nabc\n0\n\n"
+    )
     req = one(data)
     assert req.body == b"abc"
     assert req.headers["libprocess-from"] == "x@1.2.3.4:5"
 
 
 def test_http_1_0_without_host_is_a_message() -> None:
-    req = one(b"POST /p/n HTTP/1.0\r\nUser-Agent: libprocess/x@1.2.3.4:5\r\n"
-              b"Content-Length: 2\r\n\r\nhi")
+    req = one(
+        b"POST /p/n HTTP/1.0\r\nUser-Agent: libprocess/x@1.2.3.4:5\r\nContent-Length: 2\r\n\r\nhi"
+    )
     assert req.version == "HTTP/1.0"
     assert "host" not in req.headers
     assert classify(req) == Message("p", "n", UPID("x", "1.2.3.4", 5), b"hi")
@@ -179,8 +185,10 @@ def test_sender_falls_back_to_user_agent_suffix() -> None:
 
 
 def test_libprocess_from_wins_over_user_agent() -> None:
-    req = one(b"POST /a/b HTTP/1.1\r\nUser-Agent: libprocess/ua@1.2.3.4:5\r\n"
-              b"Libprocess-From: lf@6.7.8.9:10\r\n\r\n")
+    req = one(
+        b"POST /a/b HTTP/1.1\r\nUser-Agent: libprocess/ua@1.2.3.4:5\r\n"
+        b"Libprocess-From: lf@6.7.8.9:10\r\n\r\n"
+    )
     assert classify(req).sender == UPID("lf", "6.7.8.9", 10)  # type: ignore[union-attr]
 
 
@@ -223,8 +231,10 @@ def test_unparsable_sender_is_500() -> None:
 def test_gzip_body_is_decompressed() -> None:
     payload = b"compressed payload " * 50
     packed = gzip.compress(payload)
-    req = one(b"POST /p/n HTTP/1.1\r\nLibprocess-From: x@1.2.3.4:5\r\n"
-              b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(packed) + packed)
+    req = one(
+        b"POST /p/n HTTP/1.1\r\nLibprocess-From: x@1.2.3.4:5\r\n"
+        b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(packed) + packed
+    )
     msg = classify(req)
     assert isinstance(msg, Message)
     assert msg.body == payload
@@ -235,8 +245,10 @@ def test_deflate_body_is_decompressed() -> None:
 
 
 def test_corrupt_gzip_body_is_400() -> None:
-    req = one(b"POST /p/n HTTP/1.1\r\nLibprocess-From: x@1.2.3.4:5\r\n"
-              b"Content-Encoding: gzip\r\nContent-Length: 4\r\n\r\nnope")
+    req = one(
+        b"POST /p/n HTTP/1.1\r\nLibprocess-From: x@1.2.3.4:5\r\n"
+        b"Content-Encoding: gzip\r\nContent-Length: 4\r\n\r\nnope"
+    )
     result = classify(req)
     assert isinstance(result, MessageTarget) and result.status == 400
 
@@ -293,8 +305,9 @@ def test_bodies_over_the_limit_raise() -> None:
     with pytest.raises(WireError, match="too large"):
         RequestParser(limits).feed(b"POST /a HTTP/1.1\r\nContent-Length: 11\r\n\r\n")
     with pytest.raises(WireError, match="too large"):
-        RequestParser(limits).feed(b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-                                   b"8\r\n12345678\r\n8\r\n")
+        RequestParser(limits).feed(
+            b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n12345678\r\n8\r\n"
+        )
 
 
 def test_incomplete_request_waits_for_more_bytes() -> None:
@@ -303,6 +316,22 @@ def test_incomplete_request_waits_for_more_bytes() -> None:
     assert parser.feed(data[:-3]) == []
     reqs = parser.feed(data[-3:])
     assert [r.body for r in reqs] == [b"body bytes"]
+
+
+def test_requests_before_bad_bytes_are_returned_and_the_error_kept() -> None:
+    good = encode_message(SENDER, "p", "n", "h:1", b"ok")
+    parser = RequestParser()
+    reqs = parser.feed(good + good + b"NOT HTTP\r\n\r\n")
+    assert [r.body for r in reqs] == [b"ok", b"ok"]
+    assert isinstance(parser.error, WireError)
+    with pytest.raises(WireError):
+        parser.feed(b"")
+
+
+def test_bad_bytes_alone_raise_at_once() -> None:
+    parser = RequestParser()
+    with pytest.raises(WireError):
+        parser.feed(b"NOT HTTP\r\n\r\n")
 
 
 # -- passthrough (hand-over to aiohttp) -----------------------------------------------
@@ -335,20 +364,31 @@ def request_bytes(draw: st.DrawFn) -> bytes:
     if kind == "libproc":
         return encode_message(SENDER, draw(names), name, "127.0.0.1:1", body)
     if kind == "length":
-        return (b"POST /p/%s HTTP/1.1\r\nLibprocess-From: %s\r\nContent-Length: %d\r\n\r\n"
-                % (name.encode(), SENDER.encode(), len(body)) + body)
+        return (
+            b"POST /p/%s HTTP/1.1\r\nLibprocess-From: %s\r\nContent-Length: %d\r\n\r\n"
+            % (name.encode(), SENDER.encode(), len(body))
+            + body
+        )
     if kind == "http10":
-        return (b"POST /p/%s HTTP/1.0\r\nUser-Agent: libprocess/%s\r\nContent-Length: %d\r\n\r\n"
-                % (name.encode(), SENDER.encode(), len(body)) + body)
+        return (
+            b"POST /p/%s HTTP/1.0\r\nUser-Agent: libprocess/%s\r\nContent-Length: %d\r\n\r\n"
+            % (name.encode(), SENDER.encode(), len(body))
+            + body
+        )
     if kind == "get":
         return b"GET /p/%s?q=1 HTTP/1.1\r\nHost: x\r\n\r\n" % name.encode()
     sep = b"\r\n" if kind == "chunks" else b"\n"
     cuts = sorted(draw(st.lists(st.integers(0, len(body)), max_size=4)))
-    pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)]) if b > a]
+    pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True) if b > a]
     chunked = b"".join(b"%x%s%s%s" % (len(p), sep, p, sep) for p in pieces)
-    return (b"POST /p/%s HTTP/1.1%sLibprocess-From: %s%sTransfer-Encoding: chunked%s%s"
-            % (name.encode(), sep, SENDER.encode(), sep, sep, sep)
-            + chunked + b"0" + sep + sep)
+    return (
+        b"POST /p/%s HTTP/1.1%sLibprocess-From: %s%sTransfer-Encoding: chunked%s%s"
+        % (name.encode(), sep, SENDER.encode(), sep, sep, sep)
+        + chunked
+        + b"0"
+        + sep
+        + sep
+    )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -362,21 +402,25 @@ def test_any_split_of_a_request_stream_yields_the_same_requests(
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
     parser = RequestParser()
     split: list[Request] = []
-    for a, b in zip([0, *cuts], [*cuts, len(stream)]):
+    for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True):
         split.extend(parser.feed(stream[a:b]))
     assert split == whole
 
 
 def test_byte_by_byte_feeding_yields_the_same_requests() -> None:
-    stream = b"".join([
-        encode_message(SENDER, "p", "a", "h:1", b"x" * 40),
-        b"POST /p/b HTTP/1.1\nLibprocess-From: x@1.2.3.4:5\nTransfer-Encoding: chunked\n\n"
-        b"2\nab\n1\r\nc\r\n0\n\n",
-        encode_message(SENDER, "p", "c", "h:1", b""),
-    ])
+    stream = b"".join(
+        [
+            encode_message(SENDER, "p", "a", "h:1", b"x" * 40),
+            (
+                b"POST /p/b HTTP/1.1\nLibprocess-From: x@1.2.3.4:5\nTransfer-Encoding: chunked\n\n"
+                b"2\nab\n1\r\nc\r\n0\n\n"
+            ),
+            encode_message(SENDER, "p", "c", "h:1", b""),
+        ]
+    )
     whole = RequestParser().feed(stream)
     parser = RequestParser()
-    split = [r for i in range(len(stream)) for r in parser.feed(stream[i:i + 1])]
+    split = [r for i in range(len(stream)) for r in parser.feed(stream[i : i + 1])]
     assert [r.body for r in split] == [b"x" * 40, b"abc", b""]
     assert split == whole
 
