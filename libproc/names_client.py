@@ -50,7 +50,7 @@ from libproc.names_model import (
 from libproc.names_service import DEFAULT_ID, from_pb, to_pb
 from libproc.pid import UPID
 from libproc.protobuf import ProtobufProcess
-from protos import names_pb2 as pb
+from libproc import names_pb2 as pb
 
 __all__ = ["NamesClient", "Watch", "connect", "default_client"]
 

@@ -1,7 +1,7 @@
 """NameService: the libproc process (`names`) that knows which service instances are online.
 
 Embed it in any program with one line, `libproc.spawn(NameService(secret=...))`, or run it on
-its own with `python -m libproc.names --port P`. Its protocol is protos/names.proto; the
+its own with `python -m libproc.names --port P`. Its protocol is libproc/names.proto; the
 per-OS-process names client (names_client.py) speaks it for local processes.
 
 Contract:
@@ -46,7 +46,7 @@ from libproc.names_model import (
 )
 from libproc.pid import UPID
 from libproc.protobuf import ProtobufProcess
-from protos import names_pb2 as pb
+from libproc import names_pb2 as pb
 
 __all__ = ["NameService", "DEFAULT_ID", "to_pb", "from_pb"]
 

@@ -1,4 +1,7 @@
-"""Regenerate protos/*_pb2.py and *_pb2.pyi from protos/*.proto.
+"""Regenerate *_pb2.py and *_pb2.pyi beside every .proto in protos/ and libproc/.
+
+libproc's own protocol (the name service) lives in libproc/, so that libproc imports nothing
+else of ours; the cluster's messages live in protos/.
 
 Uses grpcio-tools' bundled protoc (pinned in pyproject.toml beside the protobuf runtime), so
 the generated code always matches the runtime. `--check` exits 1 when the committed files are
@@ -14,11 +17,11 @@ from pathlib import Path
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTOS = ROOT / "protos"
+SOURCE_DIRS = [ROOT / "protos", ROOT / "libproc"]
 
 
 def generate(out_dir: Path) -> list[Path]:
-    sources = sorted(PROTOS.glob("*.proto"))
+    sources = sorted(p for d in SOURCE_DIRS for p in d.glob("*.proto"))
     for source in sources:
         rc = protoc.main(
             [
@@ -39,8 +42,8 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         generate(Path(tmp))
         stale = []
-        for produced in sorted((Path(tmp) / "protos").glob("*_pb2.py*")):
-            target = PROTOS / produced.name
+        for produced in sorted(Path(tmp).glob("*/*_pb2.py*")):
+            target = ROOT / produced.parent.name / produced.name
             new = produced.read_bytes()
             if not target.exists() or target.read_bytes() != new:
                 stale.append(target.name)

@@ -29,7 +29,7 @@ from libproc.names import (
     Notice,
     RegistrationRefusedError,
 )
-from protos import names_pb2 as pb
+from libproc import names_pb2 as pb
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -25,3 +25,20 @@ def test_seed_messages_keep_their_field_numbers() -> None:
     assert pb.ReportProgressMessage.DESCRIPTOR.full_name == "cluster.ReportProgressMessage"
     names = [v.name for v in pb.TaskState.DESCRIPTOR.values]
     assert names == ["PENDING", "STAGING", "RUNNING", "FINISHED", "FAILED", "KILLED", "LOST"]
+
+
+def test_libproc_imports_nothing_else_of_ours() -> None:
+    """DESIGN §1: libproc knows nothing of the cluster (it may be used on its own)."""
+    import ast
+
+    ours = {"protos", "master", "slave", "cli", "examples", "benchmarks", "tests"}
+    for path in sorted((ROOT / "libproc").glob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] not in ours, f"{path.name} imports {name}"
