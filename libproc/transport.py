@@ -38,6 +38,8 @@ DRAIN_TIMEOUT_SECONDS = 5.0
 # Stop reading from a peer whose answers we cannot write (it does not read its 202s).
 _WRITE_HIGH_WATER = 4 * 1024 * 1024
 _MAX_CONNECTIONS = 10_000
+# Most bytes held for one outgoing connection (queued while connecting + unsent writes).
+MAX_BUFFERED = 64 * 1024 * 1024
 
 
 class _Inbound(asyncio.Protocol):
@@ -144,6 +146,8 @@ class _Outbound(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.host_header = f"{address[0]}:{address[1]}"
         self._queue: list[tuple[str, str, str, bytes]] = []
+        self._queued_bytes = 0  # approximate encoded size of `_queue`
+        self._warned = 0.0
         self._flush_scheduled = False
         self.state = "connecting"  # connecting | open | draining | closed
         self.persistent = False
@@ -183,6 +187,20 @@ class _Outbound(asyncio.Protocol):
         self._closed(exc)
 
     def send(self, sender: str, to_id: str, name: str, body: bytes) -> None:
+        # Bound what one peer can make us hold: a peer that stops reading (or never answers
+        # the connect) costs at most MAX_BUFFERED bytes, then its messages are dropped
+        # (delivery is at most once) and counted.
+        buffered = self._queued_bytes + (
+            self.transport.get_write_buffer_size() if self.transport is not None else 0)
+        if buffered + len(body) > MAX_BUFFERED:
+            metrics.inc("libproc/messages_dropped_backpressure")
+            now = time.monotonic()
+            if now - self._warned > 10.0:
+                self._warned = now
+                log.warning("dropping messages to %s:%s: %d bytes already buffered for it",
+                            self.address[0], self.address[1], buffered)
+            return
+        self._queued_bytes += len(body) + 200
         self._queue.append((sender, to_id, name, body))
         self.last_used = time.monotonic()
         if self.state == "open" and not self._flush_scheduled:
@@ -192,6 +210,7 @@ class _Outbound(asyncio.Protocol):
     def _flush(self) -> None:
         self._flush_scheduled = False
         queue, self._queue = self._queue, []
+        self._queued_bytes = 0
         if not queue or self.transport is None:
             return
         host = self.host_header
@@ -310,14 +329,17 @@ class Transport:
         """Replace the connection to `address` with a new persistent one (no `exited`)."""
         old = self.outbound.pop(address, None)
         carried: list[tuple[str, str, str, bytes]] = []
+        carried_bytes = 0
         if old is not None:
             old.abandoned = True
             if old.transport is None:  # still connecting: its queue moves to the new socket
                 carried, old._queue = old._queue, []
+                carried_bytes, old._queued_bytes = old._queued_bytes, 0
             old.close_gracefully()
         conn = self.connection(address, persistent=True)
         if carried:
             conn._queue[:0] = carried
+            conn._queued_bytes += carried_bytes
         return conn
 
     def _outbound_closed(self, conn: _Outbound) -> None:
