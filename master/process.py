@@ -60,6 +60,7 @@ class SlaveInfo:
     registered_at: float = 0.0
     last_contact: float = 0.0
     disconnected_at: float | None = None
+    lost_at: float | None = None
     used_cpus: float = 0.0
     used_mem: float = 0.0
     tasks: set[str] = field(default_factory=set)
@@ -265,6 +266,7 @@ class Master(ProtobufProcess):
     def _slave_gone(self, slave: SlaveInfo, state: str, reason: str) -> None:
         slave.state = state
         now = _now()
+        slave.lost_at = now
         for tid in sorted(slave.tasks, key=_task_key):
             rec = self.tasks.get(tid)
             if rec is not None and rec.state in ACTIVE_STATES:
@@ -296,6 +298,11 @@ class Master(ProtobufProcess):
                     self._slave_gone(slave, "lost", f"slave {slave.id} lost (disconnected)")
                 else:
                     self.send(slave.pid, pb.PingSlaveMessage(connected=True))
+            elif (slave.state == "lost" and slave.lost_at is not None
+                    and now - slave.lost_at < 20 * timeout):
+                # A stopped slave that resumes learns at once that it must re-register
+                # (and then kill the tasks we declared LOST).
+                self.send(slave.pid, pb.PingSlaveMessage(connected=False))
         if self._recovering_until is not None and now >= self._recovering_until:
             self._recovering_until = None
             known = {s.id for s in self.slaves.values() if s.state == "active"}
