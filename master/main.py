@@ -7,6 +7,7 @@ import logging
 import signal
 
 import libproc
+from libproc.names import NameService
 from master.process import Master, MasterConfig
 from master.store import Store
 
@@ -41,6 +42,9 @@ async def run_master(
         raise
     master = Master(store, config)
     libproc.spawn(master)
+    # The cluster's name service lives at the master's address (names@host:port), so
+    # services running as tasks can register and find each other with no extra daemon.
+    libproc.spawn(NameService(secret=master.config.secret))
     log.info("master %s serving on http://%s:%s/master/vars", master.pid, host, address.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

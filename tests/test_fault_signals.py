@@ -56,3 +56,4 @@ def test_stopped_slave_is_lost_by_heartbeat_and_resumed_one_kills_the_lost_task(
     wait_for(lambda: not _running(pid), 10, what="the LOST task to be killed on the slave")
     time.sleep(0.5)
     assert api.task(tid)["state"] == "LOST"  # not resurrected
+
