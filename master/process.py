@@ -333,7 +333,7 @@ class Master(ProtobufProcess):
                 for s in self.slaves.values() if s.state == "active"]
         if not free:
             return
-        assignments = scheduler.schedule(pending, free)
+        assignments = scheduler.schedule(pending, free, spread=True)
         if not assignments:
             return
         now = _now()

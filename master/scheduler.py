@@ -77,6 +77,7 @@ def schedule(
     slaves: Sequence[FreeResources],
     *,
     strict_fifo: bool = False,
+    spread: bool = False,
 ) -> list[Assignment]:
     """Place as many pending tasks as fit, oldest first, each on the first slave with room.
 
@@ -89,6 +90,10 @@ def schedule(
     arriving). With ``strict_fifo=True`` placement stops at the first task that does not
     fit, so tasks start strictly in submission order.
 
+    With ``spread=True`` each task goes to the slave with the most free cpus among those it
+    fits on (ties: list order) instead of the first one, so a burst of small tasks is spread
+    over every slave rather than packed onto the first (what the master uses).
+
     Example:
         >>> schedule([PendingTask("1", 2, 512), PendingTask("2", 4, 512)],
         ...          [FreeResources("s1", 3, 1024), FreeResources("s2", 4, 1024)])
@@ -100,15 +105,21 @@ Assignment(task_id='2', slave_id='s2', cpus=4, mem=512)]
     free_mem = [float(s.mem) for s in slaves]
     out: list[Assignment] = []
     for task in pending:
-        for i, name in enumerate(names):
+        chosen = -1
+        for i in range(len(names)):
             if task.cpus <= free_cpus[i] + EPSILON and task.mem <= free_mem[i] + EPSILON:
-                free_cpus[i] = max(0.0, free_cpus[i] - task.cpus)
-                free_mem[i] = max(0.0, free_mem[i] - task.mem)
-                out.append(Assignment(task.id, name, task.cpus, task.mem))
-                break
-        else:
+                if not spread:
+                    chosen = i
+                    break
+                if chosen < 0 or free_cpus[i] > free_cpus[chosen] + EPSILON:
+                    chosen = i
+        if chosen < 0:
             if strict_fifo:
                 break
+            continue
+        free_cpus[chosen] = max(0.0, free_cpus[chosen] - task.cpus)
+        free_mem[chosen] = max(0.0, free_mem[chosen] - task.mem)
+        out.append(Assignment(task.id, names[chosen], task.cpus, task.mem))
     return out
 
 

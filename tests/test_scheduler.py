@@ -105,3 +105,19 @@ def test_too_big_message_names_the_biggest_memory_slave_when_it_differs() -> Non
 
 def test_too_big_message_without_slaves_says_to_start_one() -> None:
     assert "no slave is registered" in too_big_message(0.5, 64, [])
+
+
+def test_spread_places_each_task_on_the_slave_with_most_free_cpus() -> None:
+    slaves = [FreeResources("s1", 4, 4096), FreeResources("s2", 4, 4096),
+              FreeResources("s3", 2, 4096)]
+    tasks = [PendingTask(str(i), 1, 10) for i in range(6)]
+    placed = [a.slave_id for a in schedule(tasks, slaves, spread=True)]
+    assert placed == ["s1", "s2", "s1", "s2", "s1", "s2"]  # ties: list order
+    first_fit = [a.slave_id for a in schedule(tasks, slaves)]
+    assert first_fit == ["s1", "s1", "s1", "s1", "s2", "s2"]
+
+
+def test_spread_still_respects_memory_and_fifo() -> None:
+    slaves = [FreeResources("big-cpu", 8, 100), FreeResources("big-mem", 2, 4096)]
+    placed = schedule([PendingTask("a", 1, 1000), PendingTask("b", 1, 50)], slaves, spread=True)
+    assert [(a.task_id, a.slave_id) for a in placed] == [("a", "big-mem"), ("b", "big-cpu")]
