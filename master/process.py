@@ -46,6 +46,9 @@ class MasterConfig:
     heartbeat_interval: float = 1.0  # seconds between pings to each slave
     slave_timeout: float = 5.0  # no contact for this long -> slave lost, its tasks LOST
     staging_timeout: float = 60.0  # STAGING with no word from the slave -> LOST
+    # After a restart, how long slaves get to re-register before their tasks are LOST; it
+    # must exceed the slaves' longest registration backoff (SlaveConfig.max_backoff, 5 s).
+    reregister_timeout: float = 10.0
     secret: str | None = None  # required of slaves and API writers when set
 
 
@@ -124,8 +127,9 @@ class Master(ProtobufProcess):
             self.tasks[record.id] = record
         active = [t for t in self.tasks.values() if t.state in ACTIVE_STATES]
         if active:
-            # Their slaves get one slave_timeout to re-register before the tasks are LOST.
-            self._recovering_until = _now() + self.config.slave_timeout
+            # Their slaves get a while to re-register before the tasks are LOST.
+            self._recovering_until = _now() + max(self.config.slave_timeout,
+                                                  self.config.reregister_timeout)
             log.info("recovered %d tasks (%d on slaves, waiting for them to re-register)",
                      len(self.tasks), len(active))
         delay(self.config.heartbeat_interval, self.pid, self._heartbeat)

@@ -41,6 +41,8 @@ Stream = Literal["stdout", "stderr"]
 
 MAX_TAIL = 64 * 1024
 """Most stdout bytes scanned per task per poll; a task that wrote more is scanned from the end."""
+MAX_CONCURRENT_SPAWNS = 16
+"""Most tasks being set up and forked at once; the rest wait their turn (FIFO)."""
 MAX_READ = 1024 * 1024
 """Most bytes one `read_log` call returns, whatever limit is asked for."""
 
@@ -139,6 +141,7 @@ class Executor:
         self._tasks: dict[str, _Task] = {}
         self._runs: set[asyncio.Task[TaskResult]] = set()
         self._closed = False
+        self._spawn_slots: asyncio.Semaphore | None = None
         self._counts = {f"tasks_{k}": 0 for k in ("launched", "finished", "failed", "killed")}
 
     # -- launching -------------------------------------------------------------------------
@@ -218,6 +221,15 @@ class Executor:
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout {timeout!r} must be a positive number of seconds or None")
         t.sandbox = sandbox_path(self.work_dir, t.task_id, t.attempt)
+        # Spawning is bounded: a launch of thousands of tasks must not hold the event loop
+        # (and the slave's heartbeats) in fork/exec and set-up threads for seconds.
+        if self._spawn_slots is None:
+            self._spawn_slots = asyncio.Semaphore(MAX_CONCURRENT_SPAWNS)
+        async with self._spawn_slots:
+            return await self._spawn(t, command, env)
+
+    async def _spawn(self, t: _Task, command: str, env: Mapping[str, str] | None) -> bool:
+        assert t.sandbox is not None
         out, err, t.reader = await asyncio.to_thread(_prepare_sandbox, t.sandbox)
         try:
             if t.kill_reason is not None:

@@ -60,6 +60,7 @@ class Slave(ProtobufProcess):
         self.tasks: dict[str, pb.TaskInfo] = {}  # running here, by task id
         self.unacked: dict[bytes, pb.StatusUpdate] = {}
         self._backoff = 0.25
+        self._register_timer: libproc.Timer | None = None
         self._last_master_contact = 0.0
         self._counters = {"registrations": 0, "status_updates_sent": 0,
                           "progress_reports_sent": 0, "launches_received": 0,
@@ -165,7 +166,10 @@ class Slave(ProtobufProcess):
                 slave_id=pb.SlaveID(value=self.slave_id), resources=resources,
                 tasks=running, hostname=hostname, secret=self.config.secret or "",
                 version=VERSION))
-        delay(self._backoff, self.pid, self._register)
+        # One retry chain at a time: a retry still armed from an earlier chain is replaced.
+        if self._register_timer is not None:
+            self._register_timer.cancel()
+        self._register_timer = delay(self._backoff, self.pid, self._register)
         self._backoff = min(self._backoff * 2, self.config.max_backoff)
 
     def _from_master(self, sender: UPID, token: bytes, what: str) -> bool:
@@ -187,6 +191,9 @@ class Slave(ProtobufProcess):
         self.token = token
         self.mode = "registered"
         self._backoff = 0.25
+        if self._register_timer is not None:
+            self._register_timer.cancel()
+            self._register_timer = None
         self._last_master_contact = libproc.Clock.now()
         if first:
             self._save_identity()

@@ -7,8 +7,9 @@ failing test can show what the master and slaves logged (`Cluster.logs()`).
 Contract:
 - Every child is started in its own session and is always ended by `Cluster.close()`
   (SIGTERM, then SIGKILL after a grace period), which the `cluster` fixtures call in a
-  `finally`. Task process groups left behind by a SIGKILLed slave are killed too (their
-  sandboxes record their pgids; `slave.executor.kill_orphans` reads them).
+  `finally`; should the harness die without clean-up, the kernel SIGKILLs its children
+  (PR_SET_PDEATHSIG on Linux). Task process groups left behind by a SIGKILLed slave are
+  killed too (their sandboxes record their pgids; `slave.executor.kill_orphans` reads them).
 - Every wait is bounded; `wait_for` raises AssertionError naming what it waited for and
   the last value it saw.
 - `MasterClient` is synchronous (urllib) and speaks only the master's public HTTP API.
@@ -26,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -37,8 +39,8 @@ from typing import Any, TypeVar
 import pytest
 
 __all__ = [
-    "REPO", "Child", "Cluster", "HttpError", "MasterClient", "free_port", "wait_for",
-    "cluster", "TERMINAL",
+    "REPO", "Child", "Cluster", "ConnectionRecorder", "HttpError", "MasterClient", "free_port",
+    "wait_for", "cluster", "TERMINAL",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,21 +59,8 @@ config = MasterConfig(heartbeat_interval={heartbeat!r}, slave_timeout={slave_tim
 {runner}
 """
 
-_MASTER_RUN = ("sys.exit(asyncio.run(run_master(host='127.0.0.1', port={port!r}, db={db!r}, "
-               "config=config)))")
-
-# Under cProfile: stats are dumped to `profile` when SIGTERM stops run_master normally.
-_MASTER_PROFILED = """\
-import cProfile, pstats
-profiler = cProfile.Profile()
-profiler.enable()
-try:
-    code = asyncio.run(run_master(host='127.0.0.1', port={port!r}, db={db!r}, config=config))
-finally:
-    profiler.disable()
-    profiler.dump_stats({profile!r})
-sys.exit(code)
-"""
+_MASTER_RUN = ("main = run_master(host='127.0.0.1', port={port!r}, db={db!r}, config=config)\n"
+               "{tail}")
 
 _SLAVE_CODE = """\
 import asyncio, logging, sys
@@ -79,9 +68,23 @@ logging.basicConfig(level=logging.{level}, stream=sys.stderr,
                     format="%(asctime)s %(name)s %(levelname)s %(message)s")
 logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 from slave.main import run_slave
-sys.exit(asyncio.run(run_slave(master={master!r}, host='127.0.0.1', port={port!r},
-                               cpus={cpus!r}, mem={mem!r}, work_dir={work_dir!r},
-                               progress_interval={progress_interval!r})))
+main = run_slave(master={master!r}, host='127.0.0.1', port={port!r}, cpus={cpus!r}, mem={mem!r},
+                 work_dir={work_dir!r}, progress_interval={progress_interval!r})
+{runner}
+"""
+
+_RUN = "sys.exit(asyncio.run(main))"
+
+_PROFILED = """\
+import cProfile
+profiler = cProfile.Profile()
+profiler.enable()
+try:
+    code = asyncio.run(main)
+finally:
+    profiler.disable()
+    profiler.dump_stats({profile!r})
+sys.exit(code)
 """
 
 
@@ -120,6 +123,53 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0, *, interval: flo
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; "
                                  f"last value: {last!r}{extra}")
         time.sleep(interval)
+
+
+class ConnectionRecorder:
+    """Listen on a port in place of a dead master and record when peers connect.
+
+    Each accepted connection is read briefly and closed, so a slave sees its message
+    dropped, as with a master that is not up yet. `times` are `time.monotonic()` values.
+    Use as a context manager; the port is free again on exit.
+    """
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.times: list[float] = []
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self._sock.listen(64)
+        self._sock.settimeout(0.05)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            self.times.append(time.monotonic())
+            with conn:
+                conn.settimeout(0.05)
+                try:
+                    conn.recv(65536)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2.0)
+        self._sock.close()
+
+    def __enter__(self) -> ConnectionRecorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class HttpError(Exception):
@@ -226,7 +276,8 @@ class MasterClient:
         return self.wait_task(task_id, lambda t: t["state"] in wanted, timeout,
                               what=f"task {task_id} to be {'/'.join(sorted(wanted))}")
 
-    def wait_terminal(self, task_ids: list[str], timeout: float = 15.0) -> dict[str, dict[str, Any]]:
+    def wait_terminal(self, task_ids: list[str],
+                      timeout: float = 15.0) -> dict[str, dict[str, Any]]:
         """Every task in `task_ids` terminal (one GET /master/tasks per poll); {id: task}."""
         wanted = set(task_ids)
 
@@ -295,6 +346,11 @@ class Child:
                 return int(line.split()[1])
         raise RuntimeError(f"no VmRSS for pid {self.pid}")
 
+    def cpu_secs(self) -> float:
+        """User + system CPU seconds the process has used (from /proc/<pid>/stat)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def output(self, since_mark: bool = False) -> str:
         """Its stderr (the log) and stdout; with `since_mark`, only what is new since `mark()`."""
         err = _read(self.stderr_path)
@@ -306,6 +362,18 @@ class Child:
 
     def mark(self) -> None:
         self._shown = len(_read(self.stderr_path))
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL me when the process that started me dies, so a
+    harness killed without running its clean-up (e.g. by `timeout`) leaves no cluster."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - not Linux: the fixtures' clean-up still applies
+        pass
 
 
 def _read(path: Path) -> str:
@@ -353,7 +421,7 @@ class Cluster:
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             popen = subprocess.Popen([sys.executable, "-c", code], cwd=str(REPO), env=env,
                                      stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_die_with_parent)
         child = Child(name, popen, port, out_path, err_path, work_dir)
         self._children.append(child)
         return child
@@ -362,11 +430,12 @@ class Cluster:
                      wait: bool = True, profile: Path | None = None) -> Child:
         """Start a master (same port as the last one when `port` is None and there was
         one, else a free port) on `db` (default: this cluster's SQLite file); wait until
-        it answers /master/vars."""
+        it answers /master/vars. With `profile`, it runs under cProfile and dumps its stats
+        there when SIGTERM stops it."""
         self.master_port = port or self.master_port or free_port()
         db_path = str(db or self.db)
-        fmt = {"port": self.master_port, "db": db_path, "profile": str(profile)}
-        runner = (_MASTER_PROFILED if profile else _MASTER_RUN).format(**fmt)
+        tail = _PROFILED.format(profile=str(profile)) if profile else _RUN
+        runner = _MASTER_RUN.format(port=self.master_port, db=db_path, tail=tail)
         code = _MASTER_CODE.format(level=self.log_level, heartbeat=self.heartbeat_interval,
                                    slave_timeout=self.slave_timeout,
                                    staging_timeout=self.staging_timeout, runner=runner)
@@ -391,8 +460,12 @@ class Cluster:
             raise AssertionError(f"{exc}\n{master.output()}") from None
 
     def start_slave(self, *, cpus: float = 4.0, mem: float = 4096.0,
-                    progress_interval: float | None = None, wait: bool = True) -> Child:
-        """Start a slave with a fresh work dir; with `wait`, until the master lists it active."""
+                    progress_interval: float | None = None, wait: bool = True,
+                    profile: Path | None = None) -> Child:
+        """Start a slave with a fresh work dir; with `wait`, until the master lists it active.
+
+        With `profile`, it runs under cProfile and dumps its stats there when stopped.
+        """
         assert self.master_port, "start the master first"
         n = len(self.slaves) + 1
         port = free_port()
@@ -400,7 +473,8 @@ class Cluster:
         code = _SLAVE_CODE.format(
             level=self.log_level, master=f"127.0.0.1:{self.master_port}", port=port,
             cpus=float(cpus), mem=float(mem), work_dir=str(work_dir),
-            progress_interval=progress_interval or self.progress_interval)
+            progress_interval=progress_interval or self.progress_interval,
+            runner=_PROFILED.format(profile=str(profile)) if profile else _RUN)
         child = self._spawn(f"slave{n}", code, port, work_dir)
         self.slaves.append(child)
         if wait:

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from cluster_harness import TERMINAL, Cluster, cluster, wait_for  # noqa: F401 - fixture
+from cluster_harness import (  # noqa: F401 - cluster is a fixture
+    TERMINAL, Cluster, ConnectionRecorder, cluster, wait_for)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -77,11 +78,12 @@ def test_sigkilled_master_restarted_on_the_same_db_recovers_running_tasks(
     slave = cluster.start_slave(cpus=4)
     api = cluster.api
     slave_id = cluster.slave_id_of(slave)
-    # One task ends while the master is down (its result must wait for the new master),
-    # two end after the restart; one of each kind fails with a known exit code.
+    time.sleep(0.5)  # let the slave's first registration retry timer lapse
+    # Two tasks end while the master is down (their results must wait for the new master),
+    # two after the restart; one of each pair fails with a known exit code.
     ids = api.submit([
-        {"command": "sleep 1; exit 0", "name": "during-ok"},
-        {"command": "sleep 1; exit 5", "name": "during-fail"},
+        {"command": "sleep 0.5; exit 0", "name": "during-ok"},
+        {"command": "sleep 0.5; exit 5", "name": "during-fail"},
         {"command": "echo PROGRESS 30; sleep 4; exit 0", "name": "after-ok"},
         {"command": "sleep 4; exit 6", "name": "after-fail"},
     ])
@@ -90,8 +92,7 @@ def test_sigkilled_master_restarted_on_the_same_db_recovers_running_tasks(
     api.wait_task(ids[2], lambda t: t["progress"] > 0.29, timeout=5, what="progress 0.3")
     assert cluster.master is not None
     cluster.master.kill()
-    time.sleep(1.5)  # the first two tasks end now, with nobody to tell
-    cluster.start_master()  # same port, same database
+    cluster.start_master()  # at once, on the same port and database
     api.wait_slaves(1, timeout=15)
     assert cluster.slave_id_of(slave) == slave_id  # re-registered, not a new slave
     tasks = api.wait_terminal(ids, timeout=20)
@@ -99,10 +100,34 @@ def test_sigkilled_master_restarted_on_the_same_db_recovers_running_tasks(
     assert got == {
         "during-ok": ("FINISHED", 0), "during-fail": ("FAILED", 5),
         "after-ok": ("FINISHED", 0), "after-fail": ("FAILED", 6),
-    }
+    }, {i: tasks[i]["message"] for i in ids}
     assert all(tasks[i]["attempts"] == 1 for i in ids)  # none was re-run
     v = api.vars()
     assert (v["tasks_running"], v["tasks_staging"], v["tasks_lost"]) == ("0", "0", "0")
+    assert slave.alive()
+
+
+def test_master_down_for_seconds_still_recovers_the_running_task(cluster: Cluster) -> None:
+    cluster.start_master()
+    slave = cluster.start_slave(cpus=2)
+    api = cluster.api
+    time.sleep(0.5)  # one registration timer chain only
+    tid = api.submit_one("sleep 8; exit 0", name="survivor")
+    api.wait_state(tid, "RUNNING", timeout=5)
+    assert cluster.master is not None
+    cluster.master.kill()
+    # Stand in for the master and watch the slave's re-registration attempts; restart the
+    # real master just after an attempt that came >= 1.9 s after the previous one, so the
+    # slave's next attempt is >= ~4 s away (backoff 0.25, 0.5, 1, 2, 4, 5, 5...).
+    with ConnectionRecorder(cluster.master_port) as recorder:
+        def backed_off() -> bool:
+            t = recorder.times
+            return len(t) >= 2 and t[-1] - t[-2] >= 1.9
+        wait_for(backed_off, 10, interval=0.01, what="the slave to back off to >= 2 s",
+                 show=lambda: recorder.times)
+    cluster.start_master()
+    task = api.wait_state(tid, TERMINAL, timeout=20)
+    assert (task["state"], task["exit_code"]) == ("FINISHED", 0), task
     assert slave.alive()
 
 

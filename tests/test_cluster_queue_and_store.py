@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster_harness import TERMINAL, Cluster, cluster, free_port, wait_for  # noqa: F401
+from cluster_harness import (  # noqa: F401 - cluster is a fixture
+    TERMINAL, Cluster, cluster, free_port, wait_for)
 
 pytestmark = pytest.mark.timeout(60)
 
