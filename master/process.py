@@ -212,11 +212,22 @@ class Master(ProtobufProcess):
                                 now)
         log.info("slave %s re-registered at %s with %d tasks (%d to kill)", slave_id, sender,
                  len(msg.tasks), len(kill))
+        self._maybe_end_recovery()
         self.send(sender, pb.SlaveReregisteredMessage(
             slave_id=pb.SlaveID(value=slave_id),
             kill_tasks=[pb.TaskID(value=t) for t in kill],
             heartbeat_interval=self.config.heartbeat_interval, token=slave.token))
         self._schedule()
+
+    def _maybe_end_recovery(self) -> None:
+        """Recovery ends early once every slave that holds a task is back (no need to wait)."""
+        if self._recovering_until is None:
+            return
+        needed = {t.slave_id for t in self.tasks.values() if t.state in ACTIVE_STATES}
+        back = {s.id for s in self.slaves.values() if s.state == "active"}
+        if needed <= back:
+            self._recovering_until = None
+            log.info("every slave with tasks re-registered: recovery done")
 
     def _claim(self, slave: SlaveInfo, rec: TaskRecord) -> None:
         if rec.id not in slave.tasks:

@@ -145,3 +145,19 @@ def test_sigkilled_master_keeps_queued_tasks_and_launches_them_after_restart(
     assert [(tasks[i]["state"], tasks[i]["exit_code"]) for i in ids] == [
         ("FINISHED", 0), ("FAILED", 1), ("FAILED", 2)]
     assert all(tasks[i]["attempts"] == 1 for i in ids)
+
+
+def test_restarted_master_launches_queued_tasks_once_its_slaves_are_back(
+        cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_slave(cpus=1)
+    api = cluster.api
+    first, queued = api.submit([{"command": "sleep 0.5", "cpus": 1},
+                                {"command": "true", "cpus": 1}])
+    api.wait_state(first, "RUNNING", timeout=5)
+    assert cluster.master is not None
+    cluster.master.kill()
+    cluster.start_master()
+    api.wait_slaves(1, timeout=10)  # the only slave is back, and its cpu frees at once
+    assert api.wait_state(first, TERMINAL, timeout=5)["state"] == "FINISHED"
+    api.wait_state(queued, "FINISHED", timeout=5)
