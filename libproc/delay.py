@@ -7,6 +7,7 @@ FAILED) if the process is gone when the timer fires.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,15 @@ from libproc.process import Process
 
 __all__ = ["delay"]
 
+log = logging.getLogger("libproc.delay")
+
 
 def delay(seconds: float, pid: UPID | Process | str, method: Callable[..., Any] | str,
           *args: Any, **kwargs: Any) -> Timer:
-    return Clock.timer(seconds, lambda: dispatch(pid, method, *args, **kwargs))
+    def fire() -> None:
+        # Nobody holds this dispatch's future: log a failure, or it would vanish silently.
+        dispatch(pid, method, *args, **kwargs).on_failed(
+            lambda message: log.error("delayed call %s on %s failed: %s",
+                                      getattr(method, "__name__", method), pid, message))
+
+    return Clock.timer(seconds, fire)

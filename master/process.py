@@ -298,6 +298,8 @@ class Master(ProtobufProcess):
             self._save(rec)
 
     def _heartbeat(self) -> None:
+        # Re-armed first: an error below must not stop heartbeats for good.
+        delay(self.config.heartbeat_interval, self.pid, self._heartbeat)
         now = _now()
         timeout = self.config.slave_timeout
         for slave in list(self.slaves.values()):
@@ -333,7 +335,6 @@ class Master(ProtobufProcess):
                 self._schedule()
         if self._dirty:
             self._resave_dirty()
-        delay(self.config.heartbeat_interval, self.pid, self._heartbeat)
 
     # -- scheduling and launching --------------------------------------------------------
 

@@ -315,6 +315,13 @@ class Slave(ProtobufProcess):
             self._send_update(update)
 
     def _retry_updates(self) -> None:
+        try:
+            self._retry_updates_once()
+        finally:  # re-armed whatever happens: an error must not stop the retries for good
+            if self.mode != "shutting_down":
+                delay(self.config.update_retry, self.pid, self._retry_updates)
+
+    def _retry_updates_once(self) -> None:
         if self.mode == "registered":
             now = libproc.Clock.now()
             if now - self._last_master_contact > self.config.master_timeout:
@@ -325,10 +332,15 @@ class Slave(ProtobufProcess):
                 self._register()
             elif self.unacked:
                 self._resend_updates()
-        if self.mode != "shutting_down":
-            delay(self.config.update_retry, self.pid, self._retry_updates)
 
     def _report_progress(self) -> None:
+        try:
+            self._report_progress_once()
+        finally:  # re-armed whatever happens
+            if self.mode != "shutting_down":
+                delay(self.config.progress_interval, self.pid, self._report_progress)
+
+    def _report_progress_once(self) -> None:
         assert self.executor is not None
         if self.mode == "registered":
             changed = self.executor.poll_progress()
@@ -345,8 +357,6 @@ class Slave(ProtobufProcess):
                     self._counters["progress_reports_sent"] += 1
                     self.send(self.config.master, pb.ReportProgressMessage(
                         tasks=tasks, slave_id=pb.SlaveID(value=self.slave_id or "")))
-        if self.mode != "shutting_down":
-            delay(self.config.progress_interval, self.pid, self._report_progress)
 
     # -- HTTP -----------------------------------------------------------------------------
 

@@ -220,3 +220,26 @@ async def test_settle_waits_for_chains_of_events(runtime: libproc.UPID) -> None:
 
 async def _aw(f: libproc.Future[Any]) -> Any:
     return await f
+
+
+async def test_a_delayed_call_that_raises_is_logged_not_silent(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await libproc.start(host="127.0.0.1", port=0)
+    try:
+        Clock.pause()
+
+        class Boom(libproc.Process):
+            def explode(self) -> None:
+                raise RuntimeError("kaboom")
+
+        p = Boom()
+        libproc.spawn(p)
+        libproc.delay(1.0, p.pid, Boom.explode)
+        with caplog.at_level("ERROR", logger="libproc.delay"):
+            Clock.advance(1.0)
+            await Clock.settle()
+        assert any("kaboom" in r.getMessage() for r in caplog.records)
+    finally:
+        await libproc.stop()
+        Clock.reset()
