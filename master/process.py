@@ -32,6 +32,7 @@ from libproc.future import as_future
 from master import scheduler
 from master.api import ApiError, parse_submit
 from master.store import Store, StoreError
+from master.task_index import TaskIndex, task_key
 from master.tasks import ACTIVE_STATES, STATES, TERMINAL_STATES, TaskRecord
 from protos import cluster_pb2 as pb
 
@@ -76,12 +77,8 @@ class SlaveInfo:
             "id": self.id, "pid": str(self.pid), "hostname": self.hostname, "state": self.state,
             "cpus": self.cpus, "mem": self.mem, "used_cpus": round(self.used_cpus, 6),
             "used_mem": round(self.used_mem, 6), "registered_at": self.registered_at,
-            "last_contact": self.last_contact, "tasks": sorted(self.tasks, key=_task_key),
+            "last_contact": self.last_contact, "tasks": sorted(self.tasks, key=task_key),
         }
-
-
-def _task_key(task_id: str) -> tuple[int, str]:
-    return (int(task_id), "") if task_id.isdigit() else (1 << 62, task_id)
 
 
 def _progress(value: float) -> float:
@@ -106,8 +103,11 @@ class Master(ProtobufProcess):
         self._dirty: set[str] = set()
         self._started = time.time()
         self._counters = {"status_updates": 0, "status_updates_ignored": 0,
-                          "progress_reports": 0, "launches": 0, "registrations_refused": 0}
+                          "progress_reports": 0, "launches": 0, "registrations_refused": 0,
+                          "scheduling_passes": 0}
         self._recovering_until: float | None = None
+        self._index = TaskIndex()  # the PENDING queue and launched tasks
+        self._schedule_queued = False
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -125,7 +125,8 @@ class Master(ProtobufProcess):
         self.route("/", self._not_found)
         for record in self.store.load_tasks_blocking():
             self.tasks[record.id] = record
-        active = [t for t in self.tasks.values() if t.state in ACTIVE_STATES]
+            self._index.note(record)
+        active = self._index.active(self.tasks)
         if active:
             # Their slaves get a while to re-register before the tasks are LOST.
             self._recovering_until = _now() + max(self.config.slave_timeout,
@@ -206,8 +207,8 @@ class Master(ProtobufProcess):
                 self._save(rec)
         # Tasks the master placed on this slave that it no longer reports are gone,
         # unless a terminal status update for them is still on its way (it is retried).
-        for rec in list(self.tasks.values()):
-            if rec.slave_id == slave_id and rec.state in ACTIVE_STATES and rec.id not in reported:
+        for rec in self._index.active(self.tasks):
+            if rec.slave_id == slave_id and rec.id not in reported:
                 self._task_lost(rec, f"slave {slave_id} re-registered without task {rec.id}",
                                 now)
         log.info("slave %s re-registered at %s with %d tasks (%d to kill)", slave_id, sender,
@@ -223,7 +224,7 @@ class Master(ProtobufProcess):
         """Recovery ends early once every slave that holds a task is back (no need to wait)."""
         if self._recovering_until is None:
             return
-        needed = {t.slave_id for t in self.tasks.values() if t.state in ACTIVE_STATES}
+        needed = {t.slave_id for t in self._index.active(self.tasks)}
         back = {s.id for s in self.slaves.values() if s.state == "active"}
         if needed <= back:
             self._recovering_until = None
@@ -282,7 +283,7 @@ class Master(ProtobufProcess):
         slave.state = state
         now = _now()
         slave.lost_at = now
-        for tid in sorted(slave.tasks, key=_task_key):
+        for tid in sorted(slave.tasks, key=task_key):
             rec = self.tasks.get(tid)
             if rec is not None and rec.state in ACTIVE_STATES:
                 self._task_lost(rec, reason, now)
@@ -323,11 +324,11 @@ class Master(ProtobufProcess):
         if self._recovering_until is not None and now >= self._recovering_until:
             self._recovering_until = None
             known = {s.id for s in self.slaves.values() if s.state == "active"}
-            for rec in list(self.tasks.values()):
-                if rec.state in ACTIVE_STATES and rec.slave_id not in known:
+            for rec in self._index.active(self.tasks):
+                if rec.slave_id not in known:
                     self._task_lost(rec, f"slave {rec.slave_id} did not re-register", now)
             self._schedule()
-        for rec in list(self.tasks.values()):
+        for rec in self._index.active(self.tasks):
             if (rec.state == "STAGING" and rec.updated_at is not None
                     and now - rec.updated_at > self.config.staging_timeout):
                 self._task_lost(rec, f"no word from slave {rec.slave_id} in "
@@ -339,12 +340,22 @@ class Master(ProtobufProcess):
     # -- scheduling and launching --------------------------------------------------------
 
     def _schedule(self) -> None:
+        """Schedule once the messages already queued are handled (one pass per burst).
+
+        A burst of N status updates then costs one scheduling pass, not N.
+        """
+        if not self._schedule_queued:
+            self._schedule_queued = True
+            libproc.dispatch(self.pid, self._schedule_now)
+
+    def _schedule_now(self) -> None:
+        self._schedule_queued = False
+        self._counters["scheduling_passes"] += 1
         if self._recovering_until is not None:
             return  # first let slaves re-register, so their resources are known
-        pending = [t for t in self.tasks.values() if t.state == "PENDING"]
+        pending = self._index.pending(self.tasks)
         if not pending:
             return
-        pending.sort(key=lambda t: (t.submitted_at or 0.0, _task_key(t.id)))
         free = [scheduler.FreeResources(s.id, s.cpus - s.used_cpus, s.mem - s.used_mem)
                 for s in self.slaves.values() if s.state == "active"]
         if not free:
@@ -388,6 +399,8 @@ class Master(ProtobufProcess):
             token=slave.token))
 
     def _save(self, rec: TaskRecord) -> asyncio.Future[None]:
+        # Every state change is saved, so this is where the indexes learn of it.
+        self._index.note(rec)
         fut = self.store.save(rec)
         self._last_save[rec.id] = fut
         fut.add_done_callback(lambda f, tid=rec.id: self._forget_save(tid, f))
@@ -569,7 +582,7 @@ class Master(ProtobufProcess):
                 return _error(400, f"unknown state(s) {', '.join(sorted(bad))}; "
                               f"expected {', '.join(STATES)}")
             tasks = [t for t in tasks if t.state in wanted]
-        ordered = sorted(tasks, key=lambda t: _task_key(t.id))
+        ordered = sorted(tasks, key=lambda t: task_key(t.id))
         return web.json_response({"tasks": [t.to_json() for t in ordered]})
 
     async def _submit_http(self, request: web.BaseRequest) -> web.Response:

@@ -104,7 +104,15 @@ Assignment(task_id='2', slave_id='s2', cpus=4, mem=512)]
     free_cpus = [float(s.cpus) for s in slaves]
     free_mem = [float(s.mem) for s in slaves]
     out: list[Assignment] = []
+    # Free resources only shrink during a call, so a demand that fitted nowhere once fits
+    # nowhere for the rest of it: a long queue of like tasks costs one set lookup each.
+    failed: set[tuple[float, float]] = set()
     for task in pending:
+        demand = (task.cpus, task.mem)
+        if demand in failed:
+            if strict_fifo:
+                break
+            continue
         chosen = -1
         for i in range(len(names)):
             if task.cpus <= free_cpus[i] + EPSILON and task.mem <= free_mem[i] + EPSILON:
@@ -116,6 +124,7 @@ Assignment(task_id='2', slave_id='s2', cpus=4, mem=512)]
         if chosen < 0:
             if strict_fifo:
                 break
+            failed.add(demand)
             continue
         free_cpus[chosen] = max(0.0, free_cpus[chosen] - task.cpus)
         free_mem[chosen] = max(0.0, free_mem[chosen] - task.mem)

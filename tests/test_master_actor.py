@@ -284,3 +284,18 @@ async def test_task_that_finished_during_outage_ends_finished_not_lost(cluster: 
     slave.update(master.pid, tid, pb.FINISHED, exit_code=0)
     await until(lambda: master.tasks[tid].state == "FINISHED")
     assert master.tasks[tid].exit_code == 0
+
+
+async def test_a_burst_of_ended_tasks_costs_one_scheduling_pass(cluster: Any) -> None:
+    master, slave, _ = cluster
+    await register(master, slave, cpus=20)
+    ids = await submit(master, *[{"command": "true", "cpus": 1} for _ in range(30)])
+    await until(lambda: sum(len(m.tasks) for m in slave.of(pb.LaunchTasksMessage)) == 20)
+    before = master._counters["scheduling_passes"]
+    # Twenty terminal updates in one go: the queued ten are placed by a single pass.
+    for tid in ids[:20]:
+        slave.update(master.pid, tid, pb.FINISHED, exit_code=0)
+    await until(lambda: all(master.tasks[t].state == "STAGING" for t in ids[20:]))
+    assert master._counters["scheduling_passes"] - before <= 3
+    assert [master.tasks[t].state for t in ids[:20]] == ["FINISHED"] * 20
+    assert master.slaves[slave.slave_id].used_cpus == 10

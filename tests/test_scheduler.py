@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from master.scheduler import (
     Assignment,
     FreeResources,
@@ -121,3 +124,49 @@ def test_spread_still_respects_memory_and_fifo() -> None:
     slaves = [FreeResources("big-cpu", 8, 100), FreeResources("big-mem", 2, 4096)]
     placed = schedule([PendingTask("a", 1, 1000), PendingTask("b", 1, 50)], slaves, spread=True)
     assert [(a.task_id, a.slave_id) for a in placed] == [("a", "big-mem"), ("b", "big-cpu")]
+
+
+def _reference_schedule(pending: list[PendingTask], slaves: list[FreeResources],
+                        spread: bool) -> list[tuple[str, str]]:
+    """The placement rule written the slow, obvious way (no shortcuts), to compare against."""
+    free = {s.slave_id: [s.cpus, s.mem] for s in slaves}
+    out = []
+    for t in pending:
+        fitting = [s.slave_id for s in slaves
+                   if t.cpus <= free[s.slave_id][0] + 1e-9 and t.mem <= free[s.slave_id][1] + 1e-9]
+        if not fitting:
+            continue
+        chosen = fitting[0]
+        if spread:
+            for sid in fitting:
+                if free[sid][0] > free[chosen][0] + 1e-9:
+                    chosen = sid
+        free[chosen][0] = max(0.0, free[chosen][0] - t.cpus)
+        free[chosen][1] = max(0.0, free[chosen][1] - t.mem)
+        out.append((t.id, chosen))
+    return out
+
+
+@given(
+    demands=st.lists(st.tuples(st.sampled_from([0.0, 0.1, 0.5, 1.0, 2.0]),
+                               st.sampled_from([0.0, 64.0, 256.0, 1024.0])), max_size=40),
+    slaves=st.lists(st.tuples(st.sampled_from([0.0, 0.3, 1.0, 2.0, 4.0]),
+                              st.sampled_from([0.0, 128.0, 512.0, 2048.0])),
+                    min_size=1, max_size=4),
+    spread=st.booleans(),
+)
+def test_skipping_demands_that_already_failed_changes_no_placement(
+        demands: list[tuple[float, float]], slaves: list[tuple[float, float]],
+        spread: bool) -> None:
+    pending = [PendingTask(str(i), c, m) for i, (c, m) in enumerate(demands)]
+    free = [FreeResources(f"s{i}", c, m) for i, (c, m) in enumerate(slaves)]
+    assert placed(schedule(pending, free, spread=spread)) == _reference_schedule(
+        pending, free, spread)
+
+
+def test_a_long_queue_of_tasks_that_cannot_fit_is_skipped_cheaply() -> None:
+    # 50,000 identical tasks behind a full cluster: one failed fit, then set lookups.
+    pending = [PendingTask(str(i), 1, 100) for i in range(50_000)]
+    pending.append(PendingTask("small", 0.1, 10))
+    result = schedule(pending, [FreeResources("s1", 0.5, 1000)] * 200)
+    assert placed(result) == [("small", "s1")]
