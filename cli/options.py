@@ -9,7 +9,19 @@ import typer
 
 from cli.client import ClusterError
 
-__all__ = ["JsonOpt", "MasterOpt", "SecretOpt", "VerboseOpt", "fail", "positive"]
+__all__ = [
+    "AdvertiseHostOpt",
+    "AdvertisePortOpt",
+    "HostOpt",
+    "JsonOpt",
+    "MasterOpt",
+    "SecretOpt",
+    "VerboseOpt",
+    "env_option",
+    "fail",
+    "listen_port",
+    "positive",
+]
 
 MasterOpt = Annotated[
     str,
@@ -40,6 +52,47 @@ VerboseOpt = Annotated[
         count=True,
         envvar="CLUSTER_VERBOSE",
         help="Log more: -v INFO, -vv DEBUG (one logfmt line per record, on stderr).",
+    ),
+]
+
+
+def env_option(envvar: str, help: str, **kwargs: object) -> typer.models.OptionInfo:
+    """An option read from `envvar` too, whose help text states its own default."""
+    option: typer.models.OptionInfo = typer.Option(
+        envvar=envvar, show_default=False, help=help, **kwargs  # type: ignore[arg-type]
+    )
+    return option
+
+
+def listen_port(default: int) -> typer.models.OptionInfo:
+    """`--port` of a server command that listens on `default` unless told otherwise."""
+    return env_option(
+        "CLUSTER_PORT",
+        f"Port to listen on, 0 for any free one \\[default: LIBPROCESS_PORT, else {default}].",
+        min=0,
+        max=65535,
+    )
+
+
+HostOpt = Annotated[
+    str | None,
+    env_option("CLUSTER_HOST", "Address to bind \\[default: LIBPROCESS_IP, else 127.0.0.1]."),
+]
+AdvertiseHostOpt = Annotated[
+    str | None,
+    env_option(
+        "CLUSTER_ADVERTISE_HOST",
+        "Host (IP or name) the other cluster processes use to reach this one "
+        "\\[default: LIBPROCESS_ADVERTISE_IP, else the bound address].",
+    ),
+]
+AdvertisePortOpt = Annotated[
+    int | None,
+    env_option(
+        "CLUSTER_ADVERTISE_PORT",
+        "Port the other cluster processes use to reach this one \\[default: the bound port].",
+        min=1,
+        max=65535,
     ),
 ]
 

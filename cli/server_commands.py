@@ -9,7 +9,17 @@ from typing import Annotated
 import typer
 
 from cli.client import DEFAULT_MASTER
-from cli.options import MasterOpt, SecretOpt, VerboseOpt, positive
+from cli.options import (
+    AdvertiseHostOpt,
+    AdvertisePortOpt,
+    HostOpt,
+    MasterOpt,
+    SecretOpt,
+    VerboseOpt,
+    env_option,
+    listen_port,
+    positive,
+)
 
 __all__ = ["register"]
 
@@ -30,46 +40,13 @@ MASTER_EXAMPLES = (
 
 
 def master(
-    host: Annotated[
-        str | None,
-        typer.Option(
-            envvar="CLUSTER_HOST",
-            show_default=False,
-            help="Address to bind \\[default: LIBPROCESS_IP, else 127.0.0.1].",
-        ),
-    ] = None,
-    port: Annotated[
-        int | None,
-        typer.Option(
-            envvar="CLUSTER_PORT",
-            min=0,
-            max=65535,
-            show_default=False,
-            help="Port to listen on \\[default: LIBPROCESS_PORT, else 5050].",
-        ),
-    ] = None,
+    host: HostOpt = None,
+    port: Annotated[int | None, listen_port(5050)] = None,
     db: Annotated[
         str, typer.Option(envvar="CLUSTER_DB", help="SQLite file, or any SQLAlchemy URL.")
     ] = "cluster.db",
-    advertise_host: Annotated[
-        str | None,
-        typer.Option(
-            envvar="CLUSTER_ADVERTISE_HOST",
-            show_default=False,
-            help="Host (IP or name) that slaves use to reach this master "
-            "\\[default: LIBPROCESS_ADVERTISE_IP, else the bound address].",
-        ),
-    ] = None,
-    advertise_port: Annotated[
-        int | None,
-        typer.Option(
-            envvar="CLUSTER_ADVERTISE_PORT",
-            min=1,
-            max=65535,
-            show_default=False,
-            help="Port that slaves use to reach this master \\[default: the bound port].",
-        ),
-    ] = None,
+    advertise_host: AdvertiseHostOpt = None,
+    advertise_port: AdvertisePortOpt = None,
     secret: SecretOpt = None,
     heartbeat_interval: Annotated[
         float | None,
@@ -114,62 +91,20 @@ SLAVE_EXAMPLES = (
 
 def slave(
     master: MasterOpt = DEFAULT_MASTER,
-    host: Annotated[
-        str | None,
-        typer.Option(
-            envvar="CLUSTER_HOST",
-            show_default=False,
-            help="Address to bind \\[default: LIBPROCESS_IP, else 127.0.0.1].",
-        ),
-    ] = None,
-    port: Annotated[
-        int | None,
-        typer.Option(
-            envvar="CLUSTER_PORT",
-            min=0,
-            max=65535,
-            show_default=False,
-            help="Port to listen on, 0 for any free one \\[default: LIBPROCESS_PORT, else 5051].",
-        ),
-    ] = None,
+    host: HostOpt = None,
+    port: Annotated[int | None, listen_port(5051)] = None,
     cpus: Annotated[
-        float | None,
-        typer.Option(
-            envvar="CLUSTER_CPUS",
-            show_default=False,
-            help="CPUs to offer \\[default: this machine's count].",
-        ),
+        float | None, env_option("CLUSTER_CPUS", "CPUs to offer \\[default: this machine's count].")
     ] = None,
     mem: Annotated[
         float | None,
-        typer.Option(
-            envvar="CLUSTER_MEM",
-            show_default=False,
-            help="Memory to offer, MiB \\[default: this machine's, less 1 GiB].",
-        ),
+        env_option("CLUSTER_MEM", "Memory to offer, MiB \\[default: this machine's, less 1 GiB]."),
     ] = None,
     work_dir: Annotated[
         str, typer.Option(envvar="CLUSTER_WORK_DIR", help="Where task sandboxes and logs go.")
     ] = "slave-work",
-    advertise_host: Annotated[
-        str | None,
-        typer.Option(
-            envvar="CLUSTER_ADVERTISE_HOST",
-            show_default=False,
-            help="Host (IP or name) the master uses to reach this slave "
-            "\\[default: LIBPROCESS_ADVERTISE_IP, else the bound address].",
-        ),
-    ] = None,
-    advertise_port: Annotated[
-        int | None,
-        typer.Option(
-            envvar="CLUSTER_ADVERTISE_PORT",
-            min=1,
-            max=65535,
-            show_default=False,
-            help="Port the master uses to reach this slave \\[default: the bound port].",
-        ),
-    ] = None,
+    advertise_host: AdvertiseHostOpt = None,
+    advertise_port: AdvertisePortOpt = None,
     secret: SecretOpt = None,
     progress_interval: Annotated[
         float, typer.Option(min=0.05, help="Seconds between progress reports to the master.")
@@ -226,26 +161,20 @@ def up(
     ] = Path(".cluster"),
     db: Annotated[
         str | None,
-        typer.Option(
-            envvar="CLUSTER_DB",
-            show_default=False,
-            help="SQLite file or SQLAlchemy URL \\[default: WORK_DIR/cluster.db].",
-        ),
+        env_option("CLUSTER_DB", "SQLite file or SQLAlchemy URL \\[default: WORK_DIR/cluster.db]."),
     ] = None,
     cpus: Annotated[
         float | None,
-        typer.Option(
-            envvar="CLUSTER_CPUS",
-            show_default=False,
-            help="CPUs each slave offers \\[default: this machine's, shared among the slaves].",
+        env_option(
+            "CLUSTER_CPUS",
+            "CPUs each slave offers \\[default: this machine's, shared among the slaves].",
         ),
     ] = None,
     mem: Annotated[
         float | None,
-        typer.Option(
-            envvar="CLUSTER_MEM",
-            show_default=False,
-            help="MiB each slave offers \\[default: this machine's, shared among the slaves].",
+        env_option(
+            "CLUSTER_MEM",
+            "MiB each slave offers \\[default: this machine's, shared among the slaves].",
         ),
     ] = None,
     secret: SecretOpt = None,
