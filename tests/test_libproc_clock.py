@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,15 +17,6 @@ def _clock() -> Any:
     Clock.reset()
     yield
     Clock.reset()
-
-
-@pytest.fixture
-async def runtime() -> AsyncIterator[libproc.UPID]:
-    address = await libproc.start(host="127.0.0.1", port=0)
-    try:
-        yield address
-    finally:
-        await libproc.stop()
 
 
 async def test_paused_clock_stands_still_until_advanced() -> None:

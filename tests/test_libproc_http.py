@@ -22,17 +22,6 @@ SENDER = "raw@127.0.0.1:1"
 
 
 @pytest.fixture
-async def runtime() -> AsyncIterator[UPID]:
-    Clock.reset()
-    address = await libproc.start(host="127.0.0.1", port=0)
-    try:
-        yield address
-    finally:
-        await libproc.stop()
-        Clock.reset()
-
-
-@pytest.fixture
 async def delegated_runtime() -> AsyncIterator[UPID]:
     Clock.reset()
     address = await libproc.start(host="127.0.0.1", port=0, delegate="boss")

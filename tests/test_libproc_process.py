@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -24,17 +23,6 @@ from libproc import (
 from protos import cluster_pb2 as pb
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-async def runtime() -> AsyncIterator[UPID]:
-    Clock.reset()
-    address = await libproc.start(host="127.0.0.1", port=0)
-    try:
-        yield address
-    finally:
-        await libproc.stop()
-        Clock.reset()
 
 
 async def within(aw: Any, seconds: float = 5.0) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import libproc
-from libproc import UPID, Clock, ProtobufProcess, metrics, transport
+from libproc import UPID, ProtobufProcess, metrics, transport
 from libproc.runtime import current
 from protos import cluster_pb2 as pb
 
@@ -78,17 +78,6 @@ def own_peer(tmp_path: Path) -> Iterator[Peer]:
         yield p
     finally:
         p.stop()
-
-
-@pytest.fixture
-async def runtime() -> AsyncIterator[UPID]:
-    Clock.reset()
-    address = await libproc.start(host="127.0.0.1", port=0)
-    try:
-        yield address
-    finally:
-        await libproc.stop()
-        Clock.reset()
 
 
 class Client(ProtobufProcess):
