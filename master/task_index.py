@@ -48,16 +48,16 @@ class TaskIndex:
     def pending(self, tasks: Mapping[str, TaskRecord]) -> list[TaskRecord]:
         """PENDING tasks, oldest submission first; forgets those that left PENDING."""
         out: list[TaskRecord] = []
-        stale = False
+        keep: list[tuple[float, int, str, str]] = []
         for entry in self._queue:
             rec = tasks.get(entry[3])
             if rec is not None and rec.state == PENDING:
                 out.append(rec)
+                keep.append(entry)
             else:
-                stale = True
-        if stale:
-            self._queue = [(rec.submitted_at or 0.0, *task_key(rec.id), rec.id) for rec in out]
-            self._queued = {rec.id for rec in out}
+                self._queued.discard(entry[3])
+        if len(keep) != len(self._queue):
+            self._queue = keep
         return out
 
     def active(self, tasks: Mapping[str, TaskRecord]) -> list[TaskRecord]:
