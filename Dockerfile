@@ -8,8 +8,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
+# The dependencies first, in their own layer, read from pyproject.toml: a code change then
+# rebuilds only the layer below, not the downloads.
+COPY pyproject.toml .
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb')); \
+print(*p['project']['dependencies'], *p['build-system']['requires'], sep='\n')" > /tmp/deps.txt \
+    && pip install -r /tmp/deps.txt
 COPY . .
-RUN pip install . \
+RUN pip install --no-deps --no-build-isolation . \
     && useradd --create-home --uid 1000 cluster \
     && mkdir -p /data /work \
     && chown cluster:cluster /data /work
