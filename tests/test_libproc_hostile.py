@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from libproc import UPID
-from test_libproc_remote import Client, Peer, client, runtime  # noqa: F401 - fixtures
+from test_libproc_remote import Client, Peer, client  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.timeout(60)
 
