@@ -38,8 +38,12 @@ DRAIN_TIMEOUT_SECONDS = 5.0
 # Stop reading from a peer whose answers we cannot write (it does not read its 202s).
 _WRITE_HIGH_WATER = 4 * 1024 * 1024
 _MAX_CONNECTIONS = 10_000
-# Most bytes held for one outgoing connection (queued while connecting + unsent writes).
+# Most bytes held for one outgoing connection (queued while connecting + unsent writes)
+# once its peer has STALLED: taken nothing for STALL_SECONDS. A healthy peer is never cut
+# off, however big a burst (libprocess buffers without bound too); a peer that stops reading,
+# or a connect that hangs, costs at most this much memory, then its messages are dropped.
 MAX_BUFFERED = 64 * 1024 * 1024
+STALL_SECONDS = 5.0
 
 
 class _Inbound(asyncio.Protocol):
@@ -154,6 +158,10 @@ class _Outbound(asyncio.Protocol):
         self.abandoned = False  # replaced by a relink: its loss fires no `exited`
         self.last_used = time.monotonic()
         self._drain_timer: asyncio.TimerHandle | None = None
+        # When the peer last took bytes (or nothing was waiting for it), and how many bytes
+        # the transport held right after our last write: less now means it has read some.
+        self._progress_at = self.last_used
+        self._held_after_write = 0
 
     async def connect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -187,18 +195,18 @@ class _Outbound(asyncio.Protocol):
         self._closed(exc)
 
     def send(self, sender: str, to_id: str, name: str, body: bytes) -> None:
-        # Bound what one peer can make us hold: a peer that stops reading (or never answers
-        # the connect) costs at most MAX_BUFFERED bytes, then its messages are dropped
-        # (delivery is at most once) and counted.
-        buffered = self._queued_bytes + (
-            self.transport.get_write_buffer_size() if self.transport is not None else 0)
-        if buffered + len(body) > MAX_BUFFERED:
+        # Bound what one peer can make us hold: past MAX_BUFFERED bytes, messages to a peer
+        # that has stalled (see STALL_SECONDS) are dropped (delivery is at most once) and
+        # counted.
+        held = self.transport.get_write_buffer_size() if self.transport is not None else 0
+        if held + self._queued_bytes + len(body) > MAX_BUFFERED and self._stalled(held):
             metrics.inc("libproc/messages_dropped_backpressure")
             now = time.monotonic()
             if now - self._warned > 10.0:
                 self._warned = now
-                log.warning("dropping messages to %s:%s: %d bytes already buffered for it",
-                            self.address[0], self.address[1], buffered)
+                log.warning("dropping messages to %s:%s: %d bytes buffered for it and it has "
+                            "taken none for %.0f s", self.address[0], self.address[1],
+                            held + self._queued_bytes, now - self._progress_at)
             return
         self._queued_bytes += len(body) + 200
         self._queue.append((sender, to_id, name, body))
@@ -217,7 +225,21 @@ class _Outbound(asyncio.Protocol):
         encode = wire.encode_message
         data = b"".join([encode(s, t, n, host, b) for (s, t, n, b) in queue])
         metrics.inc("libproc/messages_sent", len(queue))
-        self.transport.write(data)
+        transport = self.transport
+        if transport.get_write_buffer_size() == 0:
+            self._progress_at = time.monotonic()  # nothing was waiting: not stalled
+        transport.write(data)
+        self._held_after_write = transport.get_write_buffer_size()
+
+    def _stalled(self, held: int) -> bool:
+        """True once the peer has taken nothing for STALL_SECONDS (or never connected)."""
+        now = time.monotonic()
+        if self.transport is not None and (held == 0 or held < self._held_after_write):
+            # Nothing waits in the socket (what is queued is this turn's), or the peer
+            # has read some since our last write.
+            self._held_after_write = held
+            self._progress_at = now
+        return now - self._progress_at > STALL_SECONDS
 
     def close_gracefully(self) -> None:
         """Shut our write side after the queue drains; the peer then closes its side."""
