@@ -59,7 +59,8 @@ class FastSlave(ProtobufProcess):
     def initialize(self) -> None:
         self.install(pb.SlaveRegisteredMessage, self._registered)
         self.install(pb.LaunchTasksMessage, self._launch)
-        self.install(pb.PingSlaveMessage, lambda sender, _m: self.send(sender, pb.PongSlaveMessage()))
+        self.install(pb.PingSlaveMessage,
+                     lambda sender, _m: self.send(sender, pb.PongSlaveMessage()))
         self.install(pb.StatusUpdateAcknowledgementMessage, self._ack)
         self.send(self.master, pb.RegisterSlaveMessage(
             resources=pb.Resources(cpus=self.cpus, mem=1e9), hostname="bench"))

@@ -96,7 +96,7 @@ async def ping(args: argparse.Namespace) -> int:
     try:
         elapsed = await asyncio.wait_for(asyncio.ensure_future(_await(pinger.done.future)),
                                          args.timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         print(f"error: received {pinger.received} of {args.count} pongs within {args.timeout}s",
               file=sys.stderr)
         await libproc.stop()

@@ -58,7 +58,7 @@ class HttpServer:
     async def close(self) -> None:
         try:
             await asyncio.wait_for(self.server.shutdown(1.0), 2.0)
-        except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - best effort at shutdown
+        except (TimeoutError, Exception):  # noqa: BLE001 - best effort at shutdown
             pass
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:

@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from libproc import names_pb2 as pb
 from libproc import runtime
 from libproc.clock import Timer
 from libproc.delay import delay
@@ -50,7 +51,6 @@ from libproc.names_model import (
 from libproc.names_service import DEFAULT_ID, from_pb, to_pb
 from libproc.pid import UPID
 from libproc.protobuf import ProtobufProcess
-from libproc import names_pb2 as pb
 
 __all__ = ["NamesClient", "Watch", "connect", "default_client"]
 

@@ -31,6 +31,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from libproc import names_pb2 as pb
 from libproc.clock import Clock, Timer
 from libproc.delay import delay
 from libproc.errors import InvalidUPIDError
@@ -46,7 +47,6 @@ from libproc.names_model import (
 )
 from libproc.pid import UPID
 from libproc.protobuf import ProtobufProcess
-from libproc import names_pb2 as pb
 
 __all__ = ["NameService", "DEFAULT_ID", "to_pb", "from_pb"]
 

@@ -40,7 +40,7 @@ def _unpacker(message_type: type[PbMessage], field: str) -> Callable[[PbMessage]
 class ProtobufProcess(Process):
     """A Process whose messages are protobufs."""
 
-    def install(  # type: ignore[override]
+    def install(
         self,
         message: str | type[PbMessage],
         handler: Callable[..., Any],
@@ -65,8 +65,9 @@ class ProtobufProcess(Process):
                 # The Python runtime parses proto2 messages missing required fields; C++
                 # libprocess's ParseFromString refuses them, so we drop them too.
                 metrics.inc("libproc/messages_undecodable")
+                missing = msg.FindInitializationErrors()  # type: ignore[attr-defined]
                 log.warning("%s: dropping %s from %s: missing required field(s) %s", self.id,
-                            name, sender, ", ".join(msg.FindInitializationErrors()))
+                            name, sender, ", ".join(missing))
                 return None
             if unpack:
                 return handler(sender, *[u(msg) for u in unpack])
@@ -74,7 +75,7 @@ class ProtobufProcess(Process):
 
         super().install(name, on_message)
 
-    def send(self, to: UPID, message: str | PbMessage, body: bytes = b"") -> None:  # type: ignore[override]
+    def send(self, to: UPID, message: str | PbMessage, body: bytes = b"") -> None:
         if isinstance(message, str):
             super().send(to, message, body)
         else:

@@ -240,7 +240,7 @@ async def stop(timeout: float = 5.0) -> None:
         done = asyncio.gather(*[_as_aio(w) for w in waiters], return_exceptions=True)
         try:
             await asyncio.wait_for(done, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("stop(): some processes did not finish within %.1fs", timeout)
     if rt.http is not None:
         await rt.http.close()

@@ -170,7 +170,7 @@ class _Outbound(asyncio.Protocol):
             ip = await self._t.resolve(host)
             self.host_header = f"{ip}:{port}"
             await loop.create_connection(lambda: self, ip, port)
-        except (OSError, asyncio.TimeoutError, UnicodeError, ValueError) as exc:
+        except (TimeoutError, OSError, UnicodeError, ValueError) as exc:
             log.debug("connect to %s:%s failed: %s", host, port, exc)
             metrics.inc("libproc/connect_failures")
             self._closed(exc)
@@ -409,7 +409,7 @@ class Transport:
         if self._server is not None:
             try:
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def stats(self) -> dict[str, Any]:

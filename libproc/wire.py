@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 from urllib.parse import unquote
 
 from libproc.errors import InvalidUPIDError, WireError
@@ -52,7 +52,7 @@ def encode_message(sender: str, receiver_id: str, name: str, host: str, body: by
         f"Libprocess-From: {sender}\r\n"
         "Connection: Keep-Alive\r\n"
         f"Host: {host}\r\n"
-    ).encode("utf-8")
+    ).encode()
     if not body:
         return head + b"\r\n"
     return b"".join(

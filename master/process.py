@@ -14,6 +14,7 @@ Guarantees it keeps:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import secrets
@@ -403,7 +404,7 @@ class Master(ProtobufProcess):
         self._index.note(rec)
         fut = self.store.save(rec)
         self._last_save[rec.id] = fut
-        fut.add_done_callback(lambda f, tid=rec.id: self._forget_save(tid, f))
+        fut.add_done_callback(functools.partial(self._forget_save, rec.id))
         return fut
 
     def _forget_save(self, tid: str, fut: asyncio.Future[None]) -> None:
@@ -513,8 +514,8 @@ class Master(ProtobufProcess):
         lines.append(("tasks_total", str(len(self.tasks))))
         for key, value in self._counters.items():
             lines.append((key, str(value)))
-        for key, value in self.store.stats().items():
-            lines.append((f"store_{key}", f"{value:g}" if isinstance(value, float) else str(value)))
+        for key, stat in self.store.stats().items():
+            lines.append((f"store_{key}", f"{stat:g}" if isinstance(stat, float) else str(stat)))
         text = "".join(f"{k} {v}\n" for k, v in lines)
         return web.Response(text=text, content_type="text/plain")
 

@@ -294,7 +294,8 @@ def scenario(c: Cluster, figures: dict[str, str]) -> None:
     hostnames = set(c.slave_containers())
     if len(hostnames) != SLAVES:
         fail(
-            f"expected {SLAVES} slave containers, compose runs {len(hostnames)}: {sorted(hostnames)}"
+            f"expected {SLAVES} slave containers, compose runs {len(hostnames)}: "
+            f"{sorted(hostnames)}"
         )
     slaves, _ = wait_for(
         f"{SLAVES} active slaves at {MASTER}",
@@ -386,7 +387,8 @@ def scenario(c: Cluster, figures: dict[str, str]) -> None:
     restart_seconds = time.monotonic() - t_restart
     figures["down + up -> tasks listed and 3 slaves back"] = f"{restart_seconds:.1f} s"
     log(
-        f"after down/up: all {BATCH} tasks still FINISHED; {SLAVES} slaves back in {restart_seconds:.1f}s"
+        f"after down/up: all {BATCH} tasks still FINISHED; {SLAVES} slaves back in "
+        f"{restart_seconds:.1f}s"
     )
 
     # 6. docker stop the slave running a long task: the task is LOST (or re-queued).
@@ -418,7 +420,8 @@ def lose_slave(c: Cluster, how: str, retries: int) -> float:
     containers = c.slave_containers()
     if hostname not in containers:
         fail(
-            f"slave {slave_id} has hostname {hostname}; no slave container has it: {sorted(containers)}"
+            f"slave {slave_id} has hostname {hostname}; no slave container has it: "
+            f"{sorted(containers)}"
         )
     cid = containers[hostname]
     log(f"task {task_id} runs on slave {slave_id} (container {cid[:12]}); docker {how} it")
@@ -436,7 +439,8 @@ def lose_slave(c: Cluster, how: str, retries: int) -> float:
             return t
         if t["state"] in TERMINAL and t["state"] != "LOST":
             fail(
-                f"task {task_id} became {t['state']} ({t['message']}) after docker {how} of its slave"
+                f"task {task_id} became {t['state']} ({t['message']}) after docker {how} "
+                "of its slave"
             )
         return None
 
@@ -518,7 +522,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if port_in_use(MASTER):
             fail(
-                f"{MASTER} is already in use (a `make run` cluster?); the compose file publishes the master there"
+                f"{MASTER} is already in use (a `make run` cluster?); the compose file "
+                "publishes the master there"
             )
         scenario(c, figures)
         size = run(

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from test_cli_support import (
     Running,
     assert_one_error_line,

@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+
+from cli.client import ClusterError, master_base_url
+from cli.servers import LogfmtFormatter
 from test_cli_support import (
     CLUSTER,
     assert_one_error_line,
@@ -21,9 +24,6 @@ from test_cli_support import (
     stop,
     wait_until,
 )
-
-from cli.client import ClusterError, master_base_url
-from cli.servers import LogfmtFormatter
 
 COMMANDS = ["master", "slave", "up", "submit", "tasks", "task", "slaves", "kill", "logs", "wait"]
 

@@ -10,8 +10,7 @@ import time
 
 import pytest
 
-from cluster_harness import (  # noqa: F401 - cluster is a fixture
-    TERMINAL, Cluster, ConnectionRecorder, cluster, wait_for)
+from cluster_harness import TERMINAL, Cluster, ConnectionRecorder, cluster, wait_for  # noqa: F401 - cluster is a fixture
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster_harness import (  # noqa: F401 - cluster is a fixture
-    TERMINAL, Cluster, cluster, free_port, wait_for)
+from cluster_harness import TERMINAL, Cluster, cluster, free_port, wait_for  # noqa: F401 - cluster is a fixture
 
 pytestmark = pytest.mark.timeout(60)
 

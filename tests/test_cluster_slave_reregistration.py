@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import libproc
-from libproc import Clock, ProtobufProcess, UPID
+from libproc import UPID, Clock, ProtobufProcess
 from protos import cluster_pb2 as pb
 from slave.process import Slave, SlaveConfig
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from test_cli_support import (
     CLUSTER,
     Running,

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import libproc
-from libproc import Clock, ProtobufProcess, UPID
+from libproc import UPID, Clock, ProtobufProcess
 from master.api import parse_submit
 from master.process import Master, MasterConfig
 from master.store import Store

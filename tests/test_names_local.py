@@ -16,6 +16,7 @@ import pytest
 
 import libproc
 from libproc import UPID, Clock, Future, ProtobufProcess, dispatch
+from libproc import names_pb2 as pb
 from libproc.names import (
     OFFLINE,
     ONLINE,
@@ -29,7 +30,6 @@ from libproc.names import (
     Notice,
     RegistrationRefusedError,
 )
-from libproc import names_pb2 as pb
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import libproc
-from libproc import ProtobufProcess, UPID
+from libproc import UPID, ProtobufProcess
 from libproc.wire import encode_message
 from protos import cluster_pb2 as pb
 from slave.process import Slave, SlaveConfig
