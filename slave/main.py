@@ -15,6 +15,29 @@ __all__ = ["run_slave", "master_upid"]
 
 log = logging.getLogger("slave")
 
+FD_LIMIT = 65536
+"""Soft RLIMIT_NOFILE the slave asks for (within the hard limit): each running task holds two
+fds (its stdout, tailed for progress, and its pidfd), so 1,024 would cap it at ~500 tasks."""
+
+
+def raise_fd_limit(want: int = FD_LIMIT) -> int:
+    """Raise the soft open-files limit towards `want` (never above the hard limit, never
+    lower than it is); return the soft limit now in force."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-files limit from %d to %d: %s", soft,
+                        target, exc)
+    return soft
+
 
 def master_upid(master: str) -> UPID:
     """`HOST:PORT` (or a full `master@HOST:PORT` UPID) -> the master's UPID."""
@@ -40,6 +63,7 @@ async def run_slave(
     progress_interval: float = 1.0,
 ) -> int:
     master_pid = master_upid(master)
+    raise_fd_limit()
     await libproc.start(host, port, advertise_host=advertise_host,
                         advertise_port=advertise_port)
     config = SlaveConfig(master=master_pid, work_dir=Path(work_dir).absolute(), cpus=cpus,

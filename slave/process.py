@@ -5,7 +5,10 @@
   slave id and its running tasks, so a restarted master recovers them.
 - Every status update (RUNNING, then the terminal state with the exit code) is kept and
   re-sent until the master acknowledges it: an update sent while the master is down arrives
-  once it is back.
+  once it is back. The master acknowledges only once the update is stored, which under load
+  takes more than a second; so an update is re-sent only `update_retry` after it was last
+  sent, then at doubling intervals (capped at `max_backoff`), never in a blind sweep that
+  would double the master's work just when it is busiest. (Re-)registering re-sends all.
 - Progress of all running tasks goes out as one ReportProgressMessage per interval.
 """
 
@@ -19,7 +22,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -42,8 +44,8 @@ class SlaveConfig:
     cpus: float = 4.0
     mem: float = 4096.0
     progress_interval: float = 1.0
-    update_retry: float = 1.0  # seconds between re-sends of unacknowledged status updates
-    max_backoff: float = 5.0  # cap of the registration backoff
+    update_retry: float = 1.0  # first re-send of an unacknowledged status update after this
+    max_backoff: float = 5.0  # cap of the registration backoff and of the re-send interval
     kill_grace: float = 3.0
     secret: str | None = None
     hostname: str = ""
@@ -59,6 +61,7 @@ class Slave(ProtobufProcess):
         self.mode = "registering"  # registering | registered | shutting_down
         self.tasks: dict[str, pb.TaskInfo] = {}  # running here, by task id
         self.unacked: dict[bytes, pb.StatusUpdate] = {}
+        self._resend_at: dict[bytes, tuple[float, float]] = {}  # uuid -> (due, interval)
         self._backoff = 0.25
         self._register_timer: libproc.Timer | None = None
         self._last_master_contact = 0.0
@@ -116,7 +119,8 @@ class Slave(ProtobufProcess):
         path = self._identity_file()
         tmp = path.with_suffix(".tmp")
         try:
-            tmp.write_text(json.dumps({"slave_id": self.slave_id, "master": str(self.config.master)}))
+            identity = {"slave_id": self.slave_id, "master": str(self.config.master)}
+            tmp.write_text(json.dumps(identity))
             os.replace(tmp, path)
         except OSError as exc:
             log.warning("could not record the slave id in %s: %s", path, exc)
@@ -286,8 +290,9 @@ class Slave(ProtobufProcess):
         self._update(result.task_id, result.attempt, state, exit_code=result.exit_code,
                      message=result.message, progress=result.progress)
 
-    def _update(self, task_id: str, attempt: int, state: int, *, exit_code: int | None = None,
-                message: str = "", progress: float | None = None) -> None:
+    def _update(self, task_id: str, attempt: int, state: pb.TaskState, *,
+                exit_code: int | None = None, message: str = "",
+                progress: float | None = None) -> None:
         update = pb.StatusUpdate(task_id=pb.TaskID(value=task_id), state=state,
                                  uuid=uuid.uuid4().bytes, timestamp=time.time(),
                                  attempt=attempt, message=message)
@@ -301,18 +306,32 @@ class Slave(ProtobufProcess):
         if self.mode == "registered":
             self._send_update(update)
 
-    def _send_update(self, update: pb.StatusUpdate) -> None:
+    def _send_update(self, update: pb.StatusUpdate, interval: float | None = None) -> None:
+        """Send now; the next re-send (if no ack comes) is due `interval` from now."""
         self._counters["status_updates_sent"] += 1
+        interval = self.config.update_retry if interval is None else interval
+        self._resend_at[update.uuid] = (libproc.Clock.now() + interval, interval)
         self.send(self.config.master, pb.StatusUpdateMessage(update=update))
 
     def _acknowledged(self, sender: UPID, ack: pb.StatusUpdateAcknowledgementMessage) -> None:
         self.unacked.pop(ack.uuid, None)
+        self._resend_at.pop(ack.uuid, None)
 
-    def _resend_updates(self) -> None:
+    def _resend_updates(self, *, due_only: bool = False) -> None:
+        """Re-send unacknowledged updates, oldest first: all, or (`due_only`) those whose
+        re-send is due, each with double its last interval (at most `max_backoff`)."""
+        now = libproc.Clock.now()
+        cap = max(self.config.max_backoff, self.config.update_retry)
         for update in sorted(self.unacked.values(), key=lambda u: u.timestamp):
+            interval = None
+            if due_only:
+                due, last = self._resend_at.get(update.uuid, (now, self.config.update_retry / 2))
+                if due > now:
+                    continue
+                interval = min(last * 2, cap)
             if self.slave_id:
                 update.slave_id.value = self.slave_id
-            self._send_update(update)
+            self._send_update(update, interval)
 
     def _retry_updates(self) -> None:
         try:
@@ -331,7 +350,7 @@ class Slave(ProtobufProcess):
                 self._backoff = 0.25
                 self._register()
             elif self.unacked:
-                self._resend_updates()
+                self._resend_updates(due_only=True)
 
     def _report_progress(self) -> None:
         try:

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -297,3 +298,164 @@ async def test_injected_sleep_drives_timeout(tmp_path: Path) -> None:
     result = await run
     assert result.message == "timed out after 1000 s"
     await ex.shutdown()
+
+
+# -- child watching, spawn batching, task.json (the per-task path without threads) ----------
+
+
+async def test_pidfd_watcher_reaps_with_exit_codes_and_signals() -> None:
+    import subprocess
+
+    from slave.executor import _ChildWatcher
+
+    if not hasattr(os, "pidfd_open"):
+        pytest.skip("no pidfds here")
+    watcher = _ChildWatcher(asyncio.get_running_loop())
+    exits = subprocess.Popen(["/bin/sh", "-c", "exit 7"])
+    sleeps = subprocess.Popen(["sleep", "30"])
+    codes = [watcher.watch(exits), watcher.watch(sleeps)]
+    assert len(watcher._children) == 2  # both on pidfds, not in threads
+    assert await asyncio.wait_for(codes[0], 5) == 7
+    sleeps.kill()
+    assert await asyncio.wait_for(codes[1], 5) == -9
+    assert exits.returncode == 7 and sleeps.returncode == -9  # reaped: no zombies left
+    with pytest.raises(ChildProcessError):
+        os.waitpid(sleeps.pid, os.WNOHANG)
+    assert watcher._children == {}
+    watcher.close_if_idle()
+    assert watcher._epoll is None
+
+
+async def test_cancelled_wait_still_reaps_the_child() -> None:
+    import subprocess
+
+    from slave.executor import _ChildWatcher
+
+    watcher = _ChildWatcher(asyncio.get_running_loop())
+    proc = subprocess.Popen(["sleep", "0.1"])
+    watcher.watch(proc).cancel()
+    await until(lambda: proc.returncode is not None)
+    assert proc.returncode == 0 and watcher._children == {}
+
+
+@pytest.fixture
+def no_pidfds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a kernel without pidfd_open: the executor must fall back to waiting threads."""
+    import errno
+
+    def enosys(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", enosys, raising=False)
+    monkeypatch.setattr("slave.executor._use_pidfd", True)
+
+
+async def test_without_pidfds_exit_codes_kills_and_timeouts_still_work(
+    no_pidfds: None, ex: Executor
+) -> None:
+    import slave.executor
+
+    assert (await ex.launch("t1", "exit 3")).exit_code == 3
+    assert slave.executor._use_pidfd is False  # found out once, then threads straight away
+    run = ex.launch("t2", "sleep 30 & echo $!; wait")
+    stdout = sandbox_path(ex.work_dir, "t2", 0) / "stdout"
+    await until(lambda: first_line(stdout))
+    child = int(first_line(stdout) or 0)
+    assert ex.kill("t2")
+    result = await run
+    assert result.state == "KILLED" and not alive(child)
+    timed_out = await ex.launch("t3", "sleep 30", timeout=0.2)
+    assert (timed_out.state, timed_out.exit_code) == ("FAILED", -15)
+
+
+async def test_pidfd_failure_for_one_child_falls_back_for_that_child_only(
+    monkeypatch: pytest.MonkeyPatch, ex: Executor
+) -> None:
+    import errno
+
+    import slave.executor
+
+    real = os.pidfd_open
+    calls: list[int] = []
+
+    def emfile_once(pid: int, flags: int = 0) -> int:
+        calls.append(pid)
+        if len(calls) == 1:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real(pid, flags)
+
+    monkeypatch.setattr(os, "pidfd_open", emfile_once)
+    monkeypatch.setattr("slave.executor._use_pidfd", True)
+    first, second = await asyncio.gather(ex.launch("t1", "exit 4"), ex.launch("t2", "exit 5"))
+    assert (first.exit_code, second.exit_code) == (4, 5)
+    assert len(calls) == 2 and slave.executor._use_pidfd is True
+
+
+async def test_burst_is_spawned_in_fifo_batches_between_loop_turns(
+    ex: Executor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from slave.executor import MAX_CONCURRENT_SPAWNS
+
+    loop = asyncio.get_running_loop()
+    turn = 0
+
+    def tick() -> None:  # counts loop turns while the burst is spawned
+        nonlocal turn
+        turn += 1
+        if running:
+            loop.call_soon(tick)
+
+    running = True
+    loop.call_soon(tick)
+    spawned: list[tuple[int, str]] = []
+    real_spawn = ex._spawn
+
+    def spawn(t: Any, command: str, env: Any) -> bool:
+        spawned.append((turn, t.task_id))
+        return real_spawn(t, command, env)
+
+    monkeypatch.setattr(ex, "_spawn", spawn)
+    n = 3 * MAX_CONCURRENT_SPAWNS + 5
+    runs = [ex.launch(f"t{i:03d}", "true") for i in range(n)]
+    assert ex.kill(f"t{n - 1:03d}")  # killed while it waits for its turn
+    results = await asyncio.gather(*runs)
+    running = False
+    assert [tid for _, tid in spawned] == [f"t{i:03d}" for i in range(n)]  # FIFO
+    per_turn: dict[int, int] = {}
+    for at, _ in spawned:
+        per_turn[at] = per_turn.get(at, 0) + 1
+    assert max(per_turn.values()) <= MAX_CONCURRENT_SPAWNS and len(per_turn) >= 4
+    assert {r.state for r in results[:-1]} == {"FINISHED"}
+    last = results[-1]
+    assert (last.state, last.exit_code, last.message) == ("KILLED", None,
+                                                          "killed before it started")
+    assert not sandbox_path(ex.work_dir, f"t{n - 1:03d}", 0).exists()
+
+
+async def test_task_json_final_state_is_written_in_place(ex: Executor) -> None:
+    run = ex.launch("t1", "echo up; sleep 30")
+    box = sandbox_path(ex.work_dir, "t1", 0)
+    await until(lambda: first_line(box / "stdout"))
+    start = json.loads((box / "task.json").read_text())
+    assert start["pgid"] == ex.running()[0].pid and "state" not in start
+    inode = (box / "task.json").stat().st_ino
+    ex.kill("t1")
+    await run
+    final = json.loads((box / "task.json").read_text())
+    assert final["state"] == "KILLED" and final["exit_code"] == -15
+    assert {k: final[k] for k in start} == start
+    assert (box / "task.json").stat().st_ino == inode  # no new inode for the update
+    assert sorted(p.name for p in box.iterdir()) == ["stderr", "stdout", "task.json"]
+
+
+async def test_env_follows_changes_to_os_environ(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ex = Executor(tmp_path / "work", lambda r: None)
+    monkeypatch.setenv("SLAVE_TEST_VAR", "one")
+    monkeypatch.setenv("LIBPROCESS_IP", "10.0.0.1")
+    await ex.launch("t1", 'echo "$SLAVE_TEST_VAR|$LIBPROCESS_IP"')
+    monkeypatch.setenv("SLAVE_TEST_VAR", "two")
+    await ex.launch("t2", 'echo "$SLAVE_TEST_VAR|$LIBPROCESS_IP"')
+    out = [(sandbox_path(ex.work_dir, t, 0) / "stdout").read_text() for t in ("t1", "t2")]
+    assert out == ["one|\n", "two|\n"]
