@@ -2,17 +2,25 @@
 
 The slave actor owns one Executor and calls it on its event loop, which nothing here blocks
 for long. The per-task path uses no threads (on a busy slave every thread hop costs GIL
-hand-offs): the sandbox (two mkdirs, three opens) and task.json are written on the loop, the
-shell is forked with `subprocess.Popen` (vfork + exec, no asyncio transport) at most
+hand-offs): the sandbox (one mkdir, three opens) and the journal records are written on the
+loop, the shell is forked with `subprocess.Popen` (vfork + exec, no asyncio transport) at most
 MAX_CONCURRENT_SPAWNS per loop turn, and its exit is watched through a pidfd in one epoll set
 that the loop polls (Linux >= 5.3; elsewhere a waiting thread per task, as asyncio's own
 ThreadedChildWatcher does). Only /proc scans (a group outliving its shell, orphans) run in a
 worker thread; progress polls and `read_log` read a bounded amount. Contracts the slave can
 rely on:
 
-- `<work_dir>/sandboxes/<escaped task id>/<attempt>/` holds `stdout` and `stderr` (the
-  child's own fds, opened for append: no pipes, so a task outlives a dead slave) and
-  `task.json` (pid, pgid, command, started_at; state, exit_code at the end) for `kill_orphans`.
+- `<work_dir>/sandboxes/<escaped task id>@<attempt>/` holds `stdout` and `stderr` (the
+  child's own fds, opened for append: no pipes, so a task outlives a dead slave). Two inodes
+  per task, plus the directory: creating one costs 0.03-0.7 ms of kernel CPU on some file
+  systems (ext4 without a journal scans past recently deleted inodes).
+- `<work_dir>/tasks.journal` (one per executor, opened once for append) gets one JSON line per
+  event for `kill_orphans`: a start record (task id, attempt, sandbox, pid, pgid, the leader's
+  start ticks, command, started_at) once the shell is spawned, an end record (state,
+  exit_code, finished_at) when its result is reported. Plain writes, no fsync: the journal
+  only has to survive the slave process, not the machine (no task survives a reboot). It is
+  rewritten with only the running tasks' start records by `Executor.kill_orphans` (start-up)
+  and whenever it outgrows JOURNAL_COMPACT_AT.
 - A task is its process group: kill = SIGTERM to the group, SIGKILL after `kill_grace`
   unless the group is gone. When the shell exits, what it left in its group is SIGKILLed.
 - Every launch ends in exactly one `on_exit(TaskResult)` call on the loop, even one that
@@ -60,13 +68,21 @@ so that a launch of thousands of tasks leaves the loop free for I/O (heartbeats)
 batches."""
 MAX_READ = 1024 * 1024
 """Most bytes one `read_log` call returns, whatever limit is asked for."""
+JOURNAL = "tasks.journal"
+"""The executor's journal of task starts and ends, in the work dir."""
+JOURNAL_COMPACT_AT = 4 * 1024 * 1024
+"""Journal size (bytes) past which it is rewritten with only the running tasks' starts (or at
+twice its size after the last rewrite, if that is more)."""
+MAX_RECORDED_COMMAND = 1024
+"""Most characters of a task's command kept in its journal record (it is only informative)."""
 
 _BAD = frozenset("/\\\0")
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # nothing to escape, not hidden
 _SAFE = frozenset(string.ascii_letters + string.digits + "-_.")
 _WRITE = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-_JSON = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+_JOURNAL = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_ATTEMPT = 10**14  # "<240-char id>@<attempt>" fits in a 255-byte file name
 _START_ERRORS = (OSError, ValueError, TypeError, subprocess.SubprocessError)
 
 _use_pidfd = hasattr(os, "pidfd_open")
@@ -100,30 +116,41 @@ class RunningTask:
 def sandbox_path(work_dir: str | os.PathLike[str], task_id: str, attempt: int) -> Path:
     """The sandbox of one attempt of a task. Raises ValueError for ids that could escape it.
 
-    Characters outside [A-Za-z0-9._-] are %-escaped (so distinct ids get distinct
-    directories); ids with '/', '\\' or NUL, '.', '..' and empty ids are rejected outright.
+    It is `<work_dir>/sandboxes/<escaped id>@<attempt>`. Characters outside [A-Za-z0-9._-]
+    (so '@' too) are %-escaped, so distinct (id, attempt) pairs get distinct directories; ids
+    with '/', '\\' or NUL, '.', '..' and empty ids are rejected outright.
     """
     return Path(_sandbox_dir(os.fspath(work_dir), task_id, attempt))
 
 
 def _sandbox_dir(work_dir: str, task_id: str, attempt: int) -> str:
     """`sandbox_path` as a str, without pathlib (a few microseconds less per launch)."""
-    if type(attempt) is int and attempt >= 0 and type(task_id) is str \
+    if type(attempt) is int and 0 <= attempt < _MAX_ATTEMPT and type(task_id) is str \
             and _PLAIN_ID.fullmatch(task_id) and len(task_id) <= 240:
-        return os.path.join(work_dir, "sandboxes", task_id, str(attempt))  # nothing to escape
+        return os.path.join(work_dir, "sandboxes", f"{task_id}@{attempt}")  # nothing to escape
+    return os.path.join(work_dir, "sandboxes", f"{_sandbox_name(task_id, attempt)}@{attempt}")
+
+
+def _legacy_sandbox_dir(work_dir: str, task_id: str, attempt: int) -> str:
+    """Where slaves before the journal kept an attempt's sandbox: sandboxes/<id>/<attempt>/."""
+    return os.path.join(work_dir, "sandboxes", _sandbox_name(task_id, attempt), str(attempt))
+
+
+def _sandbox_name(task_id: str, attempt: int) -> str:
+    """The escaped task id, validated (ValueError), for a sandbox's name."""
     if not isinstance(task_id, str) or task_id in ("", ".", "..") or _BAD & set(task_id):
         raise ValueError(
             f"task id {task_id!r} cannot name a sandbox: use a non-empty string other than "
             "'.' or '..' without '/', '\\' or NUL"
         )
-    if type(attempt) is not int or attempt < 0:
-        raise ValueError(f"attempt {attempt!r} must be a non-negative int")
+    if type(attempt) is not int or not 0 <= attempt < _MAX_ATTEMPT:
+        raise ValueError(f"attempt {attempt!r} must be a non-negative int below 10**14")
     name = "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in task_id)
     if name.startswith("."):
         name = "%2E" + name[1:]  # no hidden directories
     if len(name) > 240:
         raise ValueError(f"task id {task_id[:40]!r}... is too long for a directory name")
-    return os.path.join(work_dir, "sandboxes", name, str(attempt))
+    return name
 
 
 @dataclass(eq=False)
@@ -143,8 +170,7 @@ class _Task:
     kill_reason: str | None = None  # "killed" or "timeout"
     grace: asyncio.Future[Any] | None = None  # the SIGKILL timer, once SIGTERM was sent
     exited: bool = False  # the shell has exited: kill() is a no-op from here on
-    record: dict[str, Any] = field(default_factory=dict)  # task.json
-    record_size: int | None = None  # bytes of task.json as written at the start
+    record: dict[str, Any] = field(default_factory=dict)  # its start record in the journal
 
     def snapshot(self) -> RunningTask:
         pid, progress = (self.proc.pid if self.proc else None), self.scanner.last or 0.0
@@ -181,6 +207,11 @@ class Executor:
         self._env_source: dict[bytes, bytes] | None = None  # os.environ as last filtered
         self._env_base: dict[str, str] = {}
         self._counts = {f"tasks_{k}": 0 for k in ("launched", "finished", "failed", "killed")}
+        self._journal = -1  # fd of <work_dir>/tasks.journal, opened at the first record
+        self._journal_size = 0  # bytes in it, as far as we know
+        self._journal_limit = JOURNAL_COMPACT_AT  # compact past this size
+        self._journal_torn = False  # the last append may have been cut short
+        self._orphan_scans = 0  # kill_orphans calls under way: no compaction until they end
 
     # -- launching -------------------------------------------------------------------------
 
@@ -324,17 +355,79 @@ class Executor:
         return True
 
     def _record_start(self, t: _Task, command: str) -> None:
-        """Write task.json for `kill_orphans`: pgid and the leader's start time (pid reuse)."""
-        assert t.sandbox is not None
+        """Journal the start for `kill_orphans`: pgid and the leader's start time (pid reuse)."""
         t.record = {
-            "task_id": t.task_id, "name": t.name, "attempt": t.attempt, "command": command,
+            "event": "start", "task_id": t.task_id, "attempt": t.attempt, "name": t.name,
+            "sandbox": t.sandbox, "command": command[:MAX_RECORDED_COMMAND],
             "pid": t.pgid, "pgid": t.pgid, "start_ticks": _start_ticks(t.pgid),
             "started_at": t.started_at,
         }  # fmt: skip
+        self._journal_append(t.record)
+
+    # -- the journal (see the module docstring) --------------------------------------------
+
+    def _journal_append(self, record: dict[str, Any]) -> None:
+        """Append one record; a failure only weakens orphan clean-up after a crash."""
+        line = json.dumps(record).encode() + b"\n"  # one line: json escapes newlines
         try:
-            t.record_size = _write_json(os.path.join(t.sandbox, "task.json"), t.record)
-        except OSError as e:  # the task runs; only orphan clean-up after a crash is weaker
-            log.warning("task %s: could not write task.json: %s", t.task_id, e)
+            if self._journal < 0:
+                self._open_journal()
+            if self._journal_torn:  # end the torn line, or this record would be lost with it
+                line = b"\n" + line
+            self._journal_torn = True
+            view = memoryview(line)
+            while view:
+                view = view[os.write(self._journal, view) :]
+            self._journal_torn = False
+            self._journal_size += len(line)
+        except OSError as e:
+            log.warning("task %s: could not write to the task journal: %s",
+                        record.get("task_id"), e)
+            return
+        if self._journal_size > self._journal_limit and not self._orphan_scans:
+            try:
+                self._compact_journal()
+            except OSError as e:
+                log.warning("could not compact the task journal: %s", e)
+                self._journal_limit = 2 * self._journal_size  # do not retry at every record
+
+    def _open_journal(self) -> None:
+        fd = os.open(os.path.join(self._work_dir, JOURNAL), _JOURNAL, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+        except OSError:
+            os.close(fd)
+            raise
+        self._journal, self._journal_size, self._journal_torn = fd, size, torn
+
+    def _compact_journal(self) -> None:
+        """Replace the journal by one with only the running tasks' start records.
+
+        Atomic (a new file renamed over it), so a crash at any point leaves a journal with
+        every running task's start; on the loop, so no record of ours can slip in between.
+        """
+        data = b"".join(json.dumps(t.record).encode() + b"\n"
+                        for t in self._tasks.values() if t.record)
+        path = os.path.join(self._work_dir, JOURNAL)
+        tmp = path + ".tmp"
+        fd = os.open(tmp, _JOURNAL | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.replace(tmp, path)
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        if self._journal >= 0:
+            os.close(self._journal)
+        self._journal, self._journal_size, self._journal_torn = fd, len(data), False
+        self._journal_limit = max(JOURNAL_COMPACT_AT, 2 * len(data))
 
     def _env(self, t: _Task, extra: Mapping[str, str] | None) -> dict[str, str]:
         """The slave's env minus LIBPROCESS_* (a libproc task must not grab the slave's port)."""
@@ -357,13 +450,11 @@ class Executor:
     def _finish(self, t: _Task, state: str, rc: int | None, message: str) -> TaskResult:
         progress = 1.0 if state == "FINISHED" else (t.scanner.last or 0.0)
         result = TaskResult(t.task_id, t.attempt, state, rc, message, progress)
-        if t.record and t.sandbox is not None:
-            t.record.update(state=state, exit_code=rc, message=message, finished_at=time.time())
-            try:  # in place: the group is gone, so kill_orphans needs this record no more
-                _write_json(os.path.join(t.sandbox, "task.json"), t.record,
-                            replacing=t.record_size)
-            except OSError as e:
-                log.warning("task %s: could not update task.json: %s", t.task_id, e)
+        if t.record:  # the group is gone, so kill_orphans needs its start record no more
+            self._journal_append({
+                "event": "end", "task_id": t.task_id, "attempt": t.attempt, "pgid": t.pgid,
+                "state": state, "exit_code": rc, "finished_at": time.time(),
+            })  # fmt: skip
         if t.reader >= 0:
             os.close(t.reader)
             t.reader = -1
@@ -425,13 +516,35 @@ class Executor:
             await asyncio.gather(*self._runs, return_exceptions=True)
         if self._watcher is not None:
             self._watcher.close_if_idle()
+        if self._journal >= 0 and not self._tasks:
+            os.close(self._journal)
+            self._journal = -1
 
     async def kill_orphans(self) -> list[str]:
-        """`kill_orphans(self.work_dir)`, sparing the tasks this executor runs."""
+        """`kill_orphans(self.work_dir)`, sparing the tasks this executor runs; then compacts
+        the journal (the slave calls this once, at start-up).
+        """
         mine = {t.pgid for t in self._tasks.values() if t.pgid}
-        return await kill_orphans(
-            self.work_dir, exclude_pgids=mine, grace=self.kill_grace, sleep=self._sleep
-        )
+        # Only the journal as it is now: whatever we append while it is read is ours.
+        if self._journal >= 0:
+            known = self._journal_size
+        else:
+            try:
+                known = os.stat(os.path.join(self._work_dir, JOURNAL)).st_size
+            except OSError:
+                known = 0
+        self._orphan_scans += 1  # it reads the first `known` bytes of this very file
+        try:
+            killed = await _kill_orphans(self.work_dir, frozenset(mine), self.kill_grace,
+                                         self._sleep, known)
+        finally:
+            self._orphan_scans -= 1
+        if not self._orphan_scans and os.path.exists(os.path.join(self._work_dir, JOURNAL)):
+            try:
+                self._compact_journal()
+            except OSError as e:
+                log.warning("could not compact the task journal: %s", e)
+        return killed
 
     # -- progress, logs, counters ----------------------------------------------------------
 
@@ -492,7 +605,7 @@ class Executor:
             raise ValueError(f"stream {stream!r} must be 'stdout' or 'stderr'")
         if type(offset) is not int or offset < 0 or type(limit) is not int or limit < 0:
             raise ValueError(f"offset {offset!r} and limit {limit!r} must be non-negative ints")
-        path = sandbox_path(self.work_dir, task_id, attempt) / stream
+        path = os.path.join(_sandbox_dir(self._work_dir, task_id, attempt), stream)
         t = self._tasks.get(task_id)
         running = t is not None and t.attempt == attempt
         try:
@@ -500,10 +613,14 @@ class Executor:
         except FileNotFoundError:
             if running:  # launched, sandbox not set up yet
                 return b"", offset, False
-            raise FileNotFoundError(
-                f"no {stream} for task {task_id!r} attempt {attempt} in {self.work_dir}; "
-                "check the task id and attempt, or ask the slave that ran it"
-            ) from None
+            try:  # run by a slave from before the flat sandboxes/<id>@<attempt>/ layout?
+                fd = os.open(os.path.join(_legacy_sandbox_dir(self._work_dir, task_id, attempt),
+                                          stream), _READ)
+            except FileNotFoundError:
+                raise FileNotFoundError(
+                    f"no {stream} for task {task_id!r} attempt {attempt} in {self.work_dir}; "
+                    "check the task id and attempt, or ask the slave that ran it"
+                ) from None
         try:
             size = os.fstat(fd).st_size
             data = os.pread(fd, min(limit, MAX_READ), offset) if offset < size else b""
@@ -526,12 +643,19 @@ async def kill_orphans(
 ) -> list[str]:
     """Kill process groups left running in `work_dir`'s sandboxes by an earlier slave.
 
-    Call when a slave restarts on the same work dir, before launching. Uses each sandbox's
-    task.json; a recorded pid now owned by another process (pid reuse, checked on Linux by
-    start time) is left alone. SIGTERM, then SIGKILL after `grace`. Returns the task ids
-    whose groups were signalled.
+    Call when a slave restarts on the same work dir, before launching. Uses the journal
+    (starts without an end; torn or garbled lines are skipped) and any sandbox's task.json
+    left by slaves before the journal; a recorded pid now owned by another process (pid
+    reuse, checked on Linux by start time) is left alone. SIGTERM, then SIGKILL after
+    `grace`. Returns the task ids whose groups were signalled. Does not rewrite the journal
+    (an executor may hold it open): `Executor.kill_orphans` does.
     """
-    found = await asyncio.to_thread(_find_orphans, Path(work_dir), frozenset(exclude_pgids))
+    return await _kill_orphans(work_dir, frozenset(exclude_pgids), grace, sleep, None)
+
+
+async def _kill_orphans(work_dir: str | os.PathLike[str], exclude: frozenset[int],
+                        grace: float, sleep: Sleep, journal_bytes: int | None) -> list[str]:
+    found = await asyncio.to_thread(_find_orphans, Path(work_dir), exclude, journal_bytes)
     hit = [(tid, pgid) for tid, pgid in found if _signal_group(pgid, signal.SIGTERM)]
     alive = [pgid for _, pgid in hit]
     for _ in range(10):  # poll, so that groups that exit promptly do not cost the whole grace
@@ -566,15 +690,15 @@ def _task_env(base: Mapping[str, str]) -> dict[str, str]:
 def _prepare_sandbox(sandbox: str) -> tuple[int, int, int]:
     """Create the sandbox; open stdout/stderr for the child and stdout for tailing."""
     try:
-        os.mkdir(os.path.dirname(sandbox))  # sandboxes/<task id>/: new for a first attempt
-    except FileExistsError:
-        pass
-    except FileNotFoundError:  # no sandboxes/ yet
-        os.makedirs(os.path.dirname(sandbox), exist_ok=True)
-    try:
         os.mkdir(sandbox)
     except FileExistsError:  # a re-run of the same attempt
         pass
+    except FileNotFoundError:  # no sandboxes/ yet
+        os.makedirs(os.path.dirname(sandbox), exist_ok=True)
+        try:
+            os.mkdir(sandbox)
+        except FileExistsError:
+            pass
     fds: list[int] = []
     try:
         for name, flags in (("stdout", _WRITE), ("stderr", _WRITE), ("stdout", _READ)):
@@ -584,32 +708,6 @@ def _prepare_sandbox(sandbox: str) -> tuple[int, int, int]:
             os.close(fd)
         raise
     return fds[0], fds[1], fds[2]
-
-
-def _write_json(path: str, record: dict[str, Any], *, replacing: int | None = None) -> int:
-    """Write `record` to `path`; return its size in bytes.
-
-    By default atomically (a new file renamed over `path`). With `replacing` (the size of
-    what we wrote there before) in place, keeping the file's inode: creating an inode costs
-    0.03-0.7 ms of kernel CPU on some file systems (ext4 without a journal scans past
-    recently deleted inodes), a sandbox needs five already, and a crash during the rewrite
-    leaves nothing worse than a torn record.
-    """
-    data = json.dumps(record).encode()  # no indent: the C encoder, ~10x faster
-    atomic = replacing is None
-    target = path + ".tmp" if atomic else path
-    fd = os.open(target, _JSON if atomic else _JSON & ~os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        if replacing is not None and len(data) < replacing:
-            os.ftruncate(fd, len(data))
-    finally:
-        os.close(fd)
-    if atomic:
-        os.replace(target, path)
-    return len(data)
 
 
 # -- watching children: pidfds in one epoll set on the loop, else a thread per child -------
@@ -764,16 +862,23 @@ def _alive_groups(pgids: list[int]) -> list[int]:
     return [pgid for pgid in pgids if _group_alive(pgid)]
 
 
-def _find_orphans(work_dir: Path, exclude: frozenset[int]) -> list[tuple[str, int]]:
-    found = []
-    for record_path in sorted((work_dir / "sandboxes").glob("*/*/task.json")):
+def _find_orphans(work_dir: Path, exclude: frozenset[int],
+                  journal_bytes: int | None = None) -> list[tuple[str, int]]:
+    candidates: dict[int, tuple[str, Any]] = {}  # pgid -> (task id, leader's start ticks)
+    for record in _unended_starts(work_dir / JOURNAL, journal_bytes):
+        candidates.setdefault(int(record["pgid"]), (str(record["task_id"]),
+                                                    record.get("start_ticks")))
+    for record_path in _legacy_records(work_dir / "sandboxes"):
         try:
             record = json.loads(record_path.read_text())
             task_id, pgid = str(record["task_id"]), int(record["pgid"])
-            ticks = record.get("start_ticks")
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if "finished_at" in record or pgid <= 1 or pgid in exclude:
+        if "finished_at" not in record:
+            candidates.setdefault(pgid, (task_id, record.get("start_ticks")))
+    found = []
+    for pgid, (task_id, ticks) in candidates.items():
+        if pgid <= 1 or pgid in exclude:
             continue
         now = _start_ticks(pgid)
         if now is not None and ticks is not None and now != ticks:
@@ -781,3 +886,41 @@ def _find_orphans(work_dir: Path, exclude: frozenset[int]) -> list[tuple[str, in
         if _group_alive(pgid):
             found.append((task_id, pgid))
     return found
+
+
+def _legacy_records(sandboxes: Path) -> list[Path]:
+    """task.json files left by a slave from before the journal, upgraded while tasks ran:
+    `sandboxes/<id>/<attempt>/task.json` (sandboxes named `<id>@<attempt>` are not looked in).
+    """
+    try:
+        with os.scandir(sandboxes) as entries:
+            dirs = [e.name for e in entries if "@" not in e.name and e.is_dir()]
+    except OSError:
+        return []
+    return sorted(p for name in dirs for p in (sandboxes / name).glob("*/task.json"))
+
+
+def _unended_starts(journal: Path, size: int | None = None) -> list[dict[str, Any]]:
+    """The start records that no end record follows in the journal (its first `size` bytes,
+    or all of it), in order; skips torn and garbled lines."""
+    starts: dict[tuple[str, int, int], dict[str, Any]] = {}
+    try:
+        with open(journal, "rb") as f:
+            lines = f.read(-1 if size is None else size).split(b"\n")
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        log.warning("cannot read the task journal %s: %s", journal, e)
+        return []
+    for line in lines:
+        try:
+            record = json.loads(line)
+            key = (str(record["task_id"]), int(record["attempt"]), int(record["pgid"]))
+            event = record["event"]
+        except (ValueError, KeyError, TypeError):  # torn or garbled (UnicodeError too)
+            continue
+        if event == "start":
+            starts[key] = record
+        elif event == "end":
+            starts.pop(key, None)
+    return list(starts.values())

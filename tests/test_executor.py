@@ -47,6 +47,21 @@ def first_line(path: Path) -> str | None:
     return text.split("\n", 1)[0] if "\n" in text else None
 
 
+def journal(work_dir: Path) -> list[dict[str, Any]]:
+    """The records in the executor's journal (complete lines only)."""
+    try:
+        lines = (work_dir / "tasks.journal").read_text().split("\n")[:-1]
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in lines if line]
+
+
+def record(work_dir: Path, task_id: str, event: str = "start") -> dict[str, Any] | None:
+    """The last `event` record of a task in the journal, if any."""
+    found = [r for r in journal(work_dir) if r["task_id"] == task_id and r["event"] == event]
+    return found[-1] if found else None
+
+
 @pytest.fixture
 def results() -> list[TaskResult]:
     return []
@@ -67,9 +82,12 @@ async def test_exit_zero_is_finished_with_stdout_captured(
     assert results == [result]  # on_exit called exactly once, with the same result
     box = sandbox_path(ex.work_dir, "t1", 0)
     assert (box / "stdout").read_bytes() == b"hello\nPROGRESS 30\n"
-    record = json.loads((box / "task.json").read_text())
-    assert record["command"] == "echo hello; echo PROGRESS 30"
-    assert record["pgid"] == record["pid"] > 1 and record["state"] == "FINISHED"
+    start, end = record(ex.work_dir, "t1"), record(ex.work_dir, "t1", "end")
+    assert start and end and journal(ex.work_dir) == [start, end]
+    assert start["command"] == "echo hello; echo PROGRESS 30" and start["sandbox"] == str(box)
+    assert start["pgid"] == start["pid"] > 1 and start["attempt"] == 0
+    assert (end["pgid"], end["state"], end["exit_code"]) == (start["pgid"], "FINISHED", 0)
+    assert sorted(p.name for p in box.iterdir()) == ["stderr", "stdout"]
     assert ex.counters()["tasks_finished"] == 1 and ex.counters()["tasks_running"] == 0
 
 
@@ -169,7 +187,7 @@ async def test_env_has_task_id_and_sandbox(tmp_path: Path) -> None:
     result = await ex.launch("job 1", cmd, name="nm", attempt=4, env={"EXTRA": "x"})
     box = sandbox_path(ex.work_dir, "job 1", 4)
     assert result.state == "FINISHED"
-    assert box.parent.name == "job%201" and box.is_relative_to(ex.work_dir)
+    assert box.name == "job%201@4" and box.parent == ex.work_dir / "sandboxes"
     out = (box / "stdout").read_text().strip()
     assert out == f"job 1|nm|4|{box}|{box}|k|x|"
 
@@ -203,7 +221,8 @@ async def test_path_traversal_task_id_rejected(ex: Executor, tmp_path: Path) -> 
     assert result.exit_code is None
     assert list(tmp_path.rglob("marker")) == []
     # Odd but harmless ids are escaped, staying inside the sandboxes directory.
-    assert sandbox_path(ex.work_dir, "..x", 0).parent.name == "%2E.x"
+    assert sandbox_path(ex.work_dir, "..x", 0).name == "%2E.x@0"
+    assert sandbox_path(ex.work_dir, "a@1", 2).name == "a%401@2"  # '@' only before the attempt
 
 
 async def test_could_not_start_is_reported_as_failed(tmp_path: Path) -> None:
@@ -243,7 +262,8 @@ async def main() -> None:
     ex = Executor(sys.argv[1], lambda r: None)
     ex.launch("orphan", "sleep 30 & echo $!; wait")
     box = sandbox_path(ex.work_dir, "orphan", 0)
-    while not ((box / "task.json").exists() and (box / "stdout").read_text()):
+    journal = ex.work_dir / "tasks.journal"
+    while not (journal.exists() and journal.read_text() and (box / "stdout").read_text()):
         await asyncio.sleep(0.01)
     os._exit(0)  # the slave dies; its task does not
 
@@ -257,7 +277,7 @@ async def test_kill_orphans_kills_leftover_process_group(ex: Executor) -> None:
     )
     assert await asyncio.wait_for(maker.wait(), 10) == 0
     box = sandbox_path(ex.work_dir, "orphan", 0)
-    leader = json.loads((box / "task.json").read_text())["pid"]
+    leader = (record(ex.work_dir, "orphan") or {})["pid"]
     child = int((box / "stdout").read_text())
     assert alive(leader) and alive(child)
     mine = ex.launch("mine", "echo up; sleep 30")
@@ -432,20 +452,24 @@ async def test_burst_is_spawned_in_fifo_batches_between_loop_turns(
     assert not sandbox_path(ex.work_dir, f"t{n - 1:03d}", 0).exists()
 
 
-async def test_task_json_final_state_is_written_in_place(ex: Executor) -> None:
+async def test_journal_gets_start_then_end_appended_to_one_file(ex: Executor) -> None:
     run = ex.launch("t1", "echo up; sleep 30")
     box = sandbox_path(ex.work_dir, "t1", 0)
     await until(lambda: first_line(box / "stdout"))
-    start = json.loads((box / "task.json").read_text())
-    assert start["pgid"] == ex.running()[0].pid and "state" not in start
-    inode = (box / "task.json").stat().st_ino
+    start = record(ex.work_dir, "t1")
+    assert start and start["pgid"] == ex.running()[0].pid and "state" not in start
+    inode = (ex.work_dir / "tasks.journal").stat().st_ino
     ex.kill("t1")
     await run
-    final = json.loads((box / "task.json").read_text())
-    assert final["state"] == "KILLED" and final["exit_code"] == -15
-    assert {k: final[k] for k in start} == start
-    assert (box / "task.json").stat().st_ino == inode  # no new inode for the update
-    assert sorted(p.name for p in box.iterdir()) == ["stderr", "stdout", "task.json"]
+    await ex.launch("t2", "true", attempt=3)
+    assert [(r["task_id"], r["event"]) for r in journal(ex.work_dir)] == [
+        ("t1", "start"), ("t1", "end"), ("t2", "start"), ("t2", "end")]
+    end = record(ex.work_dir, "t1", "end")
+    assert end and end["state"] == "KILLED" and end["exit_code"] == -15
+    assert (end["attempt"], end["pgid"]) == (0, start["pgid"])
+    assert (ex.work_dir / "tasks.journal").stat().st_ino == inode  # appended, not replaced
+    assert sorted(p.name for p in box.iterdir()) == ["stderr", "stdout"]  # no inode per record
+    assert sorted(p.name for p in (ex.work_dir / "sandboxes").iterdir()) == ["t1@0", "t2@3"]
 
 
 async def test_env_follows_changes_to_os_environ(

@@ -16,8 +16,10 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def _task_pid(work_dir: Path, task_id: str) -> int:
-    [record] = list((work_dir / "sandboxes" / task_id).glob("*/task.json"))
-    return int(json.loads(record.read_text())["pid"])
+    lines = (work_dir / "tasks.journal").read_text().split("\n")[:-1]  # complete lines
+    [record] = [r for r in map(json.loads, lines) if r["task_id"] == task_id
+                and r["event"] == "start"]
+    return int(record["pid"])
 
 
 def _running(pid: int) -> bool:
