@@ -2,12 +2,13 @@
 
 Incoming: a raw asyncio Protocol parses requests with wire.RequestParser. Messages are
 delivered and answered (202/404/400/500) in request order; the first request on a connection
-that is not a message (a browser, curl, an HTTP client) hands the whole connection, bytes
-already read included, to aiohttp's web server (messages that follow on it are still
-delivered, through http.py, but aiohttp's parser then applies its own rules: an HTTP/1.1
-request without a Host header gets 400 there). A connection that sends bytes that are not
-HTTP is closed without a response (requests before those bytes are answered first);
-otherwise we never close an incoming connection.
+that is not a message (a browser, curl, an HTTP client) hands the connection to aiohttp's web
+server, behind `_HttpShim`: our parser still reads every request and aiohttp gets each one
+re-encoded canonically (Content-Length framing, a Host header added when missing, which
+aiohttp's parser would refuse), so messages that follow on such a connection are delivered
+(through http.py) under the same framing rules as anywhere else. A connection that sends
+bytes that are not HTTP is closed without a response (requests before those bytes are
+answered first); otherwise we never close an incoming connection.
 
 Outgoing: one connection per remote `host:port`, shared by every local process. Sends are
 queued and flushed once per event-loop turn (pipelined; we never wait for the 202s, whose bytes
@@ -121,7 +122,7 @@ class _Inbound(asyncio.Protocol):
             self._hand_over(transport, self._parser.take_rest())
 
     def _hand_over(self, transport: asyncio.Transport, rest: bytes) -> None:
-        """Give the connection to aiohttp: it serves routes, not messages."""
+        """Give the connection to aiohttp (through the shim): it serves routes."""
         self._t.inbound.discard(self)
         self._transport = None
         factory = self._t.http_factory
@@ -129,16 +130,77 @@ class _Inbound(asyncio.Protocol):
             transport.write(wire.RESPONSES[404])
             transport.close()
             return
-        protocol = factory()
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
+        shim = _HttpShim(factory(), self._t.limits, transport)
+        transport.set_protocol(shim)
+        shim.connection_made(transport)
         if self._paused:
             transport.resume_reading()
         if rest:
-            protocol.data_received(rest)
+            shim.data_received(rest)
 
     def eof_received(self) -> bool:
         return False  # close when the peer closes its side
+
+
+class _HttpShim(asyncio.Protocol):
+    """Between the socket and aiohttp on a handed-over connection; see the module docstring."""
+
+    __slots__ = ("_inner", "_parser", "_host", "_transport", "_dead")
+
+    def __init__(self, inner: asyncio.Protocol, limits: wire.Limits,
+                 transport: asyncio.Transport) -> None:
+        self._inner = inner
+        self._transport = transport
+        self._dead = False
+        self._parser = wire.RequestParser(limits)
+        local = transport.get_extra_info("sockname")
+        self._host = f"{local[0]}:{local[1]}" if isinstance(local, tuple) else "localhost"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def data_received(self, data: bytes) -> None:
+        if self._dead:
+            return
+        try:
+            requests = self._parser.feed(data)
+        except Exception:  # WireError, or anything a hostile peer provokes
+            requests, error = [], True
+        else:
+            error = self._parser.error is not None
+        if requests:
+            self._inner.data_received(b"".join(self._canonical(r) for r in requests))
+        if error:
+            metrics.inc("libproc/requests_malformed")
+            # Read no more; aiohttp answers the requests it has, then closes.
+            self._dead = True
+            self._transport.pause_reading()
+            close = getattr(self._inner, "close", None)  # aiohttp's RequestHandler.close()
+            if callable(close):
+                close()
+            else:
+                self._transport.close()
+
+    def _canonical(self, req: wire.Request) -> bytes:
+        head = [f"{req.method} {req.target} {req.version}"]
+        head += [f"{name}: {value}" for name, value in req.headers.items()
+                 if name not in ("content-length", "transfer-encoding")]
+        if "host" not in req.headers:
+            head.append(f"host: {self._host}")
+        head.append(f"content-length: {len(req.body)}")
+        return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + req.body
 
 
 class _Outbound(asyncio.Protocol):

@@ -468,14 +468,17 @@ async def test_receiver_keeps_the_connection_open_between_messages(
     await inbox.wait_for(2)
 
 
+@pytest.mark.parametrize("chunked", [True, False])
+@pytest.mark.parametrize("host", ["Host: 127.0.0.1:1\r\n", ""])
 async def test_message_after_a_get_on_the_same_connection_is_delivered(
-    runtime: UPID, inbox: Inbox
+    runtime: UPID, inbox: Inbox, host: str, chunked: bool
 ) -> None:
+    # After a GET the connection is served by aiohttp, whose own parser would refuse an
+    # HTTP/1.1 request without Host: the framing rules must not change there.
     conn = await Conn.open(runtime.port)
-    # After a GET the connection belongs to aiohttp, whose parser wants Host on HTTP/1.1.
     conn.write(
-        b"GET /inbox/text HTTP/1.1\r\nHost: x\r\n\r\n"
-        + message("inbox", "m", b"late", extra="Host: 127.0.0.1:1\r\n")
+        b"GET /inbox/text HTTP/1.1\r\n\r\n"
+        + message("inbox", "m", b"late", extra=host, chunked=chunked)
     )
     first, second = await conn.response(), await conn.response()
     await conn.close()
@@ -483,6 +486,16 @@ async def test_message_after_a_get_on_the_same_connection_is_delivered(
     assert second[0] == 202
     await inbox.wait_for(1)
     assert inbox.got == [("m", UPID.parse(SENDER), b"late")]
+
+
+async def test_garbage_after_a_get_is_answered_up_to_the_garbage_then_closed(
+    runtime: UPID, inbox: Inbox
+) -> None:
+    conn = await Conn.open(runtime.port)
+    conn.write(b"GET /inbox/text HTTP/1.1\r\nHost: x\r\n\r\n" + b"\x00\x01 not http\r\n\r\n")
+    first = await conn.response()
+    assert (first[0], first[2]) == (200, b"plain text\n")
+    assert await conn.closed_without_response()
 
 
 async def test_gzip_message_after_a_get_on_the_same_connection_is_delivered(
