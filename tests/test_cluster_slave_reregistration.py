@@ -7,7 +7,7 @@ record when its (Re)RegisterSlaveMessages arrive and check the gaps never shrink
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import libproc
 from libproc import UPID, Clock, ProtobufProcess
 from protos import cluster_pb2 as pb
 from slave.process import Slave, SlaveConfig
+from waiting import until
 
 
 class FakeMaster(ProtobufProcess):
@@ -36,16 +37,6 @@ class FakeMaster(ProtobufProcess):
         if self.answer_at is not None and len(self.attempts) == self.answer_at:
             self.send(sender, pb.SlaveRegisteredMessage(
                 slave_id=pb.SlaveID(value="S1"), heartbeat_interval=1.0))
-
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await Clock.settle()
-        await asyncio.sleep(0.002)
 
 
 @pytest.fixture

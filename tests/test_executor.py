@@ -7,13 +7,14 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from slave.executor import Executor, TaskResult, kill_orphans, sandbox_path
+from waiting import until
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,13 +30,6 @@ def alive(pid: int) -> bool:
     except OSError:
         return True  # no /proc: trust kill(0)
     return stat[stat.rfind(b")") + 2 :][:1] not in (b"Z", b"X")
-
-
-async def until(pred: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 def first_line(path: Path) -> str | None:

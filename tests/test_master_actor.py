@@ -5,10 +5,9 @@ Heartbeats and timeouts run on the paused Clock, so they are instant and determi
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from master.api import parse_submit
 from master.process import Master, MasterConfig
 from master.store import Store
 from protos import cluster_pb2 as pb
+from waiting import until
 
 
 class FakeSlave(ProtobufProcess):
@@ -70,17 +70,6 @@ class FakeSlave(ProtobufProcess):
             u.exit_code = exit_code
         self.send(master, pb.StatusUpdateMessage(update=u))
         return u.uuid
-
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Let the actors (and the store's writer thread) work until `cond` holds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await Clock.settle()
-        await asyncio.sleep(0.005)
 
 
 @pytest.fixture

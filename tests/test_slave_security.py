@@ -18,6 +18,7 @@ from libproc import UPID, ProtobufProcess
 from libproc.wire import encode_message
 from protos import cluster_pb2 as pb
 from slave.process import Slave, SlaveConfig
+from waiting import until
 
 
 class FakeMaster(ProtobufProcess):
@@ -43,13 +44,6 @@ class FakeMaster(ProtobufProcess):
         self.updates.append(update)
         self.reply(pb.StatusUpdateAcknowledgementMessage(
             slave_id=update.slave_id, task_id=update.task_id, uuid=update.uuid))
-
-
-async def until(cond: Any, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ intervals up to `max_backoff`, until acknowledged.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import libproc
 from libproc import UPID, Clock, ProtobufProcess
 from protos import cluster_pb2 as pb
 from slave.process import Slave, SlaveConfig
+from waiting import until
 
 TOKEN = b"0123456789abcdef"
 
@@ -56,15 +57,6 @@ class SilentMaster(ProtobufProcess):
 
     def times(self, state: int) -> list[float]:
         return [t for t, u in self.received if u.state == state]
-
-
-async def until(cond: Callable[[], object], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        assert loop.time() < deadline, "condition not reached in time"
-        await Clock.settle()
-        await asyncio.sleep(0.005)
 
 
 async def advance(seconds: float, step: float = 0.05) -> None:
