@@ -9,6 +9,13 @@ Guarantees it keeps:
   change nothing (the state machine refuses them).
 - A slave whose link breaks is `disconnected`; with no contact for `slave_timeout` seconds
   it is `lost`, and its tasks become LOST (re-queued while retries are left).
+- Nothing a slave sends counts unless it is signed by the session of its current
+  registration (protos/auth.py), and a status update counts only from the slave that holds
+  the task's current attempt; everything we send a slave is signed. A first registration is
+  not trusted (scheduled on, persisted, published) until the slave confirms it with a signed
+  message; a re-registration must be signed with the slave's credential and a growing
+  sequence. Refused messages change nothing, are counted (`messages_refused` in /vars,
+  `master/messages_refused` in /metrics/snapshot) and logged once per sender and minute.
 """
 
 from __future__ import annotations
@@ -17,11 +24,10 @@ import asyncio
 import functools
 import json
 import logging
-import secrets
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -30,11 +36,14 @@ from aiohttp import ClientSession, ClientTimeout, web
 import libproc
 from libproc import UPID, ProtobufProcess, defer, delay
 from libproc.future import as_future
-from master import scheduler
+from libproc.metrics import metrics
+from master import registry, scheduler
 from master.api import ApiError, parse_submit
+from master.registry import SlaveInfo
 from master.store import Store, StoreError
 from master.task_index import TaskIndex, task_key
 from master.tasks import ACTIVE_STATES, STATES, TERMINAL_STATES, TaskRecord
+from protos import auth
 from protos import cluster_pb2 as pb
 
 __all__ = ["Master", "MasterConfig", "VERSION"]
@@ -52,34 +61,8 @@ class MasterConfig:
     # must exceed the slaves' longest registration backoff (SlaveConfig.max_backoff, 5 s).
     reregister_timeout: float = 10.0
     secret: str | None = None  # required of slaves and API writers when set
-
-
-@dataclass
-class SlaveInfo:
-    id: str
-    pid: UPID
-    cpus: float
-    mem: float
-    hostname: str = ""
-    state: str = "active"  # active | disconnected | lost | removed
-    registered_at: float = 0.0
-    last_contact: float = 0.0
-    disconnected_at: float | None = None
-    lost_at: float | None = None
-    used_cpus: float = 0.0
-    used_mem: float = 0.0
-    tasks: set[str] = field(default_factory=set)
-    # Sent to the slave at registration and put in every command to it: the slave obeys
-    # only commands that carry it (Libprocess-From alone can be forged by anyone).
-    token: bytes = field(default_factory=lambda: secrets.token_bytes(16))
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "pid": str(self.pid), "hostname": self.hostname, "state": self.state,
-            "cpus": self.cpus, "mem": self.mem, "used_cpus": round(self.used_cpus, 6),
-            "used_mem": round(self.used_mem, 6), "registered_at": self.registered_at,
-            "last_contact": self.last_contact, "tasks": sorted(self.tasks, key=task_key),
-        }
+    slave_retention: float = 600.0  # a lost or removed slave leaves the table after this
+    max_slaves: int = 10_000  # the table's bound (lost slaves are forgotten first)
 
 
 def _progress(value: float) -> float:
@@ -99,14 +82,24 @@ class Master(ProtobufProcess):
         self.tasks: dict[str, TaskRecord] = {}
         self.slaves: dict[str, SlaveInfo] = {}
         self._by_pid: dict[UPID, str] = {}
+        # Credential and last re-registration sequence of every slave id we answered
+        # (persisted as meta `slave.<id>`, never published).
+        self._credentials: dict[str, tuple[bytes, int]] = {}
+        self._pending = registry.Pending(ttl=max(10.0, 2 * self.config.slave_timeout))
+        self._refusals = auth.Refusals()
+        self._registration_key = (auth.registration_key(self.config.secret)
+                                  if self.config.secret else None)
+        self._slave_seq = 0
         self._launch_seq = 0
         self._last_save: dict[str, asyncio.Future[None]] = {}
         self._dirty: set[str] = set()
         self._started = time.time()
         self._counters = {"status_updates": 0, "status_updates_ignored": 0,
                           "progress_reports": 0, "launches": 0, "registrations_refused": 0,
-                          "scheduling_passes": 0}
+                          "messages_refused": 0, "scheduling_passes": 0,
+                          "slaves_forgotten": 0}
         self._recovering_until: float | None = None
+        self._credentials_loaded_at: float | None = None
         self._index = TaskIndex()  # the PENDING queue and launched tasks
         self._schedule_queued = False
 
@@ -115,15 +108,16 @@ class Master(ProtobufProcess):
     def initialize(self) -> None:
         self.install(pb.RegisterSlaveMessage, self._register)
         self.install(pb.ReregisterSlaveMessage, self._reregister)
-        self.install(pb.StatusUpdateMessage, self._status_update, "update")
-        self.install(pb.ReportProgressMessage, self._report_progress, "tasks")
+        self.install(pb.StatusUpdateMessage, self._status_update)
+        self.install(pb.ReportProgressMessage, self._report_progress)
         self.install(pb.PongSlaveMessage, self._pong)
-        self.install(pb.UnregisterSlaveMessage, self._unregister, "slave_id")
+        self.install(pb.UnregisterSlaveMessage, self._unregister)
         self.route("/vars", self._vars)
         self.route("/state", self._state_json)
         self.route("/slaves", self._slaves_json)
         self.route("/tasks", self._tasks_http)
         self.route("/", self._not_found)
+        self._load_credentials()
         for record in self.store.load_tasks_blocking():
             self.tasks[record.id] = record
             self._index.note(record)
@@ -145,50 +139,167 @@ class Master(ProtobufProcess):
 
     # -- slaves --------------------------------------------------------------------------
 
-    def _check_secret(self, sender: UPID, secret: str) -> bool:
-        if self.config.secret is None or secret == self.config.secret:
-            return True
+    def _load_credentials(self) -> None:
+        for key, value in self.store.load_meta_blocking("slave.").items():
+            try:
+                data = json.loads(value)
+                self._credentials[key[len("slave."):]] = (bytes.fromhex(data["key"]),
+                                                          int(data["seq"]))
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignoring a garbled slave credential (%s) in the database", key)
+        self._credentials_loaded_at = _now()
+
+    def _remember_credential(self, slave_id: str, credential: bytes, seq: int) -> None:
+        self._credentials[slave_id] = (credential, seq)
+        self.store.put_meta(f"slave.{slave_id}", json.dumps(
+            {"key": credential.hex(), "seq": seq})).add_done_callback(_log_meta_failure)
+
+    def _forget_slave(self, slave_id: str) -> None:
+        """Drop a lost slave from the table and its credential (it must register anew)."""
+        slave = self.slaves.pop(slave_id, None)
+        if slave is not None and self._by_pid.get(slave.pid) == slave_id:
+            del self._by_pid[slave.pid]
+        if self._credentials.pop(slave_id, None) is not None:
+            self.store.delete_meta(f"slave.{slave_id}").add_done_callback(_log_meta_failure)
+        self._counters["slaves_forgotten"] += 1
+
+    def _refuse(self, sender: UPID, what: str, why: str) -> None:
+        self._counters["messages_refused"] += 1
+        metrics.inc("master/messages_refused")
+        if self._refusals.refuse(str(sender), _now()):
+            log.warning("refused %s from %s: %s (further refusals from this sender are "
+                        "logged at most once a minute)", what, sender, why)
+
+    def _refuse_registration(self, sender: UPID, nonce: bytes, why: str, *,
+                             unknown: bool = False) -> None:
         self._counters["registrations_refused"] += 1
-        log.warning("refused registration from %s: wrong or missing secret", sender)
-        self.send(sender, pb.RegistrationRefusedMessage(
-            reason="wrong or missing secret: start the slave with the cluster's --secret"))
-        return False
+        self._refuse(sender, "registration", why)
+        self.send(sender, pb.RegistrationRefusedMessage(reason=why, nonce=nonce,
+                                                        unknown_slave=unknown))
+
+    def _registration_problem(self, resources: pb.Resources, hostname: str,
+                              nonce: bytes) -> str | None:
+        if len(nonce) < auth.NONCE_BYTES:
+            return "no registration nonce: the slave is older than this master; upgrade it"
+        if len(hostname) > 255 or "\0" in hostname:
+            return "hostname must be at most 255 characters without NUL"
+        return registry.check_resources(resources.cpus, resources.mem)
+
+    def _send_slave(self, slave: SlaveInfo, msg: Any) -> None:
+        """Every message to a slave goes signed by its session, to its registered UPID."""
+        slave.session.seal(msg)
+        self.send(slave.pid, msg)
 
     def _register(self, sender: UPID, msg: pb.RegisterSlaveMessage) -> None:
-        if not self._check_secret(sender, msg.secret):
+        why = self._registration_problem(msg.resources, msg.hostname, msg.nonce)
+        if why is None and self._registration_key is not None and auth.verify(
+                msg, self._registration_key, auth.SLAVE_TO_MASTER) is None:
+            why = "wrong or missing secret: start the slave with the cluster's --secret"
+        if why is not None:
+            self._refuse_registration(sender, msg.nonce, why)
             return
-        existing = self._by_pid.get(sender)
-        if existing is not None and self.slaves[existing].state == "active":
-            slave = self.slaves[existing]  # our reply was lost: answer again
+        self._slave_seq += 1
+        slave_id = f"{uuid.uuid4().hex[:8]}-S{self._slave_seq}"
+        answer = pb.SlaveRegisteredMessage(
+            slave_id=pb.SlaveID(value=slave_id), nonce=msg.nonce,
+            master_nonce=auth.new_nonce(), heartbeat_interval=self.config.heartbeat_interval)
+        if self.config.secret:
+            answer.salt = auth.new_nonce()
+            credential = auth.slave_key(self.config.secret, slave_id, answer.salt)
         else:
-            slave_id = f"{uuid.uuid4().hex[:8]}-S{len(self.slaves) + 1}"
-            slave = self._add_slave(slave_id, sender, msg.resources, msg.hostname)
-            log.info("slave %s registered at %s (%g cpus, %g MiB)", slave.id, sender,
-                     slave.cpus, slave.mem)
-        self.send(sender, pb.SlaveRegisteredMessage(
-            slave_id=pb.SlaveID(value=slave.id),
-            heartbeat_interval=self.config.heartbeat_interval, token=slave.token))
-        self._schedule()
-
-    def _add_slave(self, slave_id: str, pid: UPID, resources: pb.Resources,
-                   hostname: str) -> SlaveInfo:
+            credential = answer.key = auth.new_key()
         now = _now()
-        old = self.slaves.get(slave_id)
-        if old is not None:
-            self._by_pid.pop(old.pid, None)
-        slave = SlaveInfo(slave_id, pid, resources.cpus, resources.mem, hostname,
-                          registered_at=now, last_contact=now)
-        self.slaves[slave_id] = slave
-        self._by_pid[pid] = slave_id
-        self.link(pid)
+        slave = SlaveInfo(slave_id, sender, msg.resources.cpus, msg.resources.mem,
+                          credential, self._session(credential, msg.nonce, answer.master_nonce),
+                          msg.hostname, registered_at=now, last_contact=now)
+        # Trusted only once it answers with a signed message (see `_authenticate`).
+        self._pending.add(slave)
+        self._send_slave(slave, answer)
+
+    @staticmethod
+    def _session(credential: bytes, slave_nonce: bytes, master_nonce: bytes) -> auth.Session:
+        return auth.Session(auth.session_key(credential, slave_nonce, master_nonce),
+                            auth.MASTER_TO_SLAVE)
+
+    def _admit(self, slave: SlaveInfo) -> bool:
+        """Put a slave into the table, forgetting the oldest lost ones when it is full."""
+        if slave.id not in self.slaves:
+            room = registry.make_room(self.slaves, self.config.max_slaves)
+            if room is None:
+                self._refuse(slave.pid, "registration", f"the slave table is full "
+                             f"({self.config.max_slaves} slaves that are not lost)")
+                return False
+            for old in room:
+                self._forget_slave(old)
+        old_slave = self.slaves.get(slave.id)
+        if old_slave is not None and self._by_pid.get(old_slave.pid) == slave.id:
+            del self._by_pid[old_slave.pid]
+        self.slaves[slave.id] = slave
+        self._by_pid[slave.pid] = slave.id
+        self.link(slave.pid)
+        return True
+
+    def _confirm(self, slave: SlaveInfo) -> bool:
+        self._pending.pop(slave.id)
+        if not self._admit(slave):
+            return False
+        self._remember_credential(slave.id, slave.credential, 0)
+        log.info("slave %s registered at %s (%g cpus, %g MiB)", slave.id, slave.pid,
+                 slave.cpus, slave.mem)
+        self._schedule()
+        return True
+
+    def _authenticate(self, sender: UPID, slave_id: str, msg: Any,
+                      what: str) -> SlaveInfo | None:
+        """The registered slave that signed `msg`, marked as just heard from; None (and
+        the message counted as refused) when no slave's current session signed it."""
+        slave = self.slaves.get(slave_id)
+        pending = None
+        if slave is None:
+            slave = pending = self._pending.get(slave_id)
+        if slave is None or slave.pid != sender or not slave.session.open(msg):
+            self._refuse(sender, what, "not signed by the session of a registered slave "
+                         "at that UPID")
+            if slave is None and not isinstance(msg, pb.UnregisterSlaveMessage):
+                # Maybe a slave of ours from before a restart: tell it to re-register.
+                # Unsigned, so it only ever triggers an (authenticated) re-registration.
+                self.send(sender, pb.PingSlaveMessage(connected=False))
+            return None
+        if pending is not None and not self._confirm(pending):
+            return None
+        slave.last_contact = _now()
+        if slave.state == "disconnected":
+            slave.state, slave.disconnected_at = "active", None
         return slave
 
     def _reregister(self, sender: UPID, msg: pb.ReregisterSlaveMessage) -> None:
-        if not self._check_secret(sender, msg.secret):
-            return
         slave_id = msg.slave_id.value
-        slave = self._add_slave(slave_id, sender, msg.resources, msg.hostname)
+        known = self._credentials.get(slave_id)
+        why = self._registration_problem(msg.resources, msg.hostname, msg.nonce)
+        if why is not None:
+            self._refuse_registration(sender, msg.nonce, why)
+            return
+        if known is None:
+            why = f"unknown slave id {slave_id!r} (removed, or from another master): register anew"
+        elif auth.verify(msg, known[0], auth.SLAVE_TO_MASTER) != msg.sequence:
+            why = f"re-registration of {slave_id} is not signed with its credential"
+        elif msg.sequence <= known[1]:
+            why = (f"re-registration of {slave_id} is stale or replayed (sequence "
+                   f"{msg.sequence}, last {known[1]})")
+        if why is not None or known is None:
+            self._refuse_registration(sender, msg.nonce, why or "", unknown=True)
+            return
+        credential = known[0]
+        answer = pb.SlaveReregisteredMessage(
+            slave_id=pb.SlaveID(value=slave_id), nonce=msg.nonce, master_nonce=auth.new_nonce(),
+            heartbeat_interval=self.config.heartbeat_interval)
         now = _now()
+        slave = SlaveInfo(slave_id, sender, msg.resources.cpus, msg.resources.mem, credential,
+                          self._session(credential, msg.nonce, answer.master_nonce),
+                          msg.hostname, registered_at=now, last_contact=now)
+        if not self._admit(slave):
+            return
+        self._remember_credential(slave_id, credential, msg.sequence)
         kill: list[str] = []
         reported = set()
         for running in msg.tasks:
@@ -201,6 +312,9 @@ class Master(ProtobufProcess):
             if rec is None or rec.is_terminal or rec.attempts != attempt or (
                     rec.slave_id not in (None, slave_id)):
                 kill.append(tid)  # the master no longer wants it (e.g. declared LOST)
+                continue
+            if rec.slave_id is None:
+                kill.append(tid)  # PENDING here: this slave never held this attempt
                 continue
             self._claim(slave, rec)
             if rec.state == "STAGING" and running.state == pb.RUNNING:
@@ -215,10 +329,8 @@ class Master(ProtobufProcess):
         log.info("slave %s re-registered at %s with %d tasks (%d to kill)", slave_id, sender,
                  len(msg.tasks), len(kill))
         self._maybe_end_recovery()
-        self.send(sender, pb.SlaveReregisteredMessage(
-            slave_id=pb.SlaveID(value=slave_id),
-            kill_tasks=[pb.TaskID(value=t) for t in kill],
-            heartbeat_interval=self.config.heartbeat_interval, token=slave.token))
+        answer.kill_tasks.extend(pb.TaskID(value=t) for t in kill)
+        self._send_slave(slave, answer)
         self._schedule()
 
     def _maybe_end_recovery(self) -> None:
@@ -244,38 +356,25 @@ class Master(ProtobufProcess):
             slave.used_cpus = max(0.0, slave.used_cpus - rec.cpus)
             slave.used_mem = max(0.0, slave.used_mem - rec.mem)
 
-    def _slave_of(self, sender: UPID) -> SlaveInfo | None:
-        slave_id = self._by_pid.get(sender)
-        return self.slaves.get(slave_id) if slave_id else None
-
-    def _touch(self, sender: UPID) -> SlaveInfo | None:
-        slave = self._slave_of(sender)
-        if slave is None or slave.state in ("lost", "removed"):
-            # Not (or no longer) registered: ask it to re-register, as Mesos's master does.
-            self.send(sender, pb.PingSlaveMessage(connected=False))
-            return None
-        slave.last_contact = _now()
-        if slave.state == "disconnected":
-            slave.state, slave.disconnected_at = "active", None
-        return slave
-
-    def _send_kill(self, to: UPID, task_id: pb.TaskID) -> None:
-        slave = self._slave_of(to)
-        self.send(to, pb.KillTaskMessage(task_id=task_id,
-                                         token=slave.token if slave else b""))
+    def _send_kill(self, slave: SlaveInfo, task_id: pb.TaskID) -> None:
+        self._send_slave(slave, pb.KillTaskMessage(task_id=task_id,
+                                                   slave_id=pb.SlaveID(value=slave.id)))
 
     def _pong(self, sender: UPID, msg: pb.PongSlaveMessage) -> None:
-        self._touch(sender)
+        slave = self._authenticate(sender, msg.slave_id.value, msg, "pong")
+        if slave is not None and slave.state in ("lost", "removed"):
+            self._send_slave(slave, pb.PingSlaveMessage(connected=False))
 
-    def _unregister(self, sender: UPID, slave_id: pb.SlaveID) -> None:
-        slave = self.slaves.get(slave_id.value)
-        if slave is None or slave.pid != sender:
+    def _unregister(self, sender: UPID, msg: pb.UnregisterSlaveMessage) -> None:
+        slave = self._authenticate(sender, msg.slave_id.value, msg, "unregister")
+        if slave is None or slave.state in ("lost", "removed"):
             return
         log.info("slave %s shut down", slave.id)
         self._slave_gone(slave, "removed", f"slave {slave.id} shut down")
 
     def exited(self, pid: UPID) -> None:
-        slave = self._slave_of(pid)
+        slave_id = self._by_pid.get(pid)
+        slave = self.slaves.get(slave_id) if slave_id else None
         if slave is not None and slave.state == "active":
             log.info("slave %s disconnected (%s)", slave.id, pid)
             slave.state, slave.disconnected_at = "disconnected", _now()
@@ -310,18 +409,28 @@ class Master(ProtobufProcess):
                     log.warning("slave %s lost: no contact for %.1fs", slave.id, timeout)
                     self._slave_gone(slave, "lost", f"slave {slave.id} lost (no heartbeat)")
                 else:
-                    self.send(slave.pid, pb.PingSlaveMessage(connected=True))
+                    self._send_slave(slave, pb.PingSlaveMessage(connected=True))
             elif slave.state == "disconnected":
                 if now - (slave.disconnected_at or now) > timeout:
                     log.warning("slave %s lost: disconnected for %.1fs", slave.id, timeout)
                     self._slave_gone(slave, "lost", f"slave {slave.id} lost (disconnected)")
                 else:
-                    self.send(slave.pid, pb.PingSlaveMessage(connected=True))
+                    self._send_slave(slave, pb.PingSlaveMessage(connected=True))
             elif (slave.state == "lost" and slave.lost_at is not None
                     and now - slave.lost_at < 20 * timeout):
                 # A stopped slave that resumes learns at once that it must re-register
                 # (and then kill the tasks we declared LOST).
-                self.send(slave.pid, pb.PingSlaveMessage(connected=False))
+                self._send_slave(slave, pb.PingSlaveMessage(connected=False))
+        self._pending.expire(now)
+        for slave_id in registry.expired(self.slaves.values(), now,
+                                         self.config.slave_retention):
+            self._forget_slave(slave_id)
+        if (self._credentials_loaded_at is not None
+                and now - self._credentials_loaded_at > self.config.slave_retention):
+            # Credentials from before a restart whose slaves never came back.
+            self._credentials_loaded_at = None
+            for slave_id in [i for i in self._credentials if i not in self.slaves]:
+                self._forget_slave(slave_id)
         if self._recovering_until is not None and now >= self._recovering_until:
             self._recovering_until = None
             known = {s.id for s in self.slaves.values() if s.state == "active"}
@@ -395,9 +504,8 @@ class Master(ProtobufProcess):
             return
         self._launch_seq += 1
         self._counters["launches"] += len(infos)
-        self.send(slave.pid, pb.LaunchTasksMessage(
-            id=self._launch_seq & 0x7FFFFFFF, tasks=infos, slave_id=pb.SlaveID(value=slave_id),
-            token=slave.token))
+        self._send_slave(slave, pb.LaunchTasksMessage(
+            id=self._launch_seq & 0x7FFFFFFF, tasks=infos, slave_id=pb.SlaveID(value=slave_id)))
 
     def _save(self, rec: TaskRecord) -> asyncio.Future[None]:
         # Every state change is saved, so this is where the indexes learn of it.
@@ -425,20 +533,28 @@ class Master(ProtobufProcess):
 
     # -- status updates and progress ---------------------------------------------------
 
-    def _status_update(self, sender: UPID, update: pb.StatusUpdate) -> None:
+    def _status_update(self, sender: UPID, msg: pb.StatusUpdateMessage) -> None:
+        update = msg.update
+        slave = self._authenticate(sender, update.slave_id.value, msg, "status update")
+        if slave is None:
+            return
         self._counters["status_updates"] += 1
-        self._touch(sender)
+        if slave.state in ("lost", "removed"):
+            self._send_slave(slave, pb.PingSlaveMessage(connected=False))
         tid = update.task_id.value
         rec = self.tasks.get(tid)
         state = pb.TaskState.Name(update.state)
         ack = pb.StatusUpdateAcknowledgementMessage(
-            slave_id=update.slave_id if update.HasField("slave_id") else pb.SlaveID(value=""),
-            task_id=update.task_id, uuid=update.uuid)
-        if rec is None:
-            log.warning("status update %s for unknown task %s from %s", state, tid, sender)
+            slave_id=pb.SlaveID(value=slave.id), task_id=update.task_id, uuid=update.uuid)
+        if rec is None or rec.slave_id != slave.id:
+            # Not a task this slave holds (unknown, re-queued, or another slave's): it
+            # changes nothing; stop it there and acknowledge, so the slave stops re-sending.
+            self._counters["status_updates_ignored"] += 1
+            log.debug("status update %s for task %s from slave %s, which does not hold it",
+                      state, tid, slave.id)
             if state not in TERMINAL_STATES:
-                self._send_kill(sender, update.task_id)
-            self.send(sender, ack)
+                self._send_kill(slave, update.task_id)
+            self._send_slave(slave, ack)
             return
         attempt = update.attempt if update.HasField("attempt") else None
         now = _now()
@@ -462,20 +578,29 @@ class Master(ProtobufProcess):
             rejection = rec.check(state, attempt=attempt)
             log.debug("ignored update for %s: %s", tid, rejection.reason if rejection else "")
             if attempt is not None and attempt != rec.attempts and state not in TERMINAL_STATES:
-                self._send_kill(sender, update.task_id)
+                self._send_kill(slave, update.task_id)
             pending_save = self._last_save.get(tid)
             saved = pending_save if pending_save is not None else _done_future()
         # Acknowledge only what is durable: the slave re-sends until we do.
         saved.add_done_callback(
-            lambda f: None if (f.cancelled() or f.exception()) else self.send(sender, ack))
+            lambda f: None if (f.cancelled() or f.exception()) else self._ack(slave, ack))
 
-    def _report_progress(self, sender: UPID, tasks: list[pb.Task]) -> None:
+    def _ack(self, slave: SlaveInfo, ack: pb.StatusUpdateAcknowledgementMessage) -> None:
+        # Runs between events (a future's callback): signed with the slave's session as
+        # it is now, which is the one the slave holds unless it re-registered meanwhile.
+        current = self.slaves.get(slave.id)
+        if current is not None:
+            self._send_slave(current, ack)
+
+    def _report_progress(self, sender: UPID, msg: pb.ReportProgressMessage) -> None:
+        slave = self._authenticate(sender, msg.slave_id.value, msg, "progress report")
+        if slave is None or slave.state in ("lost", "removed"):
+            return
         self._counters["progress_reports"] += 1
-        self._touch(sender)
         now = _now()
-        for task in tasks:
+        for task in msg.tasks:
             rec = self.tasks.get(task.task_id.value)
-            if rec is None:
+            if rec is None or rec.slave_id != slave.id:
                 continue
             attempt = task.attempt if task.HasField("attempt") else None
             if rec.state == "STAGING" and task.state == pb.RUNNING and attempt == rec.attempts:
@@ -648,9 +773,7 @@ class Master(ProtobufProcess):
             rec.transition("KILLED", now, message="killed by user; its slave was gone")
             self._save(rec)
             return web.json_response({"id": rec.id, "state": rec.state}, status=202)
-        self.send(slave.pid, pb.KillTaskMessage(task_id=pb.TaskID(value=rec.id),
-                                                slave_id=pb.SlaveID(value=slave.id),
-                                                token=slave.token))
+        self._send_kill(slave, pb.TaskID(value=rec.id))
         return web.json_response({"id": rec.id, "state": "KILLING"}, status=202)
 
     async def _proxy_logs(self, request: web.BaseRequest, rec: TaskRecord) -> web.Response:
@@ -675,6 +798,11 @@ class Master(ProtobufProcess):
         except Exception as exc:  # noqa: BLE001 - slave unreachable
             return _error(502, f"could not read logs from slave {slave.id} at "
                           f"{slave.pid.host}:{slave.pid.port}: {exc}")
+
+
+def _log_meta_failure(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("could not persist a slave credential: %s", fut.exception())
 
 
 def _done_future() -> asyncio.Future[None]:

@@ -300,6 +300,37 @@ class Store:
 
         return self._submit(_Op(work=work))
 
+    def put_meta(self, key: str, value: str) -> asyncio.Future[None]:
+        """Set a small fact in the ``meta`` table (e.g. a slave's credential); durable when
+        the future resolves. The ``meta`` table is never published."""
+
+        def work(session: Session) -> None:
+            session.merge(MetaRow(key=key, value=value))
+
+        return self._submit(_Op(work=work))
+
+    def delete_meta(self, key: str) -> asyncio.Future[None]:
+        def work(session: Session) -> None:
+            row = session.get(MetaRow, key)
+            if row is not None:
+                session.delete(row)
+
+        return self._submit(_Op(work=work))
+
+    def load_meta_blocking(self, prefix: str) -> dict[str, str]:
+        """Every ``meta`` key starting with ``prefix`` and its value (start-up code only)."""
+
+        def work(session: Session) -> dict[str, str]:
+            wanted = MetaRow.key.startswith(prefix, autoescape=True)
+            rows = session.scalars(sa.select(MetaRow).where(wanted))
+            return {row.key: row.value for row in rows}
+
+        try:
+            result: dict[str, str] = self._submit_blocking(_Op(work=work, solo=True))
+        except Exception as exc:  # noqa: BLE001 - any driver error becomes a StoreError
+            raise StoreError(f"cannot read {self.url}: {_db_message(exc)}") from None
+        return result
+
     def load_tasks(self) -> asyncio.Future[list[TaskRecord]]:
         """Every task, oldest submission first (for recovery at start)."""
         return self._submit(_Op(work=_load_tasks, solo=True))

@@ -36,6 +36,14 @@ class SlaveID(_message.Message):
     value: str
     def __init__(self, value: _Optional[str] = ...) -> None: ...
 
+class Auth(_message.Message):
+    __slots__ = ("counter", "mac")
+    COUNTER_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    counter: int
+    mac: bytes
+    def __init__(self, counter: _Optional[int] = ..., mac: _Optional[bytes] = ...) -> None: ...
+
 class Resources(_message.Message):
     __slots__ = ("cpus", "mem")
     CPUS_FIELD_NUMBER: _ClassVar[int]
@@ -75,36 +83,40 @@ class TaskInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., task_id: _Optional[_Union[TaskID, _Mapping]] = ..., command: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., timeout: _Optional[float] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class LaunchTasksMessage(_message.Message):
-    __slots__ = ("id", "tasks", "slave_id", "token")
+    __slots__ = ("id", "tasks", "slave_id", "auth")
     ID_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     SLAVE_ID_FIELD_NUMBER: _ClassVar[int]
-    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
     id: int
     tasks: _containers.RepeatedCompositeFieldContainer[TaskInfo]
     slave_id: SlaveID
-    token: bytes
-    def __init__(self, id: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ..., slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., token: _Optional[bytes] = ...) -> None: ...
+    auth: Auth
+    def __init__(self, id: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ..., slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., auth: _Optional[_Union[Auth, _Mapping]] = ...) -> None: ...
 
 class ReportProgressMessage(_message.Message):
-    __slots__ = ("tasks", "slave_id")
+    __slots__ = ("tasks", "slave_id", "auth")
     TASKS_FIELD_NUMBER: _ClassVar[int]
     SLAVE_ID_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[Task]
     slave_id: SlaveID
-    def __init__(self, tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., slave_id: _Optional[_Union[SlaveID, _Mapping]] = ...) -> None: ...
+    auth: Auth
+    def __init__(self, tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., auth: _Optional[_Union[Auth, _Mapping]] = ...) -> None: ...
 
 class RegisterSlaveMessage(_message.Message):
-    __slots__ = ("resources", "hostname", "secret", "version")
+    __slots__ = ("resources", "hostname", "version", "nonce", "auth")
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
-    SECRET_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
     resources: Resources
     hostname: str
-    secret: str
     version: str
-    def __init__(self, resources: _Optional[_Union[Resources, _Mapping]] = ..., hostname: _Optional[str] = ..., secret: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+    nonce: bytes
+    auth: Auth
+    def __init__(self, resources: _Optional[_Union[Resources, _Mapping]] = ..., hostname: _Optional[str] = ..., version: _Optional[str] = ..., nonce: _Optional[bytes] = ..., auth: _Optional[_Union[Auth, _Mapping]] = ...) -> None: ...
 
 class RunningTask(_message.Message):
     __slots__ = ("task", "state", "progress")
@@ -117,48 +129,68 @@ class RunningTask(_message.Message):
     def __init__(self, task: _Optional[_Union[TaskInfo, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., progress: _Optional[float] = ...) -> None: ...
 
 class ReregisterSlaveMessage(_message.Message):
-    __slots__ = ("slave_id", "resources", "tasks", "hostname", "secret", "version")
+    __slots__ = ("slave_id", "resources", "tasks", "hostname", "version", "nonce", "sequence", "auth")
     SLAVE_ID_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
-    SECRET_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
     slave_id: SlaveID
     resources: Resources
     tasks: _containers.RepeatedCompositeFieldContainer[RunningTask]
     hostname: str
-    secret: str
     version: str
-    def __init__(self, slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[RunningTask, _Mapping]]] = ..., hostname: _Optional[str] = ..., secret: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+    nonce: bytes
+    sequence: int
+    auth: Auth
+    def __init__(self, slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[RunningTask, _Mapping]]] = ..., hostname: _Optional[str] = ..., version: _Optional[str] = ..., nonce: _Optional[bytes] = ..., sequence: _Optional[int] = ..., auth: _Optional[_Union[Auth, _Mapping]] = ...) -> None: ...
 
 class SlaveRegisteredMessage(_message.Message):
-    __slots__ = ("slave_id", "heartbeat_interval", "token")
+    __slots__ = ("slave_id", "heartbeat_interval", "nonce", "master_nonce", "key", "salt", "auth")
     SLAVE_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
-    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    MASTER_NONCE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SALT_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
     slave_id: SlaveID
     heartbeat_interval: float
-    token: bytes
-    def __init__(self, slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., heartbeat_interval: _Optional[float] = ..., token: _Optional[bytes] = ...) -> None: ...
+    nonce: bytes
+    master_nonce: bytes
+    key: bytes
+    salt: bytes
+    auth: Auth
+    def __init__(self, slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., heartbeat_interval: _Optional[float] = ..., nonce: _Optional[bytes] = ..., master_nonce: _Optional[bytes] = ..., key: _Optional[bytes] = ..., salt: _Optional[bytes] = ..., auth: _Optional[_Union[Auth, _Mapping]] = ...) -> None: ...
 
 class SlaveReregisteredMessage(_message.Message):
-    __slots__ = ("slave_id", "kill_tasks", "heartbeat_interval", "token")
+    __slots__ = ("slave_id", "kill_tasks", "heartbeat_interval", "nonce", "master_nonce", "auth")
     SLAVE_ID_FIELD_NUMBER: _ClassVar[int]
     KILL_TASKS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
-    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    MASTER_NONCE_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
     slave_id: SlaveID
     kill_tasks: _containers.RepeatedCompositeFieldContainer[TaskID]
     heartbeat_interval: float
-    token: bytes
-    def __init__(self, slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., kill_tasks: _Optional[_Iterable[_Union[TaskID, _Mapping]]] = ..., heartbeat_interval: _Optional[float] = ..., token: _Optional[bytes] = ...) -> None: ...
+    nonce: bytes
+    master_nonce: bytes
+    auth: Auth
+    def __init__(self, slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., kill_tasks: _Optional[_Iterable[_Union[TaskID, _Mapping]]] = ..., heartbeat_interval: _Optional[float] = ..., nonce: _Optional[bytes] = ..., master_nonce: _Optional[bytes] = ..., auth: _Optional[_Union[Auth, _Mapping]] = ...) -> None: ...
 
 class RegistrationRefusedMessage(_message.Message):
-    __slots__ = ("reason",)
+    __slots__ = ("reason", "nonce", "unknown_slave")
     REASON_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_SLAVE_FIELD_NUMBER: _ClassVar[int]
     reason: str
-    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+    nonce: bytes
+    unknown_slave: bool
+    def __init__(self, reason: _Optional[str] = ..., nonce: _Optional[bytes] = ..., unknown_slave: _Optional[bool] = ...) -> None: ...
 
 class StatusUpdate(_message.Message):
     __slots__ = ("task_id", "state", "slave_id", "exit_code", "message", "progress", "uuid", "timestamp", "attempt")
@@ -183,53 +215,63 @@ class StatusUpdate(_message.Message):
     def __init__(self, task_id: _Optional[_Union[TaskID, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., progress: _Optional[float] = ..., uuid: _Optional[bytes] = ..., timestamp: _Optional[float] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class StatusUpdateMessage(_message.Message):
-    __slots__ = ("update",)
+    __slots__ = ("update", "auth")
     UPDATE_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
     update: StatusUpdate
-    def __init__(self, update: _Optional[_Union[StatusUpdate, _Mapping]] = ...) -> None: ...
+    auth: Auth
+    def __init__(self, update: _Optional[_Union[StatusUpdate, _Mapping]] = ..., auth: _Optional[_Union[Auth, _Mapping]] = ...) -> None: ...
 
 class StatusUpdateAcknowledgementMessage(_message.Message):
-    __slots__ = ("slave_id", "task_id", "uuid")
+    __slots__ = ("slave_id", "task_id", "uuid", "auth")
     SLAVE_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     UUID_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
     slave_id: SlaveID
     task_id: TaskID
     uuid: bytes
-    def __init__(self, slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., task_id: _Optional[_Union[TaskID, _Mapping]] = ..., uuid: _Optional[bytes] = ...) -> None: ...
+    auth: Auth
+    def __init__(self, slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., task_id: _Optional[_Union[TaskID, _Mapping]] = ..., uuid: _Optional[bytes] = ..., auth: _Optional[_Union[Auth, _Mapping]] = ...) -> None: ...
 
 class KillTaskMessage(_message.Message):
-    __slots__ = ("task_id", "slave_id", "token")
+    __slots__ = ("task_id", "slave_id", "auth")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     SLAVE_ID_FIELD_NUMBER: _ClassVar[int]
-    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
     task_id: TaskID
     slave_id: SlaveID
-    token: bytes
-    def __init__(self, task_id: _Optional[_Union[TaskID, _Mapping]] = ..., slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., token: _Optional[bytes] = ...) -> None: ...
+    auth: Auth
+    def __init__(self, task_id: _Optional[_Union[TaskID, _Mapping]] = ..., slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., auth: _Optional[_Union[Auth, _Mapping]] = ...) -> None: ...
 
 class PingSlaveMessage(_message.Message):
-    __slots__ = ("connected",)
+    __slots__ = ("connected", "auth")
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
     connected: bool
-    def __init__(self, connected: _Optional[bool] = ...) -> None: ...
+    auth: Auth
+    def __init__(self, connected: _Optional[bool] = ..., auth: _Optional[_Union[Auth, _Mapping]] = ...) -> None: ...
 
 class PongSlaveMessage(_message.Message):
-    __slots__ = ("slave_id",)
+    __slots__ = ("slave_id", "auth")
     SLAVE_ID_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
     slave_id: SlaveID
-    def __init__(self, slave_id: _Optional[_Union[SlaveID, _Mapping]] = ...) -> None: ...
+    auth: Auth
+    def __init__(self, slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., auth: _Optional[_Union[Auth, _Mapping]] = ...) -> None: ...
 
 class UnregisterSlaveMessage(_message.Message):
-    __slots__ = ("slave_id",)
+    __slots__ = ("slave_id", "auth")
     SLAVE_ID_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
     slave_id: SlaveID
-    def __init__(self, slave_id: _Optional[_Union[SlaveID, _Mapping]] = ...) -> None: ...
+    auth: Auth
+    def __init__(self, slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., auth: _Optional[_Union[Auth, _Mapping]] = ...) -> None: ...
 
 class ShutdownSlaveMessage(_message.Message):
-    __slots__ = ("message", "token")
+    __slots__ = ("message", "auth")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
-    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
     message: str
-    token: bytes
-    def __init__(self, message: _Optional[str] = ..., token: _Optional[bytes] = ...) -> None: ...
+    auth: Auth
+    def __init__(self, message: _Optional[str] = ..., auth: _Optional[_Union[Auth, _Mapping]] = ...) -> None: ...

@@ -10,6 +10,13 @@
   sent, then at doubling intervals (capped at `max_backoff`), never in a blind sweep that
   would double the master's work just when it is busiest. (Re-)registering re-sends all.
 - Progress of all running tasks goes out as one ReportProgressMessage per interval.
+- Authentication (protos/auth.py): a registration answer counts only when it echoes the
+  nonce of one of our own attempts; every later message from the master must come from its
+  UPID and carry a valid MAC of the current session, and everything we send carries ours.
+  The credential from the first registration is kept in `slave.json` (mode 0600) so that a
+  restarted slave can re-register under its id. Refused messages change nothing; they are
+  counted (`commands_refused`, `/metrics/snapshot` `slave/messages_refused`) and logged once
+  per sender and minute.
 """
 
 from __future__ import annotations
@@ -20,14 +27,18 @@ import os
 import socket
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 import libproc
 from libproc import UPID, ProtobufProcess, defer, delay
 from libproc.clock import sleep as clock_sleep
+from libproc.metrics import metrics
+from protos import auth
 from protos import cluster_pb2 as pb
 from slave.executor import Executor, TaskResult
 
@@ -57,7 +68,14 @@ class Slave(ProtobufProcess):
         super().__init__(id, prefix="slave")
         self.config = config
         self.slave_id: str | None = None
-        self.token = b""  # from the master at registration; required on its commands
+        self.credential: bytes | None = None  # from the first registration (slave.json)
+        self.sequence = 0  # of our last re-registration attempt (slave.json)
+        self.session: auth.Session | None = None  # of the registration the master answered
+        # Our registration attempts the master may still answer: nonce -> "register" or
+        # "reregister", oldest first; an answer retires its attempt and every older one.
+        self._attempts: OrderedDict[bytes, str] = OrderedDict()
+        self._refusals = auth.Refusals()
+        self._last_hint = -1e9  # when an unsigned "re-register" ping was last obeyed
         self.mode = "registering"  # registering | registered | shutting_down
         self.tasks: dict[str, pb.TaskInfo] = {}  # running here, by task id
         self.unacked: dict[bytes, pb.StatusUpdate] = {}
@@ -78,17 +96,15 @@ class Slave(ProtobufProcess):
         self.config.work_dir.mkdir(parents=True, exist_ok=True)
         self.executor = Executor(self.config.work_dir, defer(self.pid, self._task_exited),
                                  kill_grace=self.config.kill_grace, sleep=clock_sleep)
-        saved = self._load_identity()
-        if saved:
-            self.slave_id = saved
+        self._load_identity()
         self.install(pb.SlaveRegisteredMessage, self._registered)
         self.install(pb.SlaveReregisteredMessage, self._reregistered)
-        self.install(pb.RegistrationRefusedMessage, self._refused, "reason")
-        self.install(pb.LaunchTasksMessage, self._launch, "id", "tasks", "token")
-        self.install(pb.KillTaskMessage, self._kill, "task_id", "token")
+        self.install(pb.RegistrationRefusedMessage, self._refused)
+        self.install(pb.LaunchTasksMessage, self._launch)
+        self.install(pb.KillTaskMessage, self._kill)
         self.install(pb.StatusUpdateAcknowledgementMessage, self._acknowledged)
-        self.install(pb.PingSlaveMessage, self._ping, "connected")
-        self.install(pb.ShutdownSlaveMessage, self._shutdown_requested, "message", "token")
+        self.install(pb.PingSlaveMessage, self._ping)
+        self.install(pb.ShutdownSlaveMessage, self._shutdown_requested)
         self.route("/vars", self._vars)
         self.route("/logs", self._logs)
         self.route("/tasks", self._tasks_json)
@@ -107,23 +123,41 @@ class Slave(ProtobufProcess):
     def _identity_file(self) -> Path:
         return self.config.work_dir / "slave.json"
 
-    def _load_identity(self) -> str | None:
+    def _load_identity(self) -> None:
+        """Our slave id, credential and sequence from `slave.json`; without a credential
+        (a file from an older version, or a garbled one) we register anew."""
         try:
             data = json.loads(self._identity_file().read_text())
-            value = data.get("slave_id")
-            return value if isinstance(value, str) and value else None
-        except (OSError, ValueError):
-            return None
+            slave_id, key, seq = data.get("slave_id"), data.get("key"), data.get("sequence", 0)
+            if (isinstance(slave_id, str) and slave_id and isinstance(key, str)
+                    and isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0):
+                self.slave_id, self.credential, self.sequence = slave_id, bytes.fromhex(key), seq
+        except (OSError, ValueError, AttributeError):
+            pass
 
     def _save_identity(self) -> None:
+        """Written before each re-registration is sent, so a sequence is never reused."""
         path = self._identity_file()
         tmp = path.with_suffix(".tmp")
         try:
-            identity = {"slave_id": self.slave_id, "master": str(self.config.master)}
-            tmp.write_text(json.dumps(identity))
+            identity: dict[str, Any] = {"slave_id": self.slave_id,
+                                        "master": str(self.config.master)}
+            if self.credential is not None:
+                identity["key"] = self.credential.hex()
+                identity["sequence"] = self.sequence
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(identity))
             os.replace(tmp, path)
         except OSError as exc:
             log.warning("could not record the slave id in %s: %s", path, exc)
+
+    def _forget_identity(self) -> None:
+        self.slave_id, self.credential, self.sequence, self.session = None, None, 0, None
+        try:
+            self._identity_file().unlink()
+        except OSError:
+            pass
 
     async def shutdown(self) -> None:
         """Kill every task, tell the master, stop: what SIGTERM does."""
@@ -132,8 +166,8 @@ class Slave(ProtobufProcess):
         self.mode = "shutting_down"
         assert self.executor is not None
         await self.executor.shutdown()
-        if self.slave_id is not None:
-            self.send(self.config.master, pb.UnregisterSlaveMessage(
+        if self.slave_id is not None and self.session is not None:
+            self._send_master(pb.UnregisterSlaveMessage(
                 slave_id=pb.SlaveID(value=self.slave_id)))
         self._stopped.set(True)
 
@@ -147,10 +181,15 @@ class Slave(ProtobufProcess):
         self.link(master, relink=True)
         resources = pb.Resources(cpus=self.config.cpus, mem=self.config.mem)
         hostname = self.config.hostname or socket.gethostname()
-        if self.slave_id is None:
-            self.send(master, pb.RegisterSlaveMessage(
-                resources=resources, hostname=hostname, secret=self.config.secret or "",
-                version=VERSION))
+        nonce = auth.new_nonce()
+        if self.slave_id is None or self.credential is None:
+            self.slave_id = None
+            msg: Any = pb.RegisterSlaveMessage(resources=resources, hostname=hostname,
+                                               version=VERSION, nonce=nonce)
+            if self.config.secret:
+                auth.seal(msg, auth.registration_key(self.config.secret),
+                          auth.SLAVE_TO_MASTER, 1)
+            self._remember_attempt(nonce, "register")
         else:
             running = []
             assert self.executor is not None
@@ -166,33 +205,65 @@ class Slave(ProtobufProcess):
                         task=pb.TaskInfo(name="", task_id=update.task_id, command="",
                                          attempt=update.attempt),
                         state=update.state, progress=update.progress))
-            self.send(master, pb.ReregisterSlaveMessage(
+            self.sequence += 1
+            self._save_identity()  # before sending: a sequence the master saw is never reused
+            msg = pb.ReregisterSlaveMessage(
                 slave_id=pb.SlaveID(value=self.slave_id), resources=resources,
-                tasks=running, hostname=hostname, secret=self.config.secret or "",
-                version=VERSION))
+                tasks=running, hostname=hostname, version=VERSION, nonce=nonce,
+                sequence=self.sequence)
+            auth.seal(msg, self.credential, auth.SLAVE_TO_MASTER, self.sequence)
+            self._remember_attempt(nonce, "reregister")
+        self.send(master, msg)
         # One retry chain at a time: a retry still armed from an earlier chain is replaced.
         if self._register_timer is not None:
             self._register_timer.cancel()
         self._register_timer = delay(self._backoff, self.pid, self._register)
         self._backoff = min(self._backoff * 2, self.config.max_backoff)
 
-    def _from_master(self, sender: UPID, token: bytes, what: str) -> bool:
-        """A command counts only from our master and with our registration token."""
-        if sender == self.config.master and token and token == self.token:
-            return True
+    def _remember_attempt(self, nonce: bytes, kind: str) -> None:
+        self._attempts[nonce] = kind
+        while len(self._attempts) > 16:
+            self._attempts.popitem(last=False)
+
+    def _answered(self, nonce: bytes) -> str | None:
+        """The kind of our attempt that `nonce` names, retiring it and every older one;
+        None when it names none of ours (forged, replayed, or already answered)."""
+        kind = self._attempts.get(nonce) if nonce else None
+        if kind is None:
+            return None
+        while self._attempts:
+            old, _ = self._attempts.popitem(last=False)
+            if old == nonce:
+                break
+        return kind
+
+    def _refuse(self, sender: UPID, what: str) -> None:
         self._counters["commands_refused"] += 1
-        log.warning("refused %s from %s: not from our master or without its token", what,
-                    sender)
+        metrics.inc("slave/messages_refused")
+        if self._refusals.refuse(str(sender), libproc.Clock.now()):
+            log.warning("refused %s from %s: not from our master, or not signed by our "
+                        "current session (further refusals from it this minute not logged)",
+                        what, sender)
+
+    def _from_master(self, sender: UPID, msg: Any, what: str) -> bool:
+        """A command counts only from our master's UPID and signed by our session."""
+        if sender == self.config.master and self.session is not None and self.session.open(msg):
+            self._last_master_contact = libproc.Clock.now()
+            return True
+        self._refuse(sender, what)
         return False
 
-    def _became_registered(self, slave_id: str, sender: UPID, token: bytes) -> None:
-        if sender != self.config.master:
-            log.warning("ignoring registration answer from %s (our master is %s)",
-                        sender, self.config.master)
-            return
-        first = self.slave_id != slave_id
-        self.slave_id = slave_id
-        self.token = token
+    def _send_master(self, msg: Any) -> None:
+        assert self.session is not None
+        self.session.seal(msg)
+        self.send(self.config.master, msg)
+
+    def _became_registered(self, slave_id: str, credential: bytes, session: auth.Session,
+                           what: str) -> None:
+        first = self.slave_id != slave_id or self.credential != credential
+        if self.mode == "registering":
+            log.info("%s with %s as %s", what, self.config.master, slave_id)
+        self.slave_id, self.credential, self.session = slave_id, credential, session
         self.mode = "registered"
         self._backoff = 0.25
         if self._register_timer is not None:
@@ -200,38 +271,105 @@ class Slave(ProtobufProcess):
             self._register_timer = None
         self._last_master_contact = libproc.Clock.now()
         if first:
+            self.sequence = 0
             self._save_identity()
+        # Confirms the session at once: the master schedules nothing on us before this.
+        self._send_master(pb.PongSlaveMessage(slave_id=pb.SlaveID(value=slave_id)))
         self._resend_updates()
 
+    def _answer_session(self, sender: UPID, msg: Any, kind: str) -> tuple[bytes, auth.Session]:
+        """Check a registration answer; (credential, session), or raises ValueError."""
+        if sender != self.config.master:
+            raise ValueError(f"it is not from our master {self.config.master}")
+        if self._answered(msg.nonce) != kind:
+            raise ValueError("it answers none of our registration attempts")
+        slave_id = msg.slave_id.value
+        if kind == "reregister":
+            if slave_id != self.slave_id or self.credential is None:
+                raise ValueError(f"it names slave {slave_id!r}, we are {self.slave_id!r}")
+            credential = self.credential
+        elif self.config.secret:
+            if not msg.salt:
+                raise ValueError("the master runs without a secret, but this slave was "
+                                 "given one; give both the same --secret, or neither")
+            credential = auth.slave_key(self.config.secret, slave_id, msg.salt)
+        else:
+            credential = msg.key
+        if len(credential) < 16 or not slave_id:
+            raise ValueError("it carries no usable credential")
+        session = auth.Session(auth.session_key(credential, msg.nonce, msg.master_nonce),
+                               auth.SLAVE_TO_MASTER)
+        if not session.open(msg):
+            raise ValueError("its signature does not match (wrong --secret?)")
+        return credential, session
+
     def _registered(self, sender: UPID, msg: pb.SlaveRegisteredMessage) -> None:
-        if self.mode == "registering":
-            log.info("registered with %s as %s", sender, msg.slave_id.value)
-        self._became_registered(msg.slave_id.value, sender, msg.token)
+        try:
+            credential, session = self._answer_session(sender, msg, "register")
+        except ValueError as exc:
+            self._refuse(sender, f"registration answer ({exc})")
+            return
+        self._became_registered(msg.slave_id.value, credential, session, "registered")
 
     def _reregistered(self, sender: UPID, msg: pb.SlaveReregisteredMessage) -> None:
-        if self.mode == "registering":
-            log.info("re-registered with %s as %s", sender, msg.slave_id.value)
-        self._became_registered(msg.slave_id.value, sender, msg.token)
+        try:
+            credential, session = self._answer_session(sender, msg, "reregister")
+        except ValueError as exc:
+            self._refuse(sender, f"re-registration answer ({exc})")
+            return
         assert self.executor is not None
         for tid in msg.kill_tasks:
             log.info("master no longer wants task %s: killing it", tid.value)
             self.tasks.pop(tid.value, None)
             self.executor.kill(tid.value)
+        self._became_registered(msg.slave_id.value, credential, session, "re-registered")
 
-    def _refused(self, sender: UPID, reason: str) -> None:
-        log.error("master %s refused registration: %s", sender, reason)
+    def _refused(self, sender: UPID, msg: pb.RegistrationRefusedMessage) -> None:
+        kind = self._answered(msg.nonce) if sender == self.config.master else None
+        if kind is None:
+            self._refuse(sender, "registration refusal")
+            return
+        log.error("master %s refused our %s: %s", sender,
+                  "registration" if kind == "register" else "re-registration", msg.reason)
+        if kind == "reregister" and msg.unknown_slave:
+            # The master does not know our id or credential (its database was reset, or we
+            # were removed): what we run is unknown to it. Start over as a new slave.
+            log.warning("registering anew: killing %d task(s) the master does not know",
+                        len(self.tasks))
+            assert self.executor is not None
+            for tid in list(self.tasks):
+                self.executor.kill(tid)
+            self.tasks.clear()
+            self.unacked.clear()
+            self._resend_at.clear()
+            self._forget_identity()
+            self._backoff = 0.25
+            self._register()
 
-    def _ping(self, sender: UPID, connected: bool) -> None:
+    def _ping(self, sender: UPID, msg: pb.PingSlaveMessage) -> None:
         if sender != self.config.master:
+            self._refuse(sender, "ping")
+            return
+        if self.session is None or not self.session.open(msg):
+            # An unsigned "who are you?" (a master that lost our session, or anyone else):
+            # re-registering is authenticated and harmless, so obey it, but rarely.
+            now = libproc.Clock.now()
+            if (not msg.connected and self.mode == "registered"
+                    and now - self._last_hint >= self.config.max_backoff):
+                self._last_hint = now
+                log.info("master asks us to re-register (unsigned ping): re-registering")
+                self.mode = "registering"
+                self._register()
             return
         self._last_master_contact = libproc.Clock.now()
-        if not connected and self.mode == "registered":
+        if not msg.connected and self.mode == "registered":
             log.info("master does not know us (it restarted or declared us lost): "
                      "re-registering")
             self.mode = "registering"
             self._register()
             return
-        self.send(sender, pb.PongSlaveMessage(slave_id=pb.SlaveID(value=self.slave_id or "")))
+        if self.mode == "registered":
+            self._send_master(pb.PongSlaveMessage(slave_id=pb.SlaveID(value=self.slave_id or "")))
 
     def exited(self, pid: UPID) -> None:
         if pid == self.config.master and self.mode == "registered":
@@ -240,22 +378,21 @@ class Slave(ProtobufProcess):
             self._backoff = 0.25
             self._register()
 
-    def _shutdown_requested(self, sender: UPID, message: str, token: bytes) -> None:
-        if self._from_master(sender, token, "shutdown"):
-            log.warning("master asked us to shut down: %s", message)
+    def _shutdown_requested(self, sender: UPID, msg: pb.ShutdownSlaveMessage) -> None:
+        if self._from_master(sender, msg, "shutdown"):
+            log.warning("master asked us to shut down: %s", msg.message)
             libproc.future.as_future(self.shutdown())
 
     # -- tasks --------------------------------------------------------------------------
 
-    def _launch(self, sender: UPID, launch_id: int, tasks: list[pb.TaskInfo],
-                token: bytes) -> None:
-        if not self._from_master(sender, token, f"launch {launch_id}"):
+    def _launch(self, sender: UPID, msg: pb.LaunchTasksMessage) -> None:
+        if not self._from_master(sender, msg, f"launch {msg.id}"):
             return
         if self.mode == "shutting_down":
             return
         self._counters["launches_received"] += 1
         assert self.executor is not None
-        for info in tasks:
+        for info in msg.tasks:
             tid = info.task_id.value
             if tid in self.tasks:
                 continue  # a duplicate launch
@@ -269,11 +406,11 @@ class Slave(ProtobufProcess):
                 continue
             self._update(tid, info.attempt, pb.RUNNING)
 
-    def _kill(self, sender: UPID, task_id: pb.TaskID, token: bytes) -> None:
-        if not self._from_master(sender, token, f"kill {task_id.value}"):
+    def _kill(self, sender: UPID, msg: pb.KillTaskMessage) -> None:
+        if not self._from_master(sender, msg, f"kill {msg.task_id.value}"):
             return
         assert self.executor is not None
-        tid = task_id.value
+        tid = msg.task_id.value
         if tid in self.tasks:
             self.executor.kill(tid)
         elif not any(u.task_id.value == tid for u in self.unacked.values()):
@@ -311,9 +448,11 @@ class Slave(ProtobufProcess):
         self._counters["status_updates_sent"] += 1
         interval = self.config.update_retry if interval is None else interval
         self._resend_at[update.uuid] = (libproc.Clock.now() + interval, interval)
-        self.send(self.config.master, pb.StatusUpdateMessage(update=update))
+        self._send_master(pb.StatusUpdateMessage(update=update))
 
     def _acknowledged(self, sender: UPID, ack: pb.StatusUpdateAcknowledgementMessage) -> None:
+        if not self._from_master(sender, ack, "acknowledgement"):
+            return  # a forged ack would make us drop a result the master never stored
         self.unacked.pop(ack.uuid, None)
         self._resend_at.pop(ack.uuid, None)
 
@@ -374,7 +513,7 @@ class Slave(ProtobufProcess):
                                          attempt=info.attempt))
                 if tasks:
                     self._counters["progress_reports_sent"] += 1
-                    self.send(self.config.master, pb.ReportProgressMessage(
+                    self._send_master(pb.ReportProgressMessage(
                         tasks=tasks, slave_id=pb.SlaveID(value=self.slave_id or "")))
 
     # -- HTTP -----------------------------------------------------------------------------

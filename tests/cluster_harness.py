@@ -55,7 +55,7 @@ logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 from master.main import run_master
 from master.process import MasterConfig
 config = MasterConfig(heartbeat_interval={heartbeat!r}, slave_timeout={slave_timeout!r},
-                      staging_timeout={staging_timeout!r})
+                      staging_timeout={staging_timeout!r}, secret={secret!r})
 {runner}
 """
 
@@ -69,7 +69,8 @@ logging.basicConfig(level=logging.{level}, stream=sys.stderr,
 logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 from slave.main import run_slave
 main = run_slave(master={master!r}, host='127.0.0.1', port={port!r}, cpus={cpus!r}, mem={mem!r},
-                 work_dir={work_dir!r}, progress_interval={progress_interval!r})
+                 work_dir={work_dir!r}, progress_interval={progress_interval!r},
+                 secret={secret!r})
 {runner}
 """
 
@@ -184,9 +185,11 @@ class HttpError(Exception):
 class MasterClient:
     """The master's HTTP API, synchronously. Non-2xx answers raise HttpError."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0,
+                 secret: str | None = None) -> None:
         self.base = f"http://{host}:{port}"
         self.timeout = timeout
+        self.secret = secret
 
     def request(self, method: str, path: str, body: Any = None, *,
                 raw: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -195,6 +198,8 @@ class MasterClient:
         req = urllib.request.Request(self.base + path, data=data, method=method)
         if data is not None:
             req.add_header("Content-Type", "application/json")
+        if self.secret:
+            req.add_header("Authorization", f"Bearer {self.secret}")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return resp.status, dict(resp.headers), resp.read()
@@ -393,6 +398,7 @@ class Cluster:
     staging_timeout: float = 60.0
     progress_interval: float = 0.2
     log_level: str = "INFO"
+    secret: str | None = None  # the cluster's --secret, given to the master and slaves
     master: Child | None = None
     master_port: int = 0
     db: Path = field(init=False)
@@ -407,7 +413,7 @@ class Cluster:
     @property
     def api(self) -> MasterClient:
         assert self.master_port, "start the master first"
-        return MasterClient(self.master_port)
+        return MasterClient(self.master_port, secret=self.secret)
 
     def _spawn(self, name: str, code: str, port: int, work_dir: Path | None = None) -> Child:
         self._starts += 1
@@ -438,7 +444,8 @@ class Cluster:
         runner = _MASTER_RUN.format(port=self.master_port, db=db_path, tail=tail)
         code = _MASTER_CODE.format(level=self.log_level, heartbeat=self.heartbeat_interval,
                                    slave_timeout=self.slave_timeout,
-                                   staging_timeout=self.staging_timeout, runner=runner)
+                                   staging_timeout=self.staging_timeout, runner=runner,
+                                   secret=self.secret)
         self.master = self._spawn("master", code, self.master_port)
         if wait:
             self.wait_master()
@@ -461,8 +468,10 @@ class Cluster:
 
     def start_slave(self, *, cpus: float = 4.0, mem: float = 4096.0,
                     progress_interval: float | None = None, wait: bool = True,
-                    profile: Path | None = None) -> Child:
+                    profile: Path | None = None, secret: str | None = None) -> Child:
         """Start a slave with a fresh work dir; with `wait`, until the master lists it active.
+
+        `secret` defaults to the cluster's.
 
         With `profile`, it runs under cProfile and dumps its stats there when stopped.
         """
@@ -474,6 +483,7 @@ class Cluster:
             level=self.log_level, master=f"127.0.0.1:{self.master_port}", port=port,
             cpus=float(cpus), mem=float(mem), work_dir=str(work_dir),
             progress_interval=progress_interval or self.progress_interval,
+            secret=secret if secret is not None else self.secret,
             runner=_PROFILED.format(profile=str(profile)) if profile else _RUN)
         child = self._spawn(f"slave{n}", code, port, work_dir)
         self.slaves.append(child)

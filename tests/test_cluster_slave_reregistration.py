@@ -14,29 +14,30 @@ from typing import Any
 import pytest
 
 import libproc
-from libproc import UPID, Clock, ProtobufProcess
-from protos import cluster_pb2 as pb
+from libproc import UPID, Clock
+from signed_peers import SignedMaster
 from slave.process import Slave, SlaveConfig
 from waiting import until
 
 
-class FakeMaster(ProtobufProcess):
+class FakeMaster(SignedMaster):
     """Process id `master`; records registration attempts; answers the `answer_at`-th one."""
 
     def __init__(self, answer_at: int | None = None) -> None:
-        super().__init__("master")
+        super().__init__()
         self.attempts: list[float] = []
         self.answer_at = answer_at
 
-    def initialize(self) -> None:
-        self.install(pb.RegisterSlaveMessage, self._attempt)
-        self.install(pb.ReregisterSlaveMessage, self._attempt)
+    def _register(self, sender: UPID, msg: Any) -> None:
+        self._attempt(sender, msg, super()._register)
 
-    def _attempt(self, sender: UPID, msg: Any) -> None:
+    def _reregister(self, sender: UPID, msg: Any) -> None:
+        self._attempt(sender, msg, super()._reregister)
+
+    def _attempt(self, sender: UPID, msg: Any, answer: Any) -> None:
         self.attempts.append(Clock.now())
         if self.answer_at is not None and len(self.attempts) == self.answer_at:
-            self.send(sender, pb.SlaveRegisteredMessage(
-                slave_id=pb.SlaveID(value="S1"), heartbeat_interval=1.0))
+            answer(sender, msg)
 
 
 @pytest.fixture

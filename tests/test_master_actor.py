@@ -14,52 +14,33 @@ from typing import Any
 import pytest
 
 import libproc
-from libproc import UPID, Clock, ProtobufProcess
+from libproc import UPID, Clock
 from master.api import parse_submit
 from master.process import Master, MasterConfig
 from master.store import Store
 from protos import cluster_pb2 as pb
+from signed_peers import SignedSlave
 from waiting import until
 
 
-class FakeSlave(ProtobufProcess):
+class FakeSlave(SignedSlave):
     """A real libproc process speaking the slave side of the protocol, recording everything."""
 
-    def __init__(self, db_path: Path | None = None) -> None:
-        super().__init__(prefix="fakeslave")
-        self.got: list[Any] = []
+    def __init__(self, db_path: Path | None = None, secret: str | None = None) -> None:
+        super().__init__(secret=secret)
         self.answer_pings = True
-        self.slave_id = ""
         self.db_path = db_path
         self.state_at_ack: dict[bytes, str] = {}
 
-    def initialize(self) -> None:
-        for t in (pb.SlaveRegisteredMessage, pb.SlaveReregisteredMessage,
-                  pb.LaunchTasksMessage, pb.KillTaskMessage, pb.RegistrationRefusedMessage):
-            self.install(t, self._record)
-        self.install(pb.PingSlaveMessage, self._ping)
-        self.install(pb.StatusUpdateAcknowledgementMessage, self._ack)
-
-    def _record(self, sender: UPID, msg: Any) -> None:
-        if isinstance(msg, pb.SlaveRegisteredMessage):
-            self.slave_id = msg.slave_id.value
-        self.got.append(msg)
-
-    def _ping(self, sender: UPID, msg: pb.PingSlaveMessage) -> None:
-        self.got.append(msg)
-        if self.answer_pings:
-            self.send(sender, pb.PongSlaveMessage())
-
-    def _ack(self, sender: UPID, msg: pb.StatusUpdateAcknowledgementMessage) -> None:
-        if self.db_path is not None:  # what is durable at the moment of the ack
+    def on_command(self, sender: UPID, msg: Any) -> None:
+        if isinstance(msg, pb.PingSlaveMessage) and msg.connected and self.answer_pings:
+            self.signed(sender, pb.PongSlaveMessage(slave_id=pb.SlaveID(value=self.slave_id)))
+        if (isinstance(msg, pb.StatusUpdateAcknowledgementMessage)
+                and self.db_path is not None):  # what is durable at the moment of the ack
             with sqlite3.connect(self.db_path) as conn:
                 row = conn.execute("SELECT state FROM tasks WHERE id = ?",
                                    (msg.task_id.value,)).fetchone()
             self.state_at_ack[msg.uuid] = row[0] if row else "MISSING"
-        self.got.append(msg)
-
-    def of(self, kind: type) -> list[Any]:
-        return [m for m in self.got if isinstance(m, kind)]
 
     def update(self, master: UPID, task_id: str, state: int, attempt: int = 1,
                exit_code: int | None = None) -> bytes:
@@ -68,7 +49,7 @@ class FakeSlave(ProtobufProcess):
                             slave_id=pb.SlaveID(value=self.slave_id))
         if exit_code is not None:
             u.exit_code = exit_code
-        self.send(master, pb.StatusUpdateMessage(update=u))
+        self.signed(master, pb.StatusUpdateMessage(update=u))
         return u.uuid
 
 
@@ -91,8 +72,9 @@ async def cluster(tmp_path: Path) -> AsyncIterator[tuple[Master, FakeSlave, Path
 
 
 async def register(master: Master, slave: FakeSlave, cpus: float = 2, mem: float = 1024) -> None:
-    slave.send(master.pid, pb.RegisterSlaveMessage(resources=pb.Resources(cpus=cpus, mem=mem)))
+    slave.register(master.pid, cpus=cpus, mem=mem)
     await until(lambda: bool(slave.of(pb.SlaveRegisteredMessage)))
+    await until(lambda: slave.slave_id in master.slaves)  # confirmed by its signed pong
 
 
 async def submit(master: Master, *items: dict[str, Any]) -> list[str]:
@@ -196,8 +178,9 @@ async def test_lost_task_without_retries_stays_lost(cluster: Any) -> None:
 async def test_message_from_unknown_slave_asks_it_to_reregister(cluster: Any) -> None:
     master, slave, _ = cluster
     slave.send(master.pid, pb.ReportProgressMessage(tasks=[]))
-    await until(lambda: bool(slave.of(pb.PingSlaveMessage)))
-    assert slave.of(pb.PingSlaveMessage)[0].connected is False
+    await until(lambda: any(isinstance(m, pb.PingSlaveMessage) for m in slave.forged))
+    ping = next(m for m in slave.forged if isinstance(m, pb.PingSlaveMessage))
+    assert ping.connected is False  # unsigned: it can only ever cause a re-registration
 
 
 async def test_reregistration_kills_tasks_the_master_declared_lost(cluster: Any) -> None:
@@ -211,9 +194,7 @@ async def test_reregistration_kills_tasks_the_master_declared_lost(cluster: Any)
         Clock.advance(1.0)
         await Clock.settle()
     assert master.tasks[tid].state == "LOST"
-    slave.send(master.pid, pb.ReregisterSlaveMessage(
-        slave_id=pb.SlaveID(value=slave.slave_id), resources=pb.Resources(cpus=2, mem=1024),
-        tasks=[pb.RunningTask(task=info, state=pb.RUNNING)]))
+    slave.reregister(master.pid, [pb.RunningTask(task=info, state=pb.RUNNING)])
     await until(lambda: bool(slave.of(pb.SlaveReregisteredMessage)))
     answer = slave.of(pb.SlaveReregisteredMessage)[0]
     assert [t.value for t in answer.kill_tasks] == [tid]
@@ -227,8 +208,9 @@ async def test_progress_report_reaches_task_record(cluster: Any) -> None:
     await until(lambda: bool(slave.of(pb.LaunchTasksMessage)))
     slave.update(master.pid, tid, pb.RUNNING)
     await until(lambda: master.tasks[tid].state == "RUNNING")
-    slave.send(master.pid, pb.ReportProgressMessage(tasks=[
-        pb.Task(name="x", task_id=pb.TaskID(value=tid), progress=0.42, attempt=1)]))
+    slave.signed(master.pid, pb.ReportProgressMessage(
+        slave_id=pb.SlaveID(value=slave.slave_id),
+        tasks=[pb.Task(name="x", task_id=pb.TaskID(value=tid), progress=0.42, attempt=1)]))
     await until(lambda: abs(master.tasks[tid].progress - 0.42) < 1e-6)
 
 
@@ -238,16 +220,18 @@ async def test_wrong_secret_is_refused_and_nothing_registers(tmp_path: Path) -> 
     try:
         master = Master(store, MasterConfig(secret="s3cret"))
         libproc.spawn(master)
-        slave = FakeSlave()
-        libproc.spawn(slave)
-        slave.send(master.pid, pb.RegisterSlaveMessage(resources=pb.Resources(cpus=1, mem=1),
-                                                       secret="wrong"))
-        await until(lambda: bool(slave.of(pb.RegistrationRefusedMessage)))
-        assert "secret" in slave.of(pb.RegistrationRefusedMessage)[0].reason
+        wrong, unsigned = FakeSlave(secret="wrong"), FakeSlave()
+        right = FakeSlave(secret="s3cret")
+        for s in (wrong, unsigned, right):
+            libproc.spawn(s)
+        wrong.register(master.pid, cpus=1, mem=1)
+        unsigned.register(master.pid, cpus=1, mem=1)
+        await until(lambda: bool(wrong.of(pb.RegistrationRefusedMessage))
+                    and bool(unsigned.of(pb.RegistrationRefusedMessage)))
+        assert "secret" in wrong.of(pb.RegistrationRefusedMessage)[0].reason
         assert master.slaves == {}
-        slave.send(master.pid, pb.RegisterSlaveMessage(resources=pb.Resources(cpus=1, mem=1),
-                                                       secret="s3cret"))
-        await until(lambda: bool(slave.of(pb.SlaveRegisteredMessage)))
+        right.register(master.pid, cpus=1, mem=1)
+        await until(lambda: right.slave_id in master.slaves)
         assert len(master.slaves) == 1
     finally:
         await libproc.stop()
@@ -263,10 +247,9 @@ async def test_task_that_finished_during_outage_ends_finished_not_lost(cluster: 
     await until(lambda: master.tasks[tid].state == "RUNNING")
     info = slave.of(pb.LaunchTasksMessage)[0].tasks[0]
     # The slave re-registers reporting the task as ended (its update not yet acknowledged).
-    slave.send(master.pid, pb.ReregisterSlaveMessage(
-        slave_id=pb.SlaveID(value=slave.slave_id), resources=pb.Resources(cpus=2, mem=1024),
-        tasks=[pb.RunningTask(task=pb.TaskInfo(name="", task_id=info.task_id, command="",
-                                               attempt=1), state=pb.FINISHED)]))
+    slave.reregister(master.pid, [pb.RunningTask(
+        task=pb.TaskInfo(name="", task_id=info.task_id, command="", attempt=1),
+        state=pb.FINISHED)])
     await until(lambda: bool(slave.of(pb.SlaveReregisteredMessage)))
     assert master.tasks[tid].state == "RUNNING"  # not declared lost
     assert list(slave.of(pb.SlaveReregisteredMessage)[0].kill_tasks) == []

@@ -17,42 +17,31 @@ from typing import Any
 import pytest
 
 import libproc
-from libproc import UPID, Clock, ProtobufProcess
+from libproc import UPID, Clock
 from protos import cluster_pb2 as pb
+from signed_peers import SignedMaster
 from slave.process import Slave, SlaveConfig
 from waiting import until
 
-TOKEN = b"0123456789abcdef"
 
-
-class SilentMaster(ProtobufProcess):
+class SilentMaster(SignedMaster):
     """Registers the slave, records every status update, acknowledges only when told to."""
 
     def __init__(self) -> None:
-        super().__init__("master")
+        super().__init__()
         self.received: list[tuple[float, pb.StatusUpdate]] = []
-        self.slave: UPID | None = None
 
-    def initialize(self) -> None:
-        self.install(pb.RegisterSlaveMessage, self._register)
-        self.install(pb.StatusUpdateMessage, self._update, "update")
-
-    def _register(self, sender: UPID, msg: Any) -> None:
-        self.slave = sender
-        self.reply(pb.SlaveRegisteredMessage(slave_id=pb.SlaveID(value="S1"), token=TOKEN))
-
-    def _update(self, sender: UPID, update: pb.StatusUpdate) -> None:
-        self.received.append((Clock.now(), update))
+    def on_message(self, sender: UPID, msg: Any) -> None:
+        if isinstance(msg, pb.StatusUpdateMessage):
+            self.received.append((Clock.now(), msg.update))
 
     def launch(self, task_id: str, command: str) -> None:
-        assert self.slave is not None
-        self.send(self.slave, pb.LaunchTasksMessage(id=1, token=TOKEN, tasks=[pb.TaskInfo(
+        self.signed(pb.LaunchTasksMessage(id=1, tasks=[pb.TaskInfo(
             name=task_id, task_id=pb.TaskID(value=task_id), command=command, attempt=1)]))
 
     def ack_all(self) -> None:
-        assert self.slave is not None
         for _, u in self.received:
-            self.send(self.slave, pb.StatusUpdateAcknowledgementMessage(
+            self.signed(pb.StatusUpdateAcknowledgementMessage(
                 slave_id=u.slave_id, task_id=u.task_id, uuid=u.uuid))
 
     def times(self, state: int) -> list[float]:
