@@ -1,0 +1,120 @@
+"""Who may hold an incoming connection, and how long a request may take to arrive.
+
+Pure bookkeeping for the transport (no sockets here), so it is tested without a network.
+
+Admission: each incoming connection holds a slot of its peer's IP address until it closes.
+An address may hold at most `max_connections_per_address` slots, and all addresses together
+`max_connections` (lowered at start to fit the process's RLIMIT_NOFILE, so that accepting
+never fails with EMFILE, which would stall the listener for everyone). Once 3/4 of the
+global slots are taken the rest is kept for light addresses (holding fewer than
+`LIGHT_ADDRESS` slots), so neither one address nor a few heavy ones can lock out the others.
+A connection that never sends a byte (C++ libprocess links by connecting and may say nothing
+for hours) is never closed: it only holds its slot.
+
+Deadlines: a request that has begun must keep arriving. It is overdue when it is still
+incomplete `request_timeout` seconds after its first byte, plus one second for every
+`request_min_rate` bytes received since (Apache's mod_reqtimeout rule): a slowloris
+trickling a head is closed, a large body on a slow link is not. Time between requests is
+never counted. The transport checks deadlines on libproc's Clock, so tests advance them.
+"""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass, replace
+
+__all__ = ["ConnectionLimits", "Admission", "overdue", "LIGHT_ADDRESS"]
+
+# Past CROWDED of the global slots, only addresses holding fewer than LIGHT_ADDRESS get one.
+CROWDED = 0.75
+LIGHT_ADDRESS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """Bounds on incoming connections; pass to `libproc.start(connection_limits=...)`."""
+
+    max_connections: int = 10_000  # all addresses together (lowered to fit RLIMIT_NOFILE)
+    max_connections_per_address: int = 1_000
+    request_timeout: float = 30.0  # seconds an incomplete request may take ...
+    request_min_rate: float = 500.0  # ... plus one second per this many bytes received
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1 or self.max_connections_per_address < 1:
+            raise ValueError(
+                f"connection limits must be at least 1, got max_connections="
+                f"{self.max_connections}, max_connections_per_address="
+                f"{self.max_connections_per_address}"
+            )
+        if not (self.request_timeout > 0 and self.request_min_rate > 0):
+            raise ValueError(
+                f"request_timeout and request_min_rate must be positive, got "
+                f"{self.request_timeout} and {self.request_min_rate}"
+            )
+
+    def fit_to_fd_limit(self, soft_limit: int | None = None) -> ConnectionLimits:
+        """These limits with `max_connections` lowered so that a quarter of the soft
+        RLIMIT_NOFILE (at least 256 descriptors) stays for the rest of the process: outgoing
+        connections, files, child pipes. `soft_limit` defaults to the process's own."""
+        if soft_limit is None:
+            soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft_limit == resource.RLIM_INFINITY or soft_limit <= 0:
+            return self
+        room = max(64, soft_limit - max(256, soft_limit // 4))
+        if room >= self.max_connections:
+            return self
+        return replace(self, max_connections=room)
+
+
+def overdue(since: float, received: int, now: float, limits: ConnectionLimits) -> bool:
+    """True when a request begun at `since` with `received` bytes so far is overdue at `now`."""
+    return now - since > limits.request_timeout + received / limits.request_min_rate
+
+
+class Admission:
+    """Slots held per address; `admit()` takes one or says why not, `release()` gives it back.
+
+    Not thread-safe: used on the event loop only.
+    """
+
+    __slots__ = ("limits", "total", "_held")
+
+    def __init__(self, limits: ConnectionLimits) -> None:
+        self.limits = limits
+        self.total = 0
+        self._held: dict[str, int] = {}
+
+    def admit(self, address: str) -> str | None:
+        """Take a slot for `address`; None when taken, else why it was refused:
+        "per_address" (it holds its maximum) or "global" (no slot left it may have)."""
+        limits = self.limits
+        held = self._held.get(address, 0)
+        if held >= limits.max_connections_per_address:
+            return "per_address"
+        if self.total >= limits.max_connections:
+            return "global"
+        if held >= LIGHT_ADDRESS and self.total >= limits.max_connections * CROWDED:
+            return "global"
+        self._held[address] = held + 1
+        self.total += 1
+        return None
+
+    def release(self, address: str) -> None:
+        held = self._held.get(address, 0)
+        if held <= 0:
+            return
+        self.total -= 1
+        if held == 1:
+            del self._held[address]
+        else:
+            self._held[address] = held - 1
+
+    def held(self, address: str) -> int:
+        return self._held.get(address, 0)
+
+    def addresses(self) -> int:
+        return len(self._held)
+
+    def busiest(self) -> int:
+        """The most slots any one address holds (a gauge for /metrics/snapshot)."""
+        return max(self._held.values(), default=0)
