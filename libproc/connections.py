@@ -20,7 +20,9 @@ never counted. The transport checks deadlines on libproc's Clock, so tests advan
 
 from __future__ import annotations
 
+import math
 import resource
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 __all__ = ["ConnectionLimits", "Admission", "overdue", "LIGHT_ADDRESS"]
@@ -52,6 +54,28 @@ class ConnectionLimits:
                 f"{self.request_timeout} and {self.request_min_rate}"
             )
 
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ConnectionLimits:
+        """The defaults, overridden by LIBPROCESS_MAX_CONNECTIONS,
+        LIBPROCESS_MAX_CONNECTIONS_PER_ADDRESS and LIBPROCESS_REQUEST_TIMEOUT (seconds) when
+        set; raises ValueError naming the variable when one is not a valid value."""
+        default = cls()
+        total = _env_int(env, "LIBPROCESS_MAX_CONNECTIONS", default.max_connections)
+        per_address = _env_int(env, "LIBPROCESS_MAX_CONNECTIONS_PER_ADDRESS",
+                               default.max_connections_per_address)
+        timeout = default.request_timeout
+        text = env.get("LIBPROCESS_REQUEST_TIMEOUT", "").strip()
+        if text:
+            try:
+                timeout = float(text)
+            except ValueError:
+                timeout = math.nan
+            if not (math.isfinite(timeout) and timeout > 0):
+                raise ValueError(f"LIBPROCESS_REQUEST_TIMEOUT={text!r} is not valid: "
+                                 "expected a positive number of seconds")
+        return replace(default, max_connections=total, max_connections_per_address=per_address,
+                       request_timeout=timeout)
+
     def fit_to_fd_limit(self, soft_limit: int | None = None) -> ConnectionLimits:
         """These limits with `max_connections` lowered so that a quarter of the soft
         RLIMIT_NOFILE (at least 256 descriptors) stays for the rest of the process: outgoing
@@ -64,6 +88,15 @@ class ConnectionLimits:
         if room >= self.max_connections:
             return self
         return replace(self, max_connections=room)
+
+
+def _env_int(env: Mapping[str, str], var: str, default: int) -> int:
+    text = env.get(var, "").strip()
+    if not text:
+        return default
+    if not (text.isascii() and text.isdigit() and int(text) > 0):
+        raise ValueError(f"{var}={text!r} is not valid: expected a positive integer")
+    return int(text)
 
 
 def overdue(since: float, received: int, now: float, limits: ConnectionLimits) -> bool:

@@ -201,7 +201,8 @@ async def start(
     LIBPROCESS_ADVERTISE_PORT, then the defaults: bind 0.0.0.0, a random free port. Returns
     the advertised address as a UPID with an empty id. `limits` bound one request's size,
     `connection_limits` the incoming connections per address and in total, and how long a
-    request may take to arrive (libproc.connections; defaults suit a cluster).
+    request may take to arrive (libproc.connections; unset: the defaults, overridden by
+    LIBPROCESS_MAX_CONNECTIONS / _MAX_CONNECTIONS_PER_ADDRESS / _REQUEST_TIMEOUT).
     """
     global _runtime
     if _runtime is not None:
@@ -215,6 +216,8 @@ async def start(
     if advertise_port is None:
         advertise_port = _env_port("LIBPROCESS_ADVERTISE_PORT")
 
+    if connection_limits is None:
+        connection_limits = ConnectionLimits.from_env(os.environ)
     rt = Runtime(asyncio.get_running_loop(), limits, connection_limits)
     rt.delegate = delegate
     bound_host, bound_port = await rt.transport.listen(host, port)

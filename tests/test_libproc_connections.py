@@ -173,6 +173,18 @@ def test_connection_limits_fit_the_descriptor_limit_and_refuse_nonsense() -> Non
         ConnectionLimits(request_timeout=0)
 
 
+def test_connection_limits_come_from_the_environment_with_clear_errors() -> None:
+    limits = ConnectionLimits.from_env({"LIBPROCESS_MAX_CONNECTIONS_PER_ADDRESS": "50",
+                                        "LIBPROCESS_REQUEST_TIMEOUT": "2.5"})
+    assert (limits.max_connections_per_address, limits.request_timeout,
+            limits.max_connections) == (50, 2.5, ConnectionLimits().max_connections)
+    for var, bad in [("LIBPROCESS_MAX_CONNECTIONS", "0"),
+                     ("LIBPROCESS_MAX_CONNECTIONS_PER_ADDRESS", "many"),
+                     ("LIBPROCESS_REQUEST_TIMEOUT", "inf")]:
+        with pytest.raises(ValueError, match=f"{var}={bad!r} is not valid"):
+            ConnectionLimits.from_env({var: bad})
+
+
 @pytest.mark.parametrize(("framing", "status"), [
     ("Content-Length: abc\r\n\r\n", 400),
     ("Content-Length: -1\r\n\r\n", 400),
@@ -283,6 +295,23 @@ async def test_a_refused_connection_is_answered_503_with_the_reason(
     assert (await again.response())[0] == 200
     for conn in (held[1], extra, other, again):
         await conn.close()
+
+
+async def test_a_runtime_takes_its_limits_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LIBPROCESS_MAX_CONNECTIONS_PER_ADDRESS", "1")
+    address = await libproc.start(host="127.0.0.1", port=0)
+    try:
+        first = await Conn.open(address.port, ATTACKER)
+        await until(lambda: incoming().admission.held(ATTACKER) == 1)
+        second = await Conn.open(address.port, ATTACKER)
+        assert (await second.response())[0] == 503
+        assert await still_open(first)
+        await first.close()
+        await second.close()
+    finally:
+        await libproc.stop()
 
 
 async def test_the_global_cap_keeps_room_for_other_addresses(
