@@ -11,6 +11,11 @@ global slots are taken the rest is kept for light addresses (holding fewer than
 A connection that never sends a byte (C++ libprocess links by connecting and may say nothing
 for hours) is never closed: it only holds its slot.
 
+Memory: the bytes held for incomplete requests are bounded per address
+(`max_buffered_per_address`, keep it at least wire.Limits.max_body) and in all
+(`max_buffered`): a connection whose request would take more is closed. Otherwise 1,000
+connections each holding most of a 16 MiB body would cost 16 GB.
+
 Deadlines: a request that has begun must keep arriving. It is overdue when it is still
 incomplete `request_timeout` seconds after its first byte, plus one second for every
 `request_min_rate` bytes received since (Apache's mod_reqtimeout rule): a slowloris
@@ -40,13 +45,17 @@ class ConnectionLimits:
     max_connections_per_address: int = 1_000
     request_timeout: float = 30.0  # seconds an incomplete request may take ...
     request_min_rate: float = 500.0  # ... plus one second per this many bytes received
+    max_buffered_per_address: int = 64 * 1024 * 1024  # bytes of incomplete requests ...
+    max_buffered: int = 512 * 1024 * 1024  # ... and of all addresses together
 
     def __post_init__(self) -> None:
-        if self.max_connections < 1 or self.max_connections_per_address < 1:
+        if min(self.max_connections, self.max_connections_per_address,
+               self.max_buffered, self.max_buffered_per_address) < 1:
             raise ValueError(
                 f"connection limits must be at least 1, got max_connections="
                 f"{self.max_connections}, max_connections_per_address="
-                f"{self.max_connections_per_address}"
+                f"{self.max_connections_per_address}, max_buffered={self.max_buffered}, "
+                f"max_buffered_per_address={self.max_buffered_per_address}"
             )
         if not (self.request_timeout > 0 and self.request_min_rate > 0):
             raise ValueError(
@@ -110,12 +119,14 @@ class Admission:
     Not thread-safe: used on the event loop only.
     """
 
-    __slots__ = ("limits", "total", "_held")
+    __slots__ = ("limits", "total", "_held", "buffered", "_bytes")
 
     def __init__(self, limits: ConnectionLimits) -> None:
         self.limits = limits
         self.total = 0
         self._held: dict[str, int] = {}
+        self.buffered = 0  # bytes of incomplete requests, all addresses
+        self._bytes: dict[str, int] = {}
 
     def admit(self, address: str) -> str | None:
         """Take a slot for `address`; None when taken, else why it was refused:
@@ -141,6 +152,23 @@ class Admission:
             del self._held[address]
         else:
             self._held[address] = held - 1
+
+    def hold(self, address: str, delta: int) -> str | None:
+        """Count `delta` more (or, negative, fewer) bytes of incomplete requests held for
+        `address`; None while within budget, else "per_address" or "global"."""
+        n = self._bytes.get(address, 0) + delta
+        if n > 0:
+            self._bytes[address] = n
+        else:
+            self._bytes.pop(address, None)
+        self.buffered += delta
+        if delta <= 0:
+            return None
+        if n > self.limits.max_buffered_per_address:
+            return "per_address"
+        if self.buffered > self.limits.max_buffered:
+            return "global"
+        return None
 
     def held(self, address: str) -> int:
         return self._held.get(address, 0)

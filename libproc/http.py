@@ -99,8 +99,8 @@ class HttpServer:
             return json_error(503, f"process {proc.id!r} terminated before serving {rest!r}")
         except web.HTTPError as exc:  # e.g. aiohttp's 413 from read() past client_max_size
             return json_error(exc.status, exc.text or exc.reason)
-        except web.HTTPException as exc:  # a redirect or success raised by the route
-            return exc
+        except web.HTTPException:  # a redirect or success raised by the route: aiohttp's
+            raise
         except Exception as exc:  # a route that raised: 500 with the reason, actor lives on
             metrics.inc("libproc/http_handler_errors")
             log.error("%s %s raised", proc.id, rest, exc_info=exc)
@@ -108,8 +108,16 @@ class HttpServer:
         return to_response(result)
 
     async def _message(self, request: web.BaseRequest, headers: dict[str, str]) -> web.Response:
-        body = await request.read()
+        # Not request.read(): its 1 MiB cap is the HTTP path's, a message may have max_body.
         # aiohttp has already undone any Content-Encoding: do not decode the body twice.
+        max_body = self.rt.transport.limits.max_body
+        received = bytearray()
+        while chunk := await request.content.readany():
+            received += chunk
+            if len(received) > max_body:  # a compressed body that grows past the cap
+                metrics.inc("libproc/messages_rejected")
+                return web.Response(status=400)
+        body = bytes(received)
         headers.pop("content-encoding", None)
         req = wire.Request(request.method, request.raw_path, "HTTP/1.1", headers, body)
         result = wire.classify(req, self.rt.transport.limits)

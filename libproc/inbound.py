@@ -50,7 +50,7 @@ class _Incoming(asyncio.Protocol):
     """What both incoming protocols share: the address slot held (see connections.py) and the
     deadline of the request in progress, counted from its first byte on libproc's Clock."""
 
-    __slots__ = ("_t", "_transport", "_host", "_since", "_received")
+    __slots__ = ("_t", "_transport", "_host", "_since", "_received", "_held")
 
     def __init__(self, owner: Incoming) -> None:
         self._t = owner
@@ -58,23 +58,47 @@ class _Incoming(asyncio.Protocol):
         self._host: str | None = None  # the address whose slot we hold, None when none
         self._since: float | None = None  # Clock time the incomplete request began
         self._received = 0  # bytes of it received since
+        self._held = 0  # bytes our parser holds for it (counted in the admission)
 
-    def _track(self, partial: bool, completed: bool, n: int) -> None:
-        """After a feed: start, extend or end the deadline of the incomplete request."""
-        if not partial:
+    def _track(self, parser: wire.RequestParser, completed: bool, n: int) -> None:
+        """After a feed: start, extend or end the deadline of the incomplete request, and
+        count the bytes it holds (closing the connection when over budget)."""
+        if not parser.partial:
             self._untrack()
-        elif self._since is None or completed:  # a new request began in this data
+            return
+        if self._since is None or completed:  # a new request began in this data
             if self._since is None:
                 self._t._watch(self)
             self._since = Clock.now()
             self._received = 0
         else:
             self._received += n
+        held = parser.held
+        if held != self._held and self._host is not None:
+            why = self._t.admission.hold(self._host, held - self._held)
+            self._held = held
+            if why is not None:
+                self._over_budget(why)
 
     def _untrack(self) -> None:
         if self._since is not None:
             self._since = None
             self._t.partial.discard(self)
+        if self._held:
+            if self._host is not None:
+                self._t.admission.hold(self._host, -self._held)
+            self._held = 0
+
+    def _over_budget(self, why: str) -> None:
+        """Its request would hold more memory than its address (or all) may: close."""
+        self._untrack()
+        metrics.inc("libproc/requests_over_budget")
+        self._t._complain(self._host or "?", "budget",
+                          "closing connections from %s whose incomplete requests hold more "
+                          f"bytes than connection limit max_buffered"
+                          f"{'_per_address' if why == 'per_address' else ''} allows")
+        if self._transport is not None:
+            self._transport.abort()
 
     def _release(self) -> None:
         self._untrack()
@@ -163,7 +187,7 @@ class _Inbound(_Incoming):
         if parser.claimed:
             self._hand_over(transport, parser.take_rest())
         elif self._since is not None or parser.partial:
-            self._track(parser.partial, bool(requests), len(data))
+            self._track(parser, bool(requests), len(data))
 
     def _malformed(self, transport: asyncio.Transport, exc: Exception) -> None:
         """Bytes that are not a request: plain HTTP (never a message) is answered 400 by the
@@ -285,7 +309,7 @@ class _HttpShim(_Incoming):
             metrics.inc("libproc/requests_malformed")
             self.refuse(error)
         elif self._since is not None or parser.partial:
-            self._track(parser.partial, bool(requests), len(data))
+            self._track(parser, bool(requests), len(data))
 
     def refuse(self, error: Exception) -> None:
         """Answer `error` after the requests before it, then close (see the class docstring)."""

@@ -325,4 +325,5 @@ class Transport:
         return {"inbound": admission.total, "outbound": len(self.outbound),
                 "inbound_addresses": admission.addresses(),
                 "inbound_busiest_address": admission.busiest(),
+                "inbound_buffered_bytes": admission.buffered,
                 "incomplete_requests": len(self.incoming.partial)}

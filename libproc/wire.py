@@ -92,7 +92,15 @@ class Limits:
     """Bounds on what one request may make us buffer."""
 
     max_head: int = 64 * 1024  # request line + headers
-    max_body: int = 16 * 1024 * 1024  # after de-chunking and decompression
+    max_body: int = 16 * 1024 * 1024  # of a message, after de-chunking and decompression
+    # of any other request (the HTTP path; at most max_body): aiohttp's own cap on a body
+    # that a route reads
+    max_http_body: int = 1024 * 1024
+
+    @property
+    def small_body(self) -> int:
+        """Bodies up to this size are within the cap of any request."""
+        return min(self.max_body, self.max_http_body)
     max_headers: int = 100
 
 
@@ -162,8 +170,8 @@ class RequestParser:
     handed to another HTTP server.
     """
 
-    __slots__ = ("limits", "_buf", "_state", "_req", "_remaining", "_chunks", "_size",
-                 "_passthrough", "_claimed", "_req_start", "error")
+    __slots__ = ("limits", "_buf", "_state", "_req", "_remaining", "_chunks", "_size", "_got",
+                 "_small", "_passthrough", "_claimed", "_req_start", "error")
 
     def __init__(
         self,
@@ -171,12 +179,14 @@ class RequestParser:
         passthrough: Callable[[Request], bool] | None = None,
     ) -> None:
         self.limits = limits or Limits()
+        self._small = self.limits.small_body
         self._buf = bytearray()
         self._state = _HEAD
         self._req: Request | None = None
         self._remaining = 0
         self._chunks: list[bytes] = []
-        self._size = 0
+        self._size = 0  # chunk sizes announced so far
+        self._got = 0  # bytes of the chunks received whole
         self._passthrough = passthrough
         self._claimed = False
         self._req_start = 0
@@ -190,6 +200,11 @@ class RequestParser:
     def partial(self) -> bool:
         """True while a request has begun but is not complete (bytes held, or a body due)."""
         return bool(self._buf) or self._state != _HEAD
+
+    @property
+    def held(self) -> int:
+        """Bytes held for requests not yet complete (what a slow peer costs us)."""
+        return len(self._buf) + (self._got if self._state >= _CHUNK_SIZE else 0)
 
     def take_rest(self) -> bytes:
         rest = bytes(self._buf)
@@ -248,7 +263,8 @@ class RequestParser:
                         if nl > pos and _HEX.fullmatch(buf, pos, nl):
                             n = int(buf[pos:nl], 16)
                             end = nl + 2 + n
-                            if n <= limits.max_body and buf[end : end + 7] == b"\r\n0\r\n\r\n":
+                            if (n <= self._small
+                                    and buf[end : end + 7] == b"\r\n0\r\n\r\n"):
                                 req.body = bytes(buf[nl + 2 : end])
                                 pos = end + 7
                                 out.append(self._finish())
@@ -275,9 +291,8 @@ class RequestParser:
                         self._state = _TRAILER
                         continue
                     self._size += n
-                    if self._size > limits.max_body:
-                        raise BadRequest(413, f"chunked body too large (the limit is "
-                                         f"{limits.max_body} bytes)", self._req)
+                    if self._size > self._small:
+                        self._check_size(self._size, "chunked body")
                     self._remaining = n
                     self._state = _CHUNK_DATA
                 elif state == _CHUNK_DATA:
@@ -295,6 +310,7 @@ class RequestParser:
                     else:
                         raise BadRequest(400, "chunk not followed by CRLF", self._req)
                     self._chunks.append(bytes(buf[pos:end]))
+                    self._got += need
                     pos = after
                     self._state = _CHUNK_SIZE
                 else:  # _TRAILER: lines until an empty one
@@ -381,7 +397,7 @@ class RequestParser:
             if codings[-1] != "chunked":
                 raise BadRequest(400, f"unsupported Transfer-Encoding {te[:40]!r}", req)
             self._chunks = []
-            self._size = 0
+            self._size = self._got = 0
             self._state = _CHUNK_SIZE
             return
         cl = req.headers.get("content-length")
@@ -389,15 +405,23 @@ class RequestParser:
             if not cl.isdigit() or not cl.isascii() or len(cl) > 15:
                 raise BadRequest(400, f"bad Content-Length {cl[:20]!r}", req)
             n = int(cl)
-            if n > self.limits.max_body:
-                raise BadRequest(413, f"body too large: Content-Length {n} is over the "
-                                 f"limit of {self.limits.max_body} bytes", req)
+            if n > self._small:
+                self._check_size(n, f"Content-Length {n}")
             if n:
                 self._remaining = n
                 self._state = _LENGTH
                 return
         self._req = None
         self._state = _HEAD
+
+    def _check_size(self, n: int, what: str) -> None:
+        """Raise 413 when a body of `n` bytes is over the cap of its request's kind."""
+        req = self._req
+        assert req is not None
+        cap = self.limits.max_body if is_message(req) else self.limits.small_body
+        if n > cap:
+            raise BadRequest(413, f"body too large: {what} is over the limit of {cap} bytes",
+                             req)
 
     def _finish(self) -> Request:
         req = self._req

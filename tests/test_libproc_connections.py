@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 import libproc
 from cluster_harness import Cluster, cluster  # noqa: F401 - cluster is a fixture
-from libproc import UPID, Clock, metrics
+from libproc import UPID, Clock, Process, metrics
 from libproc.connections import Admission, ConnectionLimits, overdue
 from libproc.inbound import Incoming
 from libproc.runtime import current
@@ -205,6 +206,26 @@ def test_bad_framing_is_a_bad_request_with_the_status_to_answer(framing: str,
         RequestParser(Limits(max_body=10)).feed(data)
     assert info.value.status == status
     assert info.value.request is not None and info.value.request.target == "/a/b"
+
+
+def test_admission_counts_the_bytes_of_incomplete_requests() -> None:
+    adm = Admission(ConnectionLimits(max_buffered_per_address=100, max_buffered=150))
+    assert adm.hold("a", 60) is None
+    assert adm.hold("a", 50) == "per_address"
+    assert adm.hold("a", -50) is None
+    assert adm.hold("b", 95) == "global"
+    assert adm.hold("b", -95) is None and adm.hold("a", -60) is None
+    assert adm.buffered == 0
+
+
+def test_parser_reports_the_bytes_it_holds_for_an_incomplete_request() -> None:
+    parser = RequestParser()
+    parser.feed(b"POST /a HTTP/1.1\r\nContent-Length: 10\r\n\r\n12345")
+    assert (parser.partial, parser.held) == (True, 5)
+    parser.feed(b"67890")
+    assert (parser.partial, parser.held) == (False, 0)
+    parser.feed(b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\nde")
+    assert parser.held == 3 + len(b"de")
 
 
 def test_identical_repeated_content_lengths_are_one() -> None:
@@ -529,7 +550,7 @@ async def test_a_body_over_the_cap_is_answered_413_not_reset(
     runtime: UPID, inbox: Inbox, chunked: bool
 ) -> None:
     # The client sends all of it before reading, as urllib and requests do.
-    cap = Limits().max_body
+    cap = Limits().max_http_body
     conn = await Conn.open(runtime.port, ATTACKER)
     body = b"x" * (cap + 1024 * 1024)
     if chunked:
@@ -548,19 +569,83 @@ async def test_a_body_over_the_cap_is_answered_413_not_reset(
     await nothing_left_behind(runtime.port, conn.local_port)
 
 
-async def test_a_route_reading_a_body_over_aiohttps_cap_answers_413_json(
-    runtime: UPID, inbox: Inbox
+class Strict(Process):
+    """Routes that raise aiohttp's HTTP exceptions."""
+
+    def __init__(self) -> None:
+        super().__init__("strict")
+
+    def initialize(self) -> None:
+        self.route("/forbidden", self._forbidden)
+        self.route("/moved", self._moved)
+
+    def _forbidden(self, request: Any) -> None:
+        raise web.HTTPForbidden(text="not yours")
+
+    def _moved(self, request: Any) -> None:
+        raise web.HTTPFound("/strict/forbidden")
+
+
+async def test_a_route_raising_an_http_error_answers_json_with_its_status(
+    runtime: UPID,
 ) -> None:
+    libproc.spawn(Strict())
+    await Clock.settle()
     conn = await Conn.open(runtime.port)
-    body = b"y" * (2 * 1024 * 1024)
-    conn.write(b"POST /inbox/upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
-               % len(body) + body)
-    status, _, answer = await conn.response()
-    assert status == 413
-    assert "exceeded" in json.loads(answer)["error"]
-    conn.write(b"POST /inbox/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
-    assert (await conn.response())[2] == b'{"size": 3}'
+    conn.write(b"GET /strict/forbidden HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, _, body = await conn.response()
+    assert (status, json.loads(body)) == (403, {"error": "not yours"})
+    conn.write(b"GET /strict/moved HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, headers, _ = await conn.response()
+    assert (status, headers["location"]) == (302, "/strict/forbidden")
     await conn.close()
+
+
+@pytest.mark.parametrize("after_get", [False, True], ids=["first", "after-get"])
+async def test_a_message_keeps_the_larger_message_cap(
+    runtime: UPID, inbox: Inbox, after_get: bool
+) -> None:
+    body = b"m" * (2 * Limits().max_http_body)
+    conn = await Conn.open(runtime.port)
+    conn.write((b"GET /inbox/text HTTP/1.1\r\nHost: x\r\n\r\n" if after_get else b"")
+               + message("inbox", "m", body))
+    if after_get:
+        assert (await conn.response())[0] == 200
+    assert (await conn.response())[0] == 202
+    await until(lambda: bodies(inbox) == [body])
+    too_big = message("inbox", "m", extra=f"Content-Length: {Limits().max_body + 1}\r\n")
+    conn.write(too_big.replace(b"Content-Length: 0\r\n", b""))
+    if after_get:  # on a handed-over connection: the HTTP path's answer
+        assert (await conn.response())[0] == 413
+    assert await conn.closed_without_response()
+    await conn.close()
+
+
+async def test_incomplete_requests_from_one_address_cannot_hold_unbounded_memory(
+    limited: Callable[[ConnectionLimits], Any],
+) -> None:
+    address, inbox = await limited(ConnectionLimits(max_buffered_per_address=1024 * 1024))
+    before = counter("requests_over_budget")
+    head = message("inbox", "m", extra=f"Content-Length: {4 * 1024 * 1024}\r\n").replace(
+        b"Content-Length: 0\r\n", b"")
+    hogs = []
+    for _ in range(3):  # each holds 400 KiB of a body it never finishes
+        hog = await Conn.open(address.port, ATTACKER)
+        hog.write(head + b"h" * 400 * 1024)
+        hogs.append(hog)
+        await until(lambda: counter("requests_over_budget") > before
+                    or incoming().admission.buffered >= 400 * 1024 * len(hogs))
+    assert counter("requests_over_budget") == before + 1
+    assert await still_open(hogs[0]) and await still_open(hogs[1])
+    assert await hogs[2].closed_without_response()
+    # Another address still gets its large message through.
+    client = await Conn.open(address.port)
+    client.write(message("inbox", "m", b"c" * 600 * 1024))
+    assert (await client.response())[0] == 202
+    await until(lambda: len(inbox.got) == 1)
+    for conn in [*hogs, client]:
+        await conn.close()
+    await until(lambda: incoming().admission.buffered == 0)
 
 
 async def test_a_peer_cannot_forge_the_transports_refusal_header(
