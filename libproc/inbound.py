@@ -119,6 +119,8 @@ class _Incoming(asyncio.Protocol):
 
 
 class _Inbound(_Incoming):
+    """A connection as accepted: messages answered here, anything else handed to aiohttp."""
+
     __slots__ = ("_parser", "_paused")
 
     def __init__(self, owner: Incoming) -> None:
