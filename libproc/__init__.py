@@ -15,6 +15,7 @@ Everything not listed in `__all__` may change without notice.
 """
 
 from libproc.clock import Clock, Timer, sleep
+from libproc.connections import ConnectionLimits
 from libproc.delay import delay
 from libproc.dispatch import defer, dispatch
 from libproc.errors import (
@@ -56,6 +57,7 @@ __all__ = [
     "stop",
     "run",
     "address",
+    "ConnectionLimits",
     "metrics",
     "LibprocError",
     "NotRunningError",

@@ -62,6 +62,9 @@ class HttpServer:
             pass
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        refused = request.headers.get(wire.REFUSAL_HEADER)
+        if refused is not None:  # only the transport sends it (it strips peers' copies)
+            return self._refused(request, refused)
         headers = {k.lower(): v for k, v in request.headers.items()}
         if request.method == "POST" and (
             "libprocess-from" in headers
@@ -94,6 +97,10 @@ class HttpServer:
                 result = await result
         except FutureDiscardedError:  # the process terminated before it served the request
             return json_error(503, f"process {proc.id!r} terminated before serving {rest!r}")
+        except web.HTTPError as exc:  # e.g. aiohttp's 413 from read() past client_max_size
+            return json_error(exc.status, exc.text or exc.reason)
+        except web.HTTPException:  # a redirect or success raised by the route: aiohttp's
+            raise
         except Exception as exc:  # a route that raised: 500 with the reason, actor lives on
             metrics.inc("libproc/http_handler_errors")
             log.error("%s %s raised", proc.id, rest, exc_info=exc)
@@ -101,8 +108,16 @@ class HttpServer:
         return to_response(result)
 
     async def _message(self, request: web.BaseRequest, headers: dict[str, str]) -> web.Response:
-        body = await request.read()
+        # Not request.read(): its 1 MiB cap is the HTTP path's, a message may have max_body.
         # aiohttp has already undone any Content-Encoding: do not decode the body twice.
+        max_body = self.rt.transport.limits.max_body
+        received = bytearray()
+        while chunk := await request.content.readany():
+            received += chunk
+            if len(received) > max_body:  # a compressed body that grows past the cap
+                metrics.inc("libproc/messages_rejected")
+                return web.Response(status=400)
+        body = bytes(received)
         headers.pop("content-encoding", None)
         req = wire.Request(request.method, request.raw_path, "HTTP/1.1", headers, body)
         result = wire.classify(req, self.rt.transport.limits)
@@ -110,6 +125,21 @@ class HttpServer:
             return web.Response(status=self.rt._deliver_remote(result))
         metrics.inc("libproc/messages_rejected")
         return web.Response(status=result.status)
+
+    @staticmethod
+    def _refused(request: web.BaseRequest, value: str) -> web.StreamResponse:
+        """Answer a request the transport refused (its framing was bad), then close.
+
+        Status 0: bytes that were not HTTP; close without an answer (DESIGN.md §2.1)."""
+        status_text, _, reason = value.partition(" ")
+        status = int(status_text) if status_text.isdigit() else 0
+        if not 400 <= status < 600:
+            if request.transport is not None:
+                request.transport.close()  # after the answers already written
+            return web.Response(status=400)  # never written: the transport is closing
+        response = json_error(status, unquote(reason) or "bad request")
+        response.force_close()
+        return response
 
     def _builtin(self, first: str, rest: str) -> web.Response | None:
         if first == "__processes__":
@@ -121,8 +151,8 @@ class HttpServer:
         if first == "metrics" and rest == "/snapshot" and "metrics" not in self.rt.processes:
             snap = metrics.snapshot()
             snap["libproc/processes"] = len(self.rt.processes)
-            snap["libproc/connections_inbound"] = len(self.rt.transport.inbound)
-            snap["libproc/connections_outbound"] = len(self.rt.transport.outbound)
+            for key, value in self.rt.transport.stats().items():
+                snap[f"libproc/connections_{key}"] = value
             return web.json_response(snap)
         if first == "health" and rest == "/" and "health" not in self.rt.processes:
             return web.json_response({"healthy": True, "processes": len(self.rt.processes)})

@@ -18,6 +18,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from libproc import wire
+from libproc.connections import ConnectionLimits
 from libproc.errors import NotRunningError
 from libproc.future import Future, Promise
 from libproc.metrics import metrics
@@ -33,7 +34,8 @@ T = TypeVar("T")
 
 
 class Runtime:
-    def __init__(self, loop: asyncio.AbstractEventLoop, limits: wire.Limits | None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, limits: wire.Limits | None,
+                 connection_limits: ConnectionLimits | None = None) -> None:
         self.loop = loop
         self.processes: dict[str, Process] = {}
         self.address = UPID("", "127.0.0.1", 0)
@@ -42,7 +44,8 @@ class Runtime:
         self.local_ports: set[int] = set()
         self.delegate: str | None = None
         self.started_at = time.time()
-        self.transport = Transport(self._deliver_remote, self._connection_lost, limits)
+        self.transport = Transport(self._deliver_remote, self._connection_lost, limits,
+                                   connection_limits)
         # Links: linkee UPID -> linker processes (local linkees), and per remote address.
         self.local_links: dict[str, set[Process]] = {}
         self.remote_links: dict[tuple[str, int], set[tuple[Process, UPID]]] = {}
@@ -190,12 +193,16 @@ async def start(
     advertise_port: int | None = None,
     delegate: str | None = None,
     limits: wire.Limits | None = None,
+    connection_limits: ConnectionLimits | None = None,
 ) -> UPID:
     """Bind the listening socket and start the runtime on the running loop.
 
     Unset arguments come from LIBPROCESS_IP / LIBPROCESS_PORT / LIBPROCESS_ADVERTISE_IP /
     LIBPROCESS_ADVERTISE_PORT, then the defaults: bind 0.0.0.0, a random free port. Returns
-    the advertised address as a UPID with an empty id.
+    the advertised address as a UPID with an empty id. `limits` bound one request's size,
+    `connection_limits` the incoming connections per address and in total, and how long a
+    request may take to arrive (libproc.connections; unset: the defaults, overridden by
+    LIBPROCESS_MAX_CONNECTIONS / _MAX_CONNECTIONS_PER_ADDRESS / _REQUEST_TIMEOUT).
     """
     global _runtime
     if _runtime is not None:
@@ -209,7 +216,9 @@ async def start(
     if advertise_port is None:
         advertise_port = _env_port("LIBPROCESS_ADVERTISE_PORT")
 
-    rt = Runtime(asyncio.get_running_loop(), limits)
+    if connection_limits is None:
+        connection_limits = ConnectionLimits.from_env(os.environ)
+    rt = Runtime(asyncio.get_running_loop(), limits, connection_limits)
     rt.delegate = delegate
     bound_host, bound_port = await rt.transport.listen(host, port)
     adv_host = advertise_host or _default_advertise_ip(bound_host)

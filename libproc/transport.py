@@ -1,14 +1,8 @@
 """Sockets: the listener for incoming messages and the pool of outgoing connections.
 
-Incoming: a raw asyncio Protocol parses requests with wire.RequestParser. Messages are
-delivered and answered (202/404/400/500) in request order; the first request on a connection
-that is not a message (a browser, curl, an HTTP client) hands the connection to aiohttp's web
-server, behind `_HttpShim`: our parser still reads every request and aiohttp gets each one
-re-encoded canonically (Content-Length framing, a Host header added when missing, which
-aiohttp's parser would refuse), so messages that follow on such a connection are delivered
-(through http.py) under the same framing rules as anywhere else. A connection that sends
-bytes that are not HTTP is closed without a response (requests before those bytes are
-answered first); otherwise we never close an incoming connection.
+Incoming (inbound.py): messages are delivered and answered in request order, other HTTP
+requests are handed to aiohttp; connections are bounded per address and in total, a request
+incomplete for too long is closed, an idle connection never is (DESIGN.md §2.1).
 
 Outgoing: one connection per remote `host:port`, shared by every local process. Sends are
 queued and flushed once per event-loop turn (pipelined; we never wait for the 202s, whose bytes
@@ -28,6 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 from libproc import wire
+from libproc.connections import ConnectionLimits
+from libproc.inbound import Incoming
 from libproc.metrics import metrics
 
 __all__ = ["Transport"]
@@ -36,171 +32,12 @@ log = logging.getLogger("libproc.transport")
 
 IDLE_CLOSE_SECONDS = 10.0
 DRAIN_TIMEOUT_SECONDS = 5.0
-# Stop reading from a peer whose answers we cannot write (it does not read its 202s).
-_WRITE_HIGH_WATER = 4 * 1024 * 1024
-_MAX_CONNECTIONS = 10_000
 # Most bytes held for one outgoing connection (queued while connecting + unsent writes)
 # once its peer has STALLED: taken nothing for STALL_SECONDS. A healthy peer is never cut
 # off, however big a burst (libprocess buffers without bound too); a peer that stops reading,
 # or a connect that hangs, costs at most this much memory, then its messages are dropped.
 MAX_BUFFERED = 64 * 1024 * 1024
 STALL_SECONDS = 5.0
-
-
-class _Inbound(asyncio.Protocol):
-    __slots__ = ("_t", "_transport", "_parser", "_paused")
-
-    def __init__(self, owner: Transport) -> None:
-        self._t = owner
-        self._transport: asyncio.Transport | None = None
-        self._parser = wire.RequestParser(owner.limits, passthrough=self._is_not_message)
-        self._paused = False
-
-    @staticmethod
-    def _is_not_message(req: wire.Request) -> bool:
-        return not wire.is_message(req)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        owner = self._t
-        owner.inbound.add(self)
-        if len(owner.inbound) > _MAX_CONNECTIONS:
-            metrics.inc("libproc/connections_refused")
-            transport.abort()
-            return
-        transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._t.inbound.discard(self)
-        self._transport = None
-
-    def pause_writing(self) -> None:
-        if self._transport is not None and not self._paused:
-            self._paused = True
-            self._transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self._transport is not None and self._paused:
-            self._paused = False
-            self._transport.resume_reading()
-
-    def data_received(self, data: bytes) -> None:
-        transport = self._transport
-        if transport is None:
-            return
-        try:
-            requests = self._parser.feed(data)
-        except Exception as exc:  # WireError, or anything a hostile peer provokes
-            metrics.inc("libproc/requests_malformed")
-            log.debug("closing connection from %s: %s",
-                      transport.get_extra_info("peername"), exc)
-            transport.abort()
-            self._transport = None
-            return
-        if requests:
-            deliver = self._t.deliver
-            limits = self._t.limits
-            out = []
-            for req in requests:
-                result = wire.classify(req, limits)
-                if isinstance(result, wire.Message):
-                    out.append(wire.RESPONSES[deliver(result)])
-                else:
-                    metrics.inc("libproc/messages_rejected")
-                    out.append(wire.RESPONSES[result.status])
-            transport.write(out[0] if len(out) == 1 else b"".join(out))
-            if self._parser.error is not None:
-                # Bad bytes after good requests: answer those (close() flushes), then close.
-                metrics.inc("libproc/requests_malformed")
-                log.debug("closing connection from %s: %s",
-                          transport.get_extra_info("peername"), self._parser.error)
-                transport.close()
-                self._transport = None
-                return
-        if self._parser.claimed:
-            self._hand_over(transport, self._parser.take_rest())
-
-    def _hand_over(self, transport: asyncio.Transport, rest: bytes) -> None:
-        """Give the connection to aiohttp (through the shim): it serves routes."""
-        self._t.inbound.discard(self)
-        self._transport = None
-        factory = self._t.http_factory
-        if factory is None:
-            transport.write(wire.RESPONSES[404])
-            transport.close()
-            return
-        shim = _HttpShim(factory(), self._t.limits, transport)
-        transport.set_protocol(shim)
-        shim.connection_made(transport)
-        if self._paused:
-            transport.resume_reading()
-        if rest:
-            shim.data_received(rest)
-
-    def eof_received(self) -> bool:
-        return False  # close when the peer closes its side
-
-
-class _HttpShim(asyncio.Protocol):
-    """Between the socket and aiohttp on a handed-over connection; see the module docstring."""
-
-    __slots__ = ("_inner", "_parser", "_host", "_transport", "_dead")
-
-    def __init__(self, inner: asyncio.Protocol, limits: wire.Limits,
-                 transport: asyncio.Transport) -> None:
-        self._inner = inner
-        self._transport = transport
-        self._dead = False
-        self._parser = wire.RequestParser(limits)
-        local = transport.get_extra_info("sockname")
-        self._host = f"{local[0]}:{local[1]}" if isinstance(local, tuple) else "localhost"
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._inner.connection_made(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
-
-    def data_received(self, data: bytes) -> None:
-        if self._dead:
-            return
-        try:
-            requests = self._parser.feed(data)
-        except Exception:  # WireError, or anything a hostile peer provokes
-            requests, error = [], True
-        else:
-            error = self._parser.error is not None
-        if requests:
-            self._inner.data_received(b"".join(self._canonical(r) for r in requests))
-        if error:
-            metrics.inc("libproc/requests_malformed")
-            # Read no more; aiohttp answers the requests it has, then closes.
-            self._dead = True
-            self._transport.pause_reading()
-            close = getattr(self._inner, "close", None)  # aiohttp's RequestHandler.close()
-            if callable(close):
-                close()
-            else:
-                self._transport.close()
-
-    def _canonical(self, req: wire.Request) -> bytes:
-        head = [f"{req.method} {req.target} {req.version}"]
-        head += [f"{name}: {value}" for name, value in req.headers.items()
-                 if name not in ("content-length", "transfer-encoding")]
-        if "host" not in req.headers:
-            head.append(f"host: {self._host}")
-        head.append(f"content-length: {len(req.body)}")
-        return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + req.body
 
 
 class _Outbound(asyncio.Protocol):
@@ -356,22 +193,30 @@ class Transport:
         deliver: Callable[[wire.Message], int],
         on_lost: Callable[[tuple[str, int], bool], None],
         limits: wire.Limits | None = None,
+        connection_limits: ConnectionLimits | None = None,
     ) -> None:
-        self.deliver = deliver
         self._on_lost = on_lost
         self.limits = limits or wire.Limits()
-        self.inbound: set[_Inbound] = set()
+        self.incoming = Incoming(deliver, self.limits, connection_limits)
         self.outbound: dict[tuple[str, int], _Outbound] = {}
-        self.http_factory: Callable[[], asyncio.Protocol] | None = None
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._resolved: dict[str, str] = {}
         self._pending: set[asyncio.Task[None]] = set()
 
+    @property
+    def http_factory(self) -> Callable[[], asyncio.Protocol] | None:
+        """Makes aiohttp's protocol for a connection handed over (set by the runtime)."""
+        return self.incoming.http_factory
+
+    @http_factory.setter
+    def http_factory(self, factory: Callable[[], asyncio.Protocol] | None) -> None:
+        self.incoming.http_factory = factory
+
     async def listen(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Inbound(self), host, port, reuse_address=True, backlog=1024,
+            self.incoming.protocol, host, port, reuse_address=True, backlog=1024,
             family=socket.AF_INET,
         )
         sock = self._server.sockets[0]
@@ -438,6 +283,7 @@ class Transport:
             if (not conn.persistent and conn.state == "open" and not conn._queue
                     and now - conn.last_used > IDLE_CLOSE_SECONDS):
                 conn.close_gracefully()
+        self.incoming.check_reaper()
         loop = asyncio.get_running_loop()
         self._sweeper = loop.call_later(1.0, self._sweep)
 
@@ -454,9 +300,7 @@ class Transport:
         for conn in list(self.outbound.values()):
             conn.abandoned = True
             conn.close_gracefully()
-        for inbound in list(self.inbound):
-            if inbound._transport is not None:
-                inbound._transport.close()
+        self.incoming.close()
         for task in list(self._pending):
             task.cancel()
         # Give draining connections a moment to see the peer's close.
@@ -475,4 +319,11 @@ class Transport:
                 pass
 
     def stats(self) -> dict[str, Any]:
-        return {"inbound": len(self.inbound), "outbound": len(self.outbound)}
+        """Gauges for /metrics/snapshot: `inbound` counts every incoming connection held
+        (messages and HTTP alike), `inbound_addresses` the addresses holding them."""
+        admission = self.incoming.admission
+        return {"inbound": admission.total, "outbound": len(self.outbound),
+                "inbound_addresses": admission.addresses(),
+                "inbound_busiest_address": admission.busiest(),
+                "inbound_buffered_bytes": admission.buffered,
+                "incomplete_requests": len(self.incoming.partial)}

@@ -5,10 +5,17 @@ use: chunked or Content-Length bodies (optionally gzip-encoded), HTTP/1.0 or 1.1
 line ends, with or without Host or User-Agent. Sizes are bounded (`Limits`) so that one peer
 cannot make us buffer without end. No sockets here and no aiohttp: this module is fed bytes
 and returns values, so it is tested (and fuzzed) without a network.
+
+Errors come in two kinds: bytes that are not HTTP at all (WireError: libprocess closes the
+connection without a response), and a request whose line parsed but whose headers or framing
+are invalid (BadRequest, a WireError carrying the status an HTTP server answers, 400 or 413,
+and the request head when it is known). The transport answers a BadRequest on the HTTP path
+and closes silently on the message path (DESIGN.md §2.1).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import zlib
 from collections.abc import Callable
@@ -20,6 +27,9 @@ from libproc.pid import UPID
 
 __all__ = [
     "encode_message",
+    "error_response",
+    "BadRequest",
+    "REFUSAL_HEADER",
     "Limits",
     "Request",
     "RequestParser",
@@ -38,6 +48,23 @@ RESPONSES = {
     413: b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n",
     500: b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n",
 }
+_REASONS = {400: "Bad Request", 404: "Not Found", 413: "Payload Too Large",
+            503: "Service Unavailable"}
+
+# The header of the request that the transport hands aiohttp in place of a request it refused
+# (`<status> <percent-encoded reason>`, status 0: close without answering), so that aiohttp
+# answers it in pipeline order. Stripped from every request a peer sends.
+REFUSAL_HEADER = "x-libproc-refused"
+
+
+def error_response(status: int, reason: str) -> bytes:
+    """A complete JSON error answer (`{"error": reason}`) that closes the connection."""
+    body = json.dumps({"error": reason}).encode()
+    return (
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
 
 
 def encode_message(sender: str, receiver_id: str, name: str, host: str, body: bytes) -> bytes:
@@ -65,7 +92,15 @@ class Limits:
     """Bounds on what one request may make us buffer."""
 
     max_head: int = 64 * 1024  # request line + headers
-    max_body: int = 16 * 1024 * 1024  # after de-chunking and decompression
+    max_body: int = 16 * 1024 * 1024  # of a message, after de-chunking and decompression
+    # of any other request (the HTTP path; at most max_body): aiohttp's own cap on a body
+    # that a route reads
+    max_http_body: int = 1024 * 1024
+
+    @property
+    def small_body(self) -> int:
+        """Bodies up to this size are within the cap of any request."""
+        return min(self.max_body, self.max_http_body)
     max_headers: int = 100
 
 
@@ -79,6 +114,18 @@ class Request:
     headers: dict[str, str]
     body: bytes = b""
     keep_alive: bool = True
+
+
+class BadRequest(WireError):
+    """A request whose line parsed but whose headers or framing are invalid.
+
+    `status` is what an HTTP server answers (400, or 413 for a body over the cap); `request`
+    is the parsed head when known (its headers may be empty when they did not parse)."""
+
+    def __init__(self, status: int, reason: str, request: Request | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.request = request
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,18 +160,18 @@ _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _TRAILER = range(5)
 class RequestParser:
     """Incremental HTTP/1.x request parser. `feed(data)` returns the requests completed.
 
-    Raises WireError (the connection must be closed without a response) for bytes that are
-    not HTTP or break a limit. Requests completed before the bad bytes in the same `feed` are
-    still returned (so the outcome does not depend on how TCP split the stream); the error is
-    then kept in `error` and raised by the next `feed`.
+    Raises WireError for bytes that are not HTTP or break a limit (BadRequest when the
+    request line parsed: see the module docstring). Requests completed before the bad bytes
+    in the same `feed` are still returned (so the outcome does not depend on how TCP split
+    the stream); the error is then kept in `error` and raised by the next `feed`.
 
     `passthrough(request)` may claim a request whose head has just been parsed: the parser
     stops, and `take_rest()` returns the raw bytes from the start of that request on, to be
     handed to another HTTP server.
     """
 
-    __slots__ = ("limits", "_buf", "_state", "_req", "_remaining", "_chunks", "_size",
-                 "_passthrough", "_claimed", "_req_start", "error")
+    __slots__ = ("limits", "_buf", "_state", "_req", "_remaining", "_chunks", "_size", "_got",
+                 "_small", "_passthrough", "_claimed", "_req_start", "error")
 
     def __init__(
         self,
@@ -132,12 +179,14 @@ class RequestParser:
         passthrough: Callable[[Request], bool] | None = None,
     ) -> None:
         self.limits = limits or Limits()
+        self._small = self.limits.small_body
         self._buf = bytearray()
         self._state = _HEAD
         self._req: Request | None = None
         self._remaining = 0
         self._chunks: list[bytes] = []
-        self._size = 0
+        self._size = 0  # chunk sizes announced so far
+        self._got = 0  # bytes of the chunks received whole
         self._passthrough = passthrough
         self._claimed = False
         self._req_start = 0
@@ -146,6 +195,16 @@ class RequestParser:
     @property
     def claimed(self) -> bool:
         return self._claimed
+
+    @property
+    def partial(self) -> bool:
+        """True while a request has begun but is not complete (bytes held, or a body due)."""
+        return bool(self._buf) or self._state != _HEAD
+
+    @property
+    def held(self) -> int:
+        """Bytes held for requests not yet complete (what a slow peer costs us)."""
+        return len(self._buf) + (self._got if self._state >= _CHUNK_SIZE else 0)
 
     def take_rest(self) -> bytes:
         rest = bytes(self._buf)
@@ -204,7 +263,8 @@ class RequestParser:
                         if nl > pos and _HEX.fullmatch(buf, pos, nl):
                             n = int(buf[pos:nl], 16)
                             end = nl + 2 + n
-                            if n <= limits.max_body and buf[end : end + 7] == b"\r\n0\r\n\r\n":
+                            if (n <= self._small
+                                    and buf[end : end + 7] == b"\r\n0\r\n\r\n"):
                                 req.body = bytes(buf[nl + 2 : end])
                                 pos = end + 7
                                 out.append(self._finish())
@@ -220,19 +280,19 @@ class RequestParser:
                     nl = buf.find(b"\n", pos)
                     if nl < 0:
                         if len(buf) - pos > 1024:
-                            raise WireError("chunk size line too long")
+                            raise BadRequest(400, "chunk size line too long", self._req)
                         break
                     line = bytes(buf[pos:nl]).rstrip(b"\r").split(b";", 1)[0].strip()
                     if not _HEX.fullmatch(line):
-                        raise WireError(f"bad chunk size {line[:20]!r}")
+                        raise BadRequest(400, f"bad chunk size {line[:20]!r}", self._req)
                     n = int(line, 16)
                     pos = nl + 1
                     if n == 0:
                         self._state = _TRAILER
                         continue
                     self._size += n
-                    if self._size > limits.max_body:
-                        raise WireError("chunked body too large")
+                    if self._size > self._small:
+                        self._check_size(self._size, "chunked body")
                     self._remaining = n
                     self._state = _CHUNK_DATA
                 elif state == _CHUNK_DATA:
@@ -248,15 +308,16 @@ class RequestParser:
                     elif avail < need + 2:
                         break
                     else:
-                        raise WireError("chunk not followed by CRLF")
+                        raise BadRequest(400, "chunk not followed by CRLF", self._req)
                     self._chunks.append(bytes(buf[pos:end]))
+                    self._got += need
                     pos = after
                     self._state = _CHUNK_SIZE
                 else:  # _TRAILER: lines until an empty one
                     nl = buf.find(b"\n", pos)
                     if nl < 0:
                         if len(buf) - pos > limits.max_head:
-                            raise WireError("trailer too large")
+                            raise BadRequest(400, "trailer too large", self._req)
                         break
                     trailer = buf[pos:nl].rstrip(b"\r")
                     pos = nl + 1
@@ -287,7 +348,14 @@ class RequestParser:
         # A peer repeats the same header block on every message: parse each block once.
         headers = _HEADER_CACHE.get(block)
         if headers is None:
-            headers = self._parse_headers(block)
+            try:
+                headers = self._parse_headers(block)
+            except WireError as exc:
+                # Only a POST can be a libprocess message: any other method is plain HTTP,
+                # answered 400. A POST whose headers do not parse may be a message: not HTTP.
+                if method == "POST":
+                    raise
+                raise BadRequest(400, str(exc), Request(method, target, version, {})) from None
             if len(_HEADER_CACHE) >= _HEADER_CACHE_SIZE:
                 _HEADER_CACHE.clear()
             _HEADER_CACHE[block] = headers
@@ -313,9 +381,10 @@ class RequestParser:
             name = name.lower()
             value = line[colon + 1 :].strip(" \t")
             if name in headers:
-                if name == "content-length" and headers[name] != value:
-                    raise WireError("conflicting Content-Length headers")
-                headers[name] = f"{headers[name]}, {value}" if name != "content-length" else value
+                # Repeated identical Content-Lengths are one; different ones join into a
+                # value that is not a number, refused (400) once the request is known.
+                if name != "content-length" or headers[name] != value:
+                    headers[name] = f"{headers[name]}, {value}"
             else:
                 headers[name] = value
         return headers
@@ -326,24 +395,33 @@ class RequestParser:
         if te is not None:
             codings = [c.strip().lower() for c in te.split(",")]
             if codings[-1] != "chunked":
-                raise WireError(f"unsupported Transfer-Encoding {te[:40]!r}")
+                raise BadRequest(400, f"unsupported Transfer-Encoding {te[:40]!r}", req)
             self._chunks = []
-            self._size = 0
+            self._size = self._got = 0
             self._state = _CHUNK_SIZE
             return
         cl = req.headers.get("content-length")
         if cl is not None:
-            if not cl.isdigit() or len(cl) > 15:
-                raise WireError(f"bad Content-Length {cl[:20]!r}")
+            if not cl.isdigit() or not cl.isascii() or len(cl) > 15:
+                raise BadRequest(400, f"bad Content-Length {cl[:20]!r}", req)
             n = int(cl)
-            if n > self.limits.max_body:
-                raise WireError("Content-Length too large")
+            if n > self._small:
+                self._check_size(n, f"Content-Length {n}")
             if n:
                 self._remaining = n
                 self._state = _LENGTH
                 return
         self._req = None
         self._state = _HEAD
+
+    def _check_size(self, n: int, what: str) -> None:
+        """Raise 413 when a body of `n` bytes is over the cap of its request's kind."""
+        req = self._req
+        assert req is not None
+        cap = self.limits.max_body if is_message(req) else self.limits.small_body
+        if n > cap:
+            raise BadRequest(413, f"body too large: {what} is over the limit of {cap} bytes",
+                             req)
 
     def _finish(self) -> Request:
         req = self._req

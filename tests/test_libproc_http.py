@@ -40,10 +40,13 @@ class Conn:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.local_port: int = writer.get_extra_info("sockname")[1]
 
     @classmethod
-    async def open(cls, port: int) -> Conn:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+    async def open(cls, port: int, source: str = "127.0.0.1") -> Conn:
+        """Connect to 127.0.0.1:`port` from the address `source` (any of 127/8)."""
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0)), 5)
         return cls(reader, writer)
 
     def write(self, data: bytes) -> None:
@@ -139,6 +142,7 @@ class Inbox(Process):
         self.route("/", lambda r: "catch-all")
         self.route("/deep/er", lambda r: f"deeper:{r.path}")
         self.route("/boom", self._boom)
+        self.route("/upload", self._upload)
 
     def _got(self, name: str, sender: UPID, body: bytes) -> None:
         self.got.append((name, sender, body))
@@ -150,6 +154,9 @@ class Inbox(Process):
 
     def _boom(self, request: Any) -> None:
         raise RuntimeError("route bug")
+
+    async def _upload(self, request: Any) -> dict[str, int]:
+        return {"size": len(await request.read())}  # aiohttp caps a body it reads at 1 MiB
 
     async def wait_for(self, n: int) -> None:
         async def loop() -> None:
