@@ -2,7 +2,12 @@
 
 Decisions live in pure modules (`scheduler`, `tasks`, `api`); this process does the I/O.
 Guarantees it keeps:
-- A submitted task is committed to the database before its id is returned.
+- Submits are atomic: tasks are created in the database (ids and rows in one transaction)
+  before the actor learns of them, so an error answer leaves no task anywhere and an answer
+  with ids means durable tasks. A kill that the database alone decides (a PENDING task, or
+  one whose slave is gone) is answered only once KILLED is committed; 503 changes nothing.
+- A record the database refuses is refused alone and not re-saved until it changes; saves
+  that failed because the database was unavailable are re-saved once it is back.
 - A launch is sent only after the task's STAGING state is committed.
 - A terminal status update is acknowledged to the slave only after it is committed, so an
   acknowledged result is never lost; duplicates and late updates are acknowledged and
@@ -14,8 +19,9 @@ Guarantees it keeps:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
-import json
+import hmac
 import logging
 import secrets
 import time
@@ -31,8 +37,18 @@ import libproc
 from libproc import UPID, ProtobufProcess, defer, delay
 from libproc.future import as_future
 from master import scheduler
-from master.api import ApiError, parse_submit
-from master.store import Store, StoreError
+from master.api import (
+    LIMITS,
+    ApiError,
+    TaskSpec,
+    decode_json,
+    parse_log_query,
+    parse_states,
+    parse_submit,
+    parse_task_id,
+    shown,
+)
+from master.store import RecordRefused, Store, StoreError
 from master.task_index import TaskIndex, task_key
 from master.tasks import ACTIVE_STATES, STATES, TERMINAL_STATES, TaskRecord
 from protos import cluster_pb2 as pb
@@ -102,10 +118,11 @@ class Master(ProtobufProcess):
         self._launch_seq = 0
         self._last_save: dict[str, asyncio.Future[None]] = {}
         self._dirty: set[str] = set()
+        self._kills: dict[str, asyncio.Future[str | None]] = {}  # kills being committed
         self._started = time.time()
         self._counters = {"status_updates": 0, "status_updates_ignored": 0,
                           "progress_reports": 0, "launches": 0, "registrations_refused": 0,
-                          "scheduling_passes": 0}
+                          "scheduling_passes": 0, "records_refused": 0}
         self._recovering_until: float | None = None
         self._index = TaskIndex()  # the PENDING queue and launched tasks
         self._schedule_queued = False
@@ -124,6 +141,7 @@ class Master(ProtobufProcess):
         self.route("/slaves", self._slaves_json)
         self.route("/tasks", self._tasks_http)
         self.route("/", self._not_found)
+        libproc.add_health_check(f"{self.id}.store", self.store.fault)
         for record in self.store.load_tasks_blocking():
             self.tasks[record.id] = record
             self._index.note(record)
@@ -138,6 +156,7 @@ class Master(ProtobufProcess):
         self._schedule()
 
     async def finalize(self) -> None:
+        libproc.remove_health_check(f"{self.id}.store")
         try:
             await self.store.flush()
         except StoreError as exc:
@@ -408,15 +427,26 @@ class Master(ProtobufProcess):
         return fut
 
     def _forget_save(self, tid: str, fut: asyncio.Future[None]) -> None:
-        # Runs on the loop between events; `_last_save` is only a cache of in-flight saves.
-        if self._last_save.get(tid) is fut:
-            del self._last_save[tid]
-        if not fut.cancelled() and fut.exception() is not None:
-            log.error("could not persist task %s (will retry): %s", tid, fut.exception())
+        # Runs on the loop between events. `_last_save` holds the last save of each task
+        # until it commits: a failed one stays until a re-save replaces it, so a repeated
+        # status update is never acknowledged on the strength of a save that failed.
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is None:
+            if self._last_save.get(tid) is fut:
+                del self._last_save[tid]
+        elif isinstance(exc, RecordRefused):  # the store logged it; re-saving cannot help
+            self._counters["records_refused"] += 1
+        else:  # the database is unavailable (the store logs that once): re-save later
+            log.debug("could not persist task %s (will retry): %s", tid, exc)
             libproc.dispatch(self.pid, self._dirty.add, tid)
 
     def _resave_dirty(self) -> None:
-        """Re-save records whose last save failed, so memory and database converge."""
+        """Re-save records whose last save failed, so memory and database converge.
+
+        Waits while the store reports a fault: the store probes by itself and the first
+        heartbeat after it recovers re-saves everything at once."""
+        if self.store.fault() is not None:
+            return
         dirty, self._dirty = self._dirty, set()
         for tid in dirty:
             rec = self.tasks.get(tid)
@@ -516,38 +546,47 @@ class Master(ProtobufProcess):
             lines.append((key, str(value)))
         for key, stat in self.store.stats().items():
             lines.append((f"store_{key}", f"{stat:g}" if isinstance(stat, float) else str(stat)))
+        lines.append(("store_fault", " ".join((self.store.fault() or "-").split())))
         text = "".join(f"{k} {v}\n" for k, v in lines)
         return web.Response(text=text, content_type="text/plain")
 
     def _state_json(self, request: web.BaseRequest) -> web.Response:
+        fault = self.store.fault()
         return web.json_response({
             "version": VERSION, "pid": str(self.pid), "started_at": self._started,
             "uptime_secs": time.time() - self._started,
             "slaves": [s.to_json() for s in self.slaves.values()],
             "task_counts": self._counts(), "slave_counts": self._slave_counts(),
+            "store": {"healthy": fault is None, "fault": fault},
         })
 
     def _slaves_json(self, request: web.BaseRequest) -> web.Response:
         return web.json_response({"slaves": [s.to_json() for s in self.slaves.values()]})
 
     def _not_found(self, request: web.BaseRequest) -> web.Response:
-        return _error(404, f"no endpoint {request.method} {request.path}; see /master/state, "
-                      "/master/tasks, /master/slaves, /master/vars")
+        return _error(404, f"no endpoint {request.method} {shown(request.path, 80)}; see "
+                      "/master/state, /master/tasks, /master/slaves, /master/vars")
 
     def _authorized(self, request: web.BaseRequest) -> bool:
+        """The API secret, when set, as `Authorization: Bearer …` or `X-Cluster-Secret`;
+        compared in constant time (on bytes: headers may carry any byte)."""
         if self.config.secret is None:
             return True
         header = request.headers.get("Authorization", "")
         token = header[7:] if header.startswith("Bearer ") else request.headers.get(
             "X-Cluster-Secret", "")
-        return token == self.config.secret
+        return hmac.compare_digest(token.encode("utf-8", "surrogateescape"),
+                                   self.config.secret.encode("utf-8", "surrogateescape"))
 
     def _tasks_http(self, request: web.BaseRequest) -> Any:
-        path = request.path
-        base = f"/{self.id}/tasks"
-        rest = path[len(base):] if path.startswith(base) else path[len("/tasks"):]
-        parts = [unquote(p) for p in rest.strip("/").split("/") if p]
         method = request.method
+        # Segments of the raw path, each percent-decoded once (request.path is decoded
+        # already: decoding it again would turn %2531 into 1).
+        segments = [unquote(p) for p in request.raw_path.split("?", 1)[0].split("/")]
+        segments = segments[1:]
+        if segments and segments[0] == self.id:
+            segments = segments[1:]
+        parts = [p for p in segments[1:] if p]  # after "tasks"
         if not parts:
             if method == "GET":
                 return self._list_tasks(request)
@@ -558,10 +597,17 @@ class Master(ProtobufProcess):
                     return _error(401, "wrong or missing secret (set CLUSTER_SECRET)")
                 return as_future(self._submit_http(request))
             return _error(405, f"{method} not allowed on /master/tasks; use GET or POST")
-        rec = self.tasks.get(parts[0])
+        try:
+            tid = parse_task_id(parts[0])
+        except ApiError as exc:
+            return _error(exc.status, str(exc))
+        rec = self.tasks.get(tid)
         if rec is None:
-            return _error(404, f"no task with id {parts[0]!r}")
-        if len(parts) == 1 and method == "GET":
+            return _error(404, f"no task with id {shown(tid)}")
+        if len(parts) == 1:
+            if method != "GET":
+                return _error(405, f"{method} not allowed on a task; use GET (or POST "
+                              f"/master/tasks/{tid}/kill)")
             return web.json_response(rec.to_json())
         if len(parts) == 2 and parts[1] == "kill":
             if method != "POST":
@@ -569,89 +615,125 @@ class Master(ProtobufProcess):
             if not self._authorized(request):
                 return _error(401, "wrong or missing secret (set CLUSTER_SECRET)")
             return self._kill(rec)
-        if len(parts) == 2 and parts[1] == "logs" and method == "GET":
+        if len(parts) == 2 and parts[1] == "logs":
+            if method != "GET":
+                return _error(405, "use GET to read a task's logs")
             return as_future(self._proxy_logs(request, rec))
-        return _error(404, f"no endpoint {method} {path}")
+        return _error(404, f"no endpoint {method} {shown(request.path, 80)}")
 
     def _list_tasks(self, request: web.BaseRequest) -> web.Response:
-        state = request.query.get("state")
+        try:
+            wanted = parse_states(request.query.get("state"))
+        except ApiError as exc:
+            return _error(exc.status, str(exc))
         tasks: Iterable[TaskRecord] = self.tasks.values()
-        if state:
-            wanted = {s.strip().upper() for s in state.split(",")}
-            bad = wanted - set(STATES)
-            if bad:
-                return _error(400, f"unknown state(s) {', '.join(sorted(bad))}; "
-                              f"expected {', '.join(STATES)}")
+        if wanted is not None:
             tasks = [t for t in tasks if t.state in wanted]
         ordered = sorted(tasks, key=lambda t: task_key(t.id))
         return web.json_response({"tasks": [t.to_json() for t in ordered]})
 
     async def _submit_http(self, request: web.BaseRequest) -> web.Response:
+        """POST /master/tasks, outside the mailbox: read, validate, create durably, answer."""
         try:
-            raw = await request.read()
-        except Exception as exc:  # noqa: BLE001 - too large, disconnected...
-            return _error(413 if "too large" in str(exc).lower() else 400,
-                          f"could not read the request body: {exc}")
-        try:
-            payload = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return _error(400, f"body is not valid JSON: {exc}")
-        try:
-            specs = parse_submit(payload)
+            specs = parse_submit(decode_json(await _read_body(request)))
+            records = await self.submit(specs)
         except ApiError as exc:
             return _error(exc.status, str(exc))
-        result = await libproc.dispatch(self.pid, self._submit, specs)
-        if isinstance(result, web.Response):
-            return result
-        records, saved = result
-        try:
-            await saved
-        except StoreError as exc:
-            return _error(503, f"could not persist the tasks: {exc}")
         return web.json_response({"ids": [r.id for r in records]}, status=201)
 
-    async def _submit(self, specs: list[Any]) -> Any:
+    async def submit(self, specs: list[TaskSpec]) -> list[TaskRecord]:
+        """Create tasks durably, then hand them to the master; the records as accepted.
+
+        Atomic: when it raises ApiError (422: too big for every slave, or refused by the
+        database; 503: the database cannot take writes now, or the master is stopping), no
+        task exists — not in the database, not in memory, not queued. Call it on the event
+        loop's thread, outside this process's mailbox (an HTTP handler, a test): it waits on
+        the database, which the mailbox never does.
+        """
+        try:
+            too_big = await libproc.dispatch(self.pid, self._fit_error, specs)
+        except libproc.LibprocError as exc:
+            raise ApiError(f"the master is stopping; submit again to the next one ({exc})",
+                           503) from None
+        if too_big:
+            raise ApiError(too_big, 422)
+        try:
+            records: list[TaskRecord] = await self.store.create_tasks(
+                functools.partial(_new_tasks, specs, _now()), len(specs))
+        except RecordRefused as exc:
+            raise ApiError(f"the database refused these tasks, so none was created: {exc}",
+                           422) from None
+        except StoreError as exc:
+            raise ApiError(f"could not persist the tasks, so none was created; retry once "
+                           f"the database is back: {exc}", 503) from None
+        try:
+            await libproc.dispatch(self.pid, self._accept, records)
+        except libproc.LibprocError as exc:  # durable: the next master recovers them
+            log.warning("tasks %s committed while the master stopped: %s",
+                        ", ".join(r.id for r in records), exc)
+        return records
+
+    def _fit_error(self, specs: list[TaskSpec]) -> str | None:
+        """Why some task can never run here (bigger than every slave), or None."""
         totals = [s for s in self.slaves.values() if s.state in ("active", "disconnected")]
         if totals:
             for i, spec in enumerate(specs):
                 if not scheduler.fits_any(spec.cpus, spec.mem, totals):
                     where = "" if len(specs) == 1 else f"task {i}: "
-                    return _error(422, where + scheduler.too_big_message(
-                        spec.cpus, spec.mem, totals))
-        try:
-            numbers = await self.store.allocate_ids(len(specs))
-        except StoreError as exc:
-            return _error(503, f"could not allocate task ids: {exc}")
-        now = _now()
-        records = []
-        for n, spec in zip(numbers, specs):
-            rec = TaskRecord.new(str(n), command=spec.command, cpus=spec.cpus, mem=spec.mem,
-                                 now=now, name=spec.name, timeout=spec.timeout,
-                                 retries=spec.retries)
+                    return where + scheduler.too_big_message(spec.cpus, spec.mem, totals)
+        return None
+
+    def _accept(self, records: list[TaskRecord]) -> None:
+        """Committed tasks join the master: its task table and the PENDING queue."""
+        for rec in records:
             self.tasks[rec.id] = rec
-            records.append(rec)
-        saved = asyncio.gather(*[self._save(r) for r in records])
+            self._index.note(rec)
         self._schedule()
-        return (records, saved)  # a tuple: not awaited by dispatch, awaited by the caller
 
     def _kill(self, rec: TaskRecord) -> Any:
-        if rec.is_terminal:
-            return _error(409, f"task {rec.id} is already {rec.state}")
-        now = _now()
-        if rec.state == "PENDING":
-            rec.transition("KILLED", now, message="killed by user before it started")
-            self._save(rec)
-            return web.json_response({"id": rec.id, "state": rec.state}, status=202)
-        slave = self.slaves.get(rec.slave_id or "")
-        if slave is None or slave.state not in ("active", "disconnected"):
+        outcome = self._kills.get(rec.id)
+        if outcome is None:
+            if rec.is_terminal:
+                return _error(409, f"task {rec.id} is already {rec.state}")
+            slave = self.slaves.get(rec.slave_id or "")
+            alive = slave is not None and slave.state in ("active", "disconnected")
+            if rec.state != "PENDING" and slave is not None and alive:
+                self.send(slave.pid, pb.KillTaskMessage(task_id=pb.TaskID(value=rec.id),
+                                                        slave_id=pb.SlaveID(value=slave.id),
+                                                        token=slave.token))
+                return web.json_response({"id": rec.id, "state": "KILLING"}, status=202)
+            # No slave to ask: the database's word decides, so answer once it is committed.
+            outcome = self._kills[rec.id] = asyncio.get_running_loop().create_future()
+            before = dataclasses.replace(rec)
+            held = slave is not None and rec.id in slave.tasks
             self._release(rec)
-            rec.transition("KILLED", now, message="killed by user; its slave was gone")
-            self._save(rec)
-            return web.json_response({"id": rec.id, "state": rec.state}, status=202)
-        self.send(slave.pid, pb.KillTaskMessage(task_id=pb.TaskID(value=rec.id),
-                                                slave_id=pb.SlaveID(value=slave.id),
-                                                token=slave.token))
-        return web.json_response({"id": rec.id, "state": "KILLING"}, status=202)
+            rec.transition("KILLED", _now(), message="killed by user before it started"
+                           if rec.state == "PENDING" else "killed by user; its slave was gone")
+            self._save(rec).add_done_callback(functools.partial(
+                self._kill_saved_soon, rec, before, held, outcome))
+        return as_future(_kill_answer(rec.id, outcome))
+
+    def _kill_saved_soon(self, rec: TaskRecord, before: TaskRecord, held: bool,
+                         outcome: asyncio.Future[str | None], saved: asyncio.Future[None]) -> None:
+        libproc.dispatch(self.pid, self._kill_saved, rec, before, held, outcome, saved)
+
+    def _kill_saved(self, rec: TaskRecord, before: TaskRecord, held: bool,
+                    outcome: asyncio.Future[str | None], saved: asyncio.Future[None]) -> None:
+        """The KILLED save ended: keep it, or put the task back exactly as it was."""
+        self._kills.pop(rec.id, None)
+        exc = StoreError("the save was cancelled") if saved.cancelled() else saved.exception()
+        if exc is not None:
+            for f in dataclasses.fields(TaskRecord):
+                setattr(rec, f.name, getattr(before, f.name))
+            self._index.note(rec)
+            slave = self.slaves.get(rec.slave_id or "")
+            if held and slave is not None:
+                self._claim(slave, rec)
+            log.warning("kill of task %s not persisted, task left %s: %s", rec.id,
+                        rec.state, exc)
+            self._schedule()
+        if not outcome.done():
+            outcome.set_result(None if exc is None else str(exc))
 
     async def _proxy_logs(self, request: web.BaseRequest, rec: TaskRecord) -> web.Response:
         """Read a task's log through the master, so clients need to reach only the master."""
@@ -659,8 +741,10 @@ class Master(ProtobufProcess):
         if slave is None:
             return _error(404, f"task {rec.id} has no slave to read logs from (state "
                           f"{rec.state})")
-        params = {k: v for k, v in request.query.items()
-                  if k in ("stream", "offset", "limit")}
+        try:
+            params = parse_log_query(request.query)
+        except ApiError as exc:
+            return _error(exc.status, str(exc))
         params["task_id"] = rec.id
         params["attempt"] = str(max(rec.attempts, 1))
         url = f"http://{slave.pid.host}:{slave.pid.port}/{slave.pid.id}/logs"
@@ -675,6 +759,36 @@ class Master(ProtobufProcess):
         except Exception as exc:  # noqa: BLE001 - slave unreachable
             return _error(502, f"could not read logs from slave {slave.id} at "
                           f"{slave.pid.host}:{slave.pid.port}: {exc}")
+
+
+async def _kill_answer(tid: str, outcome: asyncio.Future[str | None]) -> web.Response:
+    error = await asyncio.shield(outcome)  # shared by repeated kills: never cancel it
+    if error is not None:
+        return _error(503, f"could not persist the kill of task {tid}, so nothing changed; "
+                      f"retry once the database is back: {error}")
+    return web.json_response({"id": tid, "state": "KILLED"}, status=202)
+
+
+async def _read_body(request: web.BaseRequest) -> bytes:
+    """The body, or ApiError: 413 over the cap (before reading when the length says so)."""
+    cap = int(LIMITS["max_body_bytes"])
+    if request.content_length is not None and request.content_length > cap:
+        raise ApiError(f"request body is {request.content_length} bytes; at most {cap} are "
+                       "accepted (submit fewer tasks per request)", 413)
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(f"request body is over {cap} bytes; at most {cap} are accepted "
+                       "(submit fewer tasks per request)", 413) from None
+    except Exception as exc:  # noqa: BLE001 - the client went away, or sent a bad body
+        raise ApiError(f"could not read the request body: {exc}") from None
+
+
+def _new_tasks(specs: list[TaskSpec], now: float, numbers: list[int]) -> list[TaskRecord]:
+    """The records of a submit, once the store has allocated their numbers (pure)."""
+    return [TaskRecord.new(str(n), command=spec.command, cpus=spec.cpus, mem=spec.mem,
+                           now=now, name=spec.name, timeout=spec.timeout, retries=spec.retries)
+            for n, spec in zip(numbers, specs, strict=True)]
 
 
 def _done_future() -> asyncio.Future[None]:
