@@ -43,7 +43,8 @@ def add_health_check(name: str, check: HealthCheck) -> None:
 
     It runs on the event loop's thread at every `/health` request, outside any process's
     mailbox: keep it cheap, non-blocking and read-only. One that raises counts as
-    unhealthy. A check of the same `name` is replaced; `remove_health_check` drops it.
+    unhealthy. A check of the same `name` is replaced; `remove_health_check` drops it, and
+    `libproc.stop()` drops them all.
     """
     _health_checks[name] = check
 
@@ -97,6 +98,7 @@ class HttpServer:
         return self.server
 
     async def close(self) -> None:
+        _health_checks.clear()  # they belong to the processes of this runtime
         try:
             await asyncio.wait_for(self.server.shutdown(1.0), 2.0)
         except (TimeoutError, Exception):  # noqa: BLE001 - best effort at shutdown

@@ -9,11 +9,13 @@ and SQLite's COMMIT.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from cluster_harness import Cluster, MasterClient, cluster, wait_for  # noqa: F401 - a fixture
 from master.store import RecordRefused, Store, StoreError, StoreUnavailable
 from master.tasks import TaskRecord
 from waiting import until
@@ -267,3 +270,57 @@ async def test_store_errors_are_store_errors(store: Store) -> None:
     assert issubclass(StoreUnavailable, StoreError) and issubclass(RecordRefused, StoreError)
     with pytest.raises(ValueError):
         store.create_tasks(make, 0)
+
+
+# -- end to end: a real master process, a real slave, the real file moved away and back -----
+
+
+def test_database_moved_away_mid_run_end_to_end(cluster: Cluster) -> None:
+    cluster.start_master()
+    slave = cluster.start_slave(cpus=2, mem=1024)
+    api = cluster.api
+    done = api.submit([{"command": "true"}] * 3)
+    api.wait_terminal(done, timeout=30)
+    short = api.submit_one("sleep 1.5", cpus=1)  # ends during the outage
+    long = api.submit_one("sleep 120", cpus=1)  # runs all along
+    queued = api.submit_one("true", cpus=2)  # PENDING: never fits while they run
+    api.wait_state(short, "RUNNING", timeout=30)
+    api.wait_state(long, "RUNNING", timeout=30)
+    slave_vars = MasterClient(slave.port).vars
+    aside = cluster.db.with_name("aside.db")
+    os.rename(cluster.db, aside)
+    try:
+        for _ in range(5):
+            status, _, body = api.request("POST", "/master/tasks", {"command": "echo lost"})
+            assert status == 503 and b"none was created" in body
+        status, _, body = api.request("GET", "/health")
+        health = json.loads(body)
+        assert status == 503 and health["healthy"] is False and "gone" in health["reason"]
+        assert api.vars()["store_healthy"] == "0"
+        status, _, body = api.request("POST", f"/master/tasks/{queued}/kill")
+        assert status == 503 and b"nothing changed" in body
+        assert api.task(queued)["state"] == "PENDING"
+        api.wait_state(short, "FINISHED", timeout=30)  # known in memory, not durable:
+        time.sleep(1.0)  # (the slave re-sends meanwhile)
+        assert int(slave_vars("/slave(1)/vars")["unacked_updates"]) >= 1  # so not acked
+    finally:
+        os.rename(aside, cluster.db)
+    wait_for(lambda: api.request("GET", "/health")[0] == 200, 30, what="/health 200 again")
+    after = api.submit_one("true", name="after")
+    assert api.kill(queued)["state"] == "KILLED"
+    wait_for(lambda: slave_vars("/slave(1)/vars")["unacked_updates"] == "0", 30,
+             what="the slave's FINISHED update acknowledged once durable")
+    assert cluster.master is not None
+    log = cluster.master.output()
+    assert log.count("cannot take writes") == 1, log  # one clear line for the fault
+    assert log.count("takes writes again") == 1, log
+    assert cluster.master.stop() == 0
+
+    cluster.start_master()  # same file, same port
+    api = cluster.api
+    tasks = {t["id"]: t for t in api.tasks()}
+    assert set(tasks) == {*done, short, long, queued, after}  # every 201, nothing else
+    assert tasks[short]["state"] == "FINISHED" and tasks[queued]["state"] == "KILLED"
+    assert all(tasks[t]["state"] == "FINISHED" for t in done)
+    newest = api.submit_one("true")
+    assert int(newest) == int(after) + 1  # ids continue: none reused, none skipped
