@@ -69,8 +69,9 @@ class _Op:
 
     work: _Work | None = None
     save: dict[str, Any] | None = None
+    # (n, sequence, make): allocate n numbers; with make, insert make(numbers) as new tasks
+    numbers: tuple[int, str, Callable[[list[int]], list[TaskRecord]] | None] | None = None
     solo: bool = False
-    creates: bool = False  # work returns the TaskRecords it inserted
     loop: asyncio.AbstractEventLoop | None = None
     afut: asyncio.Future[Any] | None = None
     cfut: concurrent.futures.Future[Any] | None = None
@@ -215,13 +216,7 @@ class Store:
         """
         if n < 1:
             raise ValueError(f"create_tasks needs n >= 1, got {n}")
-
-        def work(session: Session) -> list[TaskRecord]:
-            records = make(schema.allocate(session, sequence, n))
-            schema.insert_new(session, records)
-            return records
-
-        return self._submit(_Op(work=work, creates=True))
+        return self._submit(_Op(numbers=(n, sequence, make)))
 
     def save_progress(self, task_id: str, progress: float, updated_at: float) -> None:
         """Queue a progress value for a STAGING/RUNNING task; the last one per batch wins.
@@ -249,7 +244,7 @@ class Store:
         """
         if n < 0:
             raise ValueError(f"allocate_ids needs n >= 0, got {n}")
-        return self._submit(_Op(work=lambda session: schema.allocate(session, sequence, n)))
+        return self._submit(_Op(numbers=(n, sequence, None)))
 
     def load_tasks(self) -> asyncio.Future[list[TaskRecord]]:
         """Every task, oldest submission first (for recovery at start)."""
@@ -483,15 +478,28 @@ class Store:
     ) -> tuple[list[Any], int]:
         results: list[Any] = []
         saves: dict[str, dict[str, Any]] = {}
-        rows = 0
+        last: dict[str, int] = {}  # sequence -> last number handed out in this transaction
+        new: list[dict[str, Any]] = []
         for op in ops:
+            result: Any = None
             if op.save is not None:
                 saves[op.save["id"]] = op.save
-            result = op.work(session) if op.work else None
-            if op.creates and result:
-                rows += len(result)
+            elif op.numbers is not None:  # one read and one write per sequence and batch
+                n, sequence, make = op.numbers
+                first = last[sequence] if sequence in last else schema.last_number(
+                    session, sequence)
+                last[sequence] = first + n
+                result = list(range(first + 1, first + n + 1))
+                if make is not None:
+                    result = make(result)
+                    new += [r.to_json() for r in result]
+            elif op.work is not None:
+                result = op.work(session)
             results.append(result)
-        rows += schema.upsert(session, list(saves.values())) if saves else 0
+        for sequence, number in last.items():
+            schema.set_last_number(session, sequence, number)
+        schema.insert_new(session, new)
+        rows = len(new) + (schema.upsert(session, list(saves.values())) if saves else 0)
         if progress:
             try:
                 # A savepoint: progress is best effort and must never sink the batch's saves.
@@ -520,7 +528,7 @@ class Store:
         self.batches_failed += 1
         if isinstance(exc, _FileFault) and exc.committed is not None:
             for op, result in zip(ops, exc.committed, strict=False):
-                if op.creates:
+                if op.numbers is not None and op.numbers[2] is not None:
                     self._orphans += [r.id for r in result]
         self._fault_seen(reason)
         log.debug("%d requests failed: %s", len(ops), reason)

@@ -85,19 +85,26 @@ def load_tasks(session: Session) -> list[TaskRecord]:
     return [TaskRecord.from_json(dict(row)) for row in session.execute(stmt).mappings()]
 
 
-def allocate(session: Session, sequence: str, n: int) -> list[int]:
-    """The next ``n`` numbers of ``sequence`` (1, 2, ...); durable with the transaction."""
+def last_number(session: Session, sequence: str) -> int:
+    """The last number of ``sequence`` handed out (0 before the first)."""
+    table = Base.metadata.tables["meta"]
+    value = session.execute(
+        sa.select(table.c.value).where(table.c.key == f"seq.{sequence}")).scalar()
+    return 0 if value is None else int(value)
+
+
+def set_last_number(session: Session, sequence: str, last: int) -> None:
+    table = Base.metadata.tables["meta"]
     key = f"seq.{sequence}"
-    row = session.get(MetaRow, key)
-    last = 0 if row is None else int(row.value)
-    session.merge(MetaRow(key=key, value=str(last + n)))
-    return list(range(last + 1, last + n + 1))
+    done = session.execute(sa.update(table).where(table.c.key == key).values(value=str(last)))
+    if not done.rowcount:  # type: ignore[attr-defined]
+        session.execute(sa.insert(table).values(key=key, value=str(last)))
 
 
-def insert_new(session: Session, records: list[TaskRecord]) -> None:
+def insert_new(session: Session, rows: list[dict[str, Any]]) -> None:
     """Insert tasks that must not exist yet (a clash is an IntegrityError, not an update)."""
-    if records:
-        session.execute(sa.insert(TaskRow), [r.to_json() for r in records])
+    if rows:
+        session.execute(sa.insert(TaskRow), rows)
 
 
 def delete(session: Session, ids: list[str]) -> None:
