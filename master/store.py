@@ -345,7 +345,9 @@ class Store:
                                   self._progress_due if self._progress else math.inf)
                         self._cond.wait(None if due == math.inf else due - now)
                     ops, self._ops = self._ops, []
-                    progress, self._progress = self._progress, {}
+                    progress: dict[str, tuple[float, float]] = {}
+                    if ops or self._closing or time.monotonic() >= self._progress_due:
+                        progress, self._progress = self._progress, {}  # else: a probe
                     last = self._closing and not ops and not progress
                 if last:
                     return

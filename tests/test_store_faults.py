@@ -266,6 +266,19 @@ async def test_a_lock_held_too_long_faults_the_store_until_it_is_released(db: Pa
     await store.close()
 
 
+async def test_probes_do_not_write_coalesced_progress_early(store: Store, db: Path) -> None:
+    record = task("1")
+    record.launch("s1", 101.0)
+    await store.save(record)
+    store.save_progress("1", 0.5, 102.0)  # due in 60 s (the fixture's progress_interval)
+    await asyncio.sleep(0.4)  # about eight idle probes
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT progress FROM tasks").fetchone()[0] == 0.0
+    await store.flush()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT progress FROM tasks").fetchone()[0] == 0.5
+
+
 async def test_store_errors_are_store_errors(store: Store) -> None:
     assert issubclass(StoreUnavailable, StoreError) and issubclass(RecordRefused, StoreError)
     with pytest.raises(ValueError):
