@@ -44,6 +44,7 @@ from sqlalchemy.orm import Session
 from master import store_schema as schema
 from master.store_faults import (
     FileGuard,
+    Health,
     RecordRefused,
     StoreError,
     StoreUnavailable,
@@ -118,8 +119,7 @@ class Store:
         self._closing = False
         self._done: concurrent.futures.Future[None] = concurrent.futures.Future()
         # Written by the writer thread only:
-        self._fault: str | None = None
-        self._fault_since = 0.0
+        self._health = Health(where)
         self._orphans: list[str] = []  # created tasks whose commit escaped into a moved file
         self.batches_committed = 0
         self.batches_failed = 0
@@ -128,7 +128,6 @@ class Store:
         self.progress_coalesced = 0
         self.isolations = 0
         self.records_refused = 0
-        self.faults = 0
         self.last_commit_latency = 0.0
         self._thread = threading.Thread(target=self._run, name="master-store", daemon=True)
 
@@ -267,7 +266,7 @@ class Store:
         The writer's last verdict, or else a fresh look at the file (one ``stat``), so a
         file moved away shows at once, before the next write or probe. Cheap; any thread.
         """
-        fault = self._fault
+        fault = self._health.reason
         if fault is None and self._guard is not None:
             fault = self._guard.check()
         return fault
@@ -283,7 +282,7 @@ class Store:
             "progress_coalesced": self.progress_coalesced,
             "isolations": self.isolations,
             "records_refused": self.records_refused,
-            "faults": self.faults,
+            "faults": self._health.faults,
             "last_commit_latency_seconds": self.last_commit_latency,
             "queue_length": len(self._ops),
             "progress_pending": len(self._progress),
@@ -546,37 +545,23 @@ class Store:
         self._resolve([op], [], RecordRefused(msg))
 
     def _fault_seen(self, reason: str) -> None:
-        """Enter (or stay in) the faulted state: log only when the reason changes."""
-        if self._fault == reason:
-            return
-        if self._fault is None:
-            self.faults += 1
-            self._fault_since = time.monotonic()
-            log.error("database %s cannot take writes: %s. Writes fail (HTTP 503) until "
-                      "this is fixed; they resume by themselves", self.url, reason)
-        else:
-            log.error("database %s still cannot take writes, now: %s", self.url, reason)
-        self._fault = reason
+        self._health.fault(reason)
         self._next_probe = min(self._next_probe, time.monotonic() + self._probe_interval)
 
     def _fault_cleared(self) -> None:
-        if self._fault is not None:
-            log.warning("database %s takes writes again, after %.1f s (was: %s)", self.url,
-                        time.monotonic() - self._fault_since, self._fault)
-            self._fault = None
-            if self._guard is None:
-                self._next_probe = math.inf
+        if self._health.clear() and self._guard is None:
+            self._next_probe = math.inf
 
     def _probe(self) -> None:
         """Idle: look at the file; while faulted, try a tiny write to see if it cleared."""
         now = time.monotonic()
         self._next_probe = now + self._probe_interval if (
-            self._guard is not None or self._fault is not None) else math.inf
+            self._guard is not None or self._health.reason is not None) else math.inf
         reason = self._guard.check() if self._guard is not None else None
         if reason is not None:
             self._fault_seen(reason)
             return
-        if self._fault is None:
+        if self._health.reason is None:
             return
         try:
             self._commit([_Op(work=schema.probe)], {})

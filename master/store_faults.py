@@ -19,14 +19,18 @@ each commit, and fails the batch when the answer is not None.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
+import time
 from pathlib import Path
 
 import sqlalchemy.exc as sa_exc
 
-__all__ = ["StoreError", "StoreUnavailable", "RecordRefused", "FileGuard", "db_message",
-           "is_transient", "is_database_fault"]
+__all__ = ["StoreError", "StoreUnavailable", "RecordRefused", "FileGuard", "Health",
+           "db_message", "is_transient", "is_database_fault"]
+
+log = logging.getLogger("master.store")
 
 
 class StoreError(Exception):
@@ -91,3 +95,38 @@ class FileGuard:
             return (f"database file {self.path} is read-only (mode "
                     f"{stat.filemode(st.st_mode)}); make it writable again (chmod u+w)")
         return None
+
+
+class Health:
+    """The store's verdict on its database: ``reason`` is None while it takes writes.
+
+    Changed by the store's writer thread only (read from any thread). One log line when a
+    fault starts (or its reason changes) and one when it clears: never one per failed write.
+    """
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.reason: str | None = None
+        self.faults = 0  #: how many times the database went from usable to not
+        self._since = 0.0
+
+    def fault(self, reason: str) -> None:
+        if self.reason == reason:
+            return
+        if self.reason is None:
+            self.faults += 1
+            self._since = time.monotonic()
+            log.error("database %s cannot take writes: %s. Writes fail (HTTP 503) until "
+                      "this is fixed; they resume by themselves", self.where, reason)
+        else:
+            log.error("database %s still cannot take writes, now: %s", self.where, reason)
+        self.reason = reason
+
+    def clear(self) -> bool:
+        """Back to healthy; True if it was faulted."""
+        if self.reason is None:
+            return False
+        log.warning("database %s takes writes again, after %.1f s (was: %s)", self.where,
+                    time.monotonic() - self._since, self.reason)
+        self.reason = None
+        return True

@@ -219,7 +219,7 @@ async def test_a_fault_is_noticed_and_cleared_while_idle(store: Store, db: Path,
     undo = _move_away(db)
     await until(lambda: any("cannot take writes" in r.getMessage() for r in caplog.records), 10)
     undo()
-    await until(lambda: store._fault is None, 10)
+    await until(lambda: store._health.reason is None, 10)
     assert any("takes writes again" in r.getMessage() for r in caplog.records)
 
 
