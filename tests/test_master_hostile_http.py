@@ -279,12 +279,16 @@ async def test_a_result_is_not_acknowledged_while_its_save_failed(env: Env) -> N
     aside = env.db.with_name("aside.db")
     os.rename(env.db, aside)
     try:
-        for _ in range(3):  # the slave re-sends until acknowledged
+        slave.update(env.master.pid, tid, pb.FINISHED, exit_code=0)
+        await until(lambda: tid in env.master._dirty)  # its save failed
+        seen = env.master._counters["status_updates"]
+        for _ in range(2):  # the slave re-sends until acknowledged: duplicates now
             slave.update(env.master.pid, tid, pb.FINISHED, exit_code=0)
-            await asyncio.sleep(0.2)
-            await Clock.settle()
+        await until(lambda: env.master._counters["status_updates"] == seen + 2)
+        await asyncio.sleep(0.1)
+        await Clock.settle()
         assert slave.of(pb.StatusUpdateAcknowledgementMessage) == []
-        assert env.master.tasks[tid].state == "FINISHED" and tid in env.master._dirty
+        assert env.master.tasks[tid].state == "FINISHED"
         Clock.advance(env.master.config.heartbeat_interval)  # no re-save while faulted
         await Clock.settle()
         assert tid in env.master._dirty
