@@ -405,23 +405,31 @@ def _raw(port: int, method: str, target: str, body: bytes) -> int:
     return int(data.split(b" ", 2)[1])
 
 
+_SLAVE_PATHS = ["/slave(1)/logs", "/slave(1)/vars", "/slave(1)/tasks", "/slave(1)/",
+                "/slave(1)/logs/{id}", "/slave(2)/logs", "/health"]
+
+
 def test_a_fuzzed_mix_of_requests_never_gets_a_500(cluster: Cluster) -> None:
     cluster.start_master()
-    cluster.start_slave()
+    slave = cluster.start_slave()
     api = cluster.api
     tid = api.submit_one("echo hi")
     api.wait_state(tid, "FINISHED", timeout=30)
     rng = random.Random(12)
     statuses: dict[int, int] = {}
-    for _ in range(600):
-        path = rng.choice(_PATHS).replace("{id}", rng.choice(_IDS + [tid] * 5))
-        target = path + rng.choice(_QUERIES)
+    for i in range(800):
+        on_slave = i % 4 == 3
+        path = rng.choice(_SLAVE_PATHS if on_slave else _PATHS).replace(
+            "{id}", rng.choice(_IDS + [tid] * 5))
+        query = rng.choice(_QUERIES + [f"?task_id={tid}&offset=-1", f"?task_id={tid}"])
         method = rng.choice(["GET", "GET", "POST", "POST", "PUT", "DELETE", "HEAD", "PATCH"])
         body = rng.choice(_BODIES) if method in ("POST", "PUT", "PATCH") else b""
-        status = _raw(cluster.master_port, method, target, body)
-        assert status < 500, (method, target, body, status)
+        port = slave.port if on_slave else cluster.master_port
+        status = _raw(port, method, path + query, body)
+        assert status < 500, (port, method, path + query, body, status)
         statuses[status] = statuses.get(status, 0) + 1
     assert statuses.get(201, 0) > 0 and statuses.get(400, 0) > 0 and statuses.get(404, 0) > 0
-    assert cluster.master is not None and cluster.master.alive()
-    assert "Traceback" not in cluster.master.output(), cluster.master.output()
+    assert cluster.master is not None
+    for child in (cluster.master, slave):
+        assert child.alive() and "Traceback" not in child.output(), child.output()
     assert api.task(tid)["state"] == "FINISHED"
