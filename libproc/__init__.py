@@ -28,6 +28,7 @@ from libproc.errors import (
     ProcessNotFoundError,
 )
 from libproc.future import Future, Promise, as_future, await_, collect
+from libproc.http import add_health_check, remove_health_check
 from libproc.metrics import metrics
 from libproc.pid import ID, UPID
 from libproc.process import Process
@@ -59,6 +60,8 @@ __all__ = [
     "address",
     "ConnectionLimits",
     "metrics",
+    "add_health_check",
+    "remove_health_check",
     "LibprocError",
     "NotRunningError",
     "InvalidUPIDError",

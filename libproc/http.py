@@ -5,6 +5,10 @@ runs inside the process's mailbox, serially with its messages. A path whose firs
 not a live process goes to the delegate process when one is set (so `/vars` can reach
 `/master/vars`). Built in: `/__processes__`, `/metrics/snapshot`, `/health`.
 
+`/health` answers 200 `{"healthy": true, ...}`, or 503 with `"healthy": false` and the
+`reason` once any check registered with `add_health_check` reports a problem (a process
+whose database is gone, say): libproc knows nothing of what is checked.
+
 A libprocess message that arrives on a connection aiohttp is already serving (a client that
 first sent a GET) is delivered here too, on a slower path.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -25,9 +30,46 @@ from libproc.future import Future, Promise
 from libproc.metrics import metrics
 from libproc.process import HTTP
 
-__all__ = ["HttpServer", "json_error"]
+__all__ = ["HttpServer", "json_error", "add_health_check", "remove_health_check"]
 
 log = logging.getLogger("libproc.http")
+
+HealthCheck = Callable[[], "str | None"]
+_health_checks: dict[str, HealthCheck] = {}
+
+
+def add_health_check(name: str, check: HealthCheck) -> None:
+    """Make `/health` ask `check()`: None while healthy, else the reason (one sentence).
+
+    It runs on the event loop's thread at every `/health` request, outside any process's
+    mailbox: keep it cheap, non-blocking and read-only. One that raises counts as
+    unhealthy. A check of the same `name` is replaced; `remove_health_check` drops it, and
+    `libproc.stop()` drops them all.
+    """
+    _health_checks[name] = check
+
+
+def remove_health_check(name: str) -> None:
+    """Forget the check `name` (nothing happens if there is none)."""
+    _health_checks.pop(name, None)
+
+
+def _health(processes: int) -> web.Response:
+    failing: dict[str, str] = {}
+    names = list(_health_checks)
+    for name in names:
+        check = _health_checks.get(name)
+        try:
+            reason = check() if check is not None else None
+        except Exception as exc:  # noqa: BLE001 - a broken check is a finding, not a 500
+            reason = f"health check raised {exc!r}"
+        if reason:
+            failing[name] = reason
+    body: dict[str, Any] = {"healthy": not failing, "processes": processes,
+                            "checks": {n: failing.get(n, "ok") for n in names}}
+    if failing:
+        body["reason"] = "; ".join(f"{n}: {r}" for n, r in failing.items())
+    return web.json_response(body, status=503 if failing else 200)
 
 
 def json_error(status: int, message: str) -> web.Response:
@@ -56,6 +98,7 @@ class HttpServer:
         return self.server
 
     async def close(self) -> None:
+        _health_checks.clear()  # they belong to the processes of this runtime
         try:
             await asyncio.wait_for(self.server.shutdown(1.0), 2.0)
         except (TimeoutError, Exception):  # noqa: BLE001 - best effort at shutdown
@@ -155,5 +198,5 @@ class HttpServer:
                 snap[f"libproc/connections_{key}"] = value
             return web.json_response(snap)
         if first == "health" and rest == "/" and "health" not in self.rt.processes:
-            return web.json_response({"healthy": True, "processes": len(self.rt.processes)})
+            return _health(len(self.rt.processes))
         return None

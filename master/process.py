@@ -2,7 +2,12 @@
 
 Decisions live in pure modules (`scheduler`, `tasks`, `api`); this process does the I/O.
 Guarantees it keeps:
-- A submitted task is committed to the database before its id is returned.
+- Submits are atomic: tasks are created in the database (ids and rows in one transaction)
+  before the actor learns of them, so an error answer leaves no task anywhere and an answer
+  with ids means durable tasks. A kill that the database alone decides (a PENDING task, or
+  one whose slave is gone) is answered only once KILLED is committed; 503 changes nothing.
+- A record the database refuses is refused alone and not re-saved until it changes; saves
+  that failed because the database was unavailable are re-saved once it is back.
 - A launch is sent only after the task's STAGING state is committed.
 - A terminal status update is acknowledged to the slave only after it is committed, so an
   acknowledged result is never lost; duplicates and late updates are acknowledged and
@@ -22,25 +27,25 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hmac
 import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
 
-from aiohttp import ClientSession, ClientTimeout, web
+from aiohttp import web
 
 import libproc
 from libproc import UPID, ProtobufProcess, defer, delay
 from libproc.future import as_future
 from libproc.metrics import metrics
 from master import registry, scheduler
-from master.api import ApiError, parse_submit
+from master.api import TaskSpec, shown
 from master.registry import SlaveInfo
-from master.store import Store, StoreError
+from master.store import RecordRefused, Store, StoreError
+from master.task_http import TaskHttp, error
 from master.task_index import TaskIndex, task_key
 from master.tasks import ACTIVE_STATES, STATES, TERMINAL_STATES, TaskRecord
 from protos import auth
@@ -93,15 +98,17 @@ class Master(ProtobufProcess):
         self._launch_seq = 0
         self._last_save: dict[str, asyncio.Future[None]] = {}
         self._dirty: set[str] = set()
+        self.http = TaskHttp(self)  # /master/tasks...
         self._started = time.time()
         self._counters = {"status_updates": 0, "status_updates_ignored": 0,
                           "progress_reports": 0, "launches": 0, "registrations_refused": 0,
                           "messages_refused": 0, "scheduling_passes": 0,
-                          "slaves_forgotten": 0}
+                          "slaves_forgotten": 0, "records_refused": 0}
         self._recovering_until: float | None = None
         self._credentials_loaded_at: float | None = None
         self._index = TaskIndex()  # the PENDING queue and launched tasks
         self._schedule_queued = False
+        self._schedule_deferred = False  # a pass skipped for a store fault: retried later
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -115,8 +122,9 @@ class Master(ProtobufProcess):
         self.route("/vars", self._vars)
         self.route("/state", self._state_json)
         self.route("/slaves", self._slaves_json)
-        self.route("/tasks", self._tasks_http)
+        self.route("/tasks", self.http.handle)
         self.route("/", self._not_found)
+        libproc.add_health_check(f"{self.id}.store", self.store.fault)
         self._load_credentials()
         for record in self.store.load_tasks_blocking():
             self.tasks[record.id] = record
@@ -132,6 +140,7 @@ class Master(ProtobufProcess):
         self._schedule()
 
     async def finalize(self) -> None:
+        libproc.remove_health_check(f"{self.id}.store")
         try:
             await self.store.flush()
         except StoreError as exc:
@@ -403,6 +412,9 @@ class Master(ProtobufProcess):
         delay(self.config.heartbeat_interval, self.pid, self._heartbeat)
         now = _now()
         timeout = self.config.slave_timeout
+        if self._schedule_deferred and self.store.fault() is None:
+            self._schedule_deferred = False
+            self._schedule()
         for slave in list(self.slaves.values()):
             if slave.state == "active":
                 if now - slave.last_contact > timeout:
@@ -463,6 +475,9 @@ class Master(ProtobufProcess):
         self._counters["scheduling_passes"] += 1
         if self._recovering_until is not None:
             return  # first let slaves re-register, so their resources are known
+        if self.store.fault() is not None:
+            self._schedule_deferred = True  # nothing can be durably STAGING now
+            return
         pending = self._index.pending(self.tasks)
         if not pending:
             return
@@ -490,7 +505,18 @@ class Master(ProtobufProcess):
     def _launch(self, slave_id: str, items: list[tuple[str, int]], saved: Any) -> None:
         slave = self.slaves.get(slave_id)
         if saved.is_failed():
-            log.error("could not persist launches on %s: %s", slave_id, saved.failure())
+            # Never launch what is not durably STAGING: a master restarted meanwhile would
+            # launch it again. Back to PENDING; scheduled again once the store is healthy.
+            log.error("could not persist launches on %s (%s): %d task(s) back to PENDING",
+                      slave_id, saved.failure(), len(items))
+            now = _now()
+            for tid, attempt in items:
+                rec = self.tasks.get(tid)
+                if rec is not None and rec.state == "STAGING" and rec.attempts == attempt:
+                    self._release(rec)
+                    rec.unlaunch(now)
+                    self._index.note(rec)
+            return
         infos = []
         for tid, attempt in items:
             rec = self.tasks.get(tid)
@@ -516,15 +542,26 @@ class Master(ProtobufProcess):
         return fut
 
     def _forget_save(self, tid: str, fut: asyncio.Future[None]) -> None:
-        # Runs on the loop between events; `_last_save` is only a cache of in-flight saves.
-        if self._last_save.get(tid) is fut:
-            del self._last_save[tid]
-        if not fut.cancelled() and fut.exception() is not None:
-            log.error("could not persist task %s (will retry): %s", tid, fut.exception())
+        # Runs on the loop between events. `_last_save` holds the last save of each task
+        # until it commits: a failed one stays until a re-save replaces it, so a repeated
+        # status update is never acknowledged on the strength of a save that failed.
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is None:
+            if self._last_save.get(tid) is fut:
+                del self._last_save[tid]
+        elif isinstance(exc, RecordRefused):  # the store logged it; re-saving cannot help
+            self._counters["records_refused"] += 1
+        else:  # the database is unavailable (the store logs that once): re-save later
+            log.debug("could not persist task %s (will retry): %s", tid, exc)
             libproc.dispatch(self.pid, self._dirty.add, tid)
 
     def _resave_dirty(self) -> None:
-        """Re-save records whose last save failed, so memory and database converge."""
+        """Re-save records whose last save failed, so memory and database converge.
+
+        Waits while the store reports a fault: the store probes by itself and the first
+        heartbeat after it recovers re-saves everything at once."""
+        if self.store.fault() is not None:
+            return
         dirty, self._dirty = self._dirty, set()
         for tid in dirty:
             rec = self.tasks.get(tid)
@@ -641,164 +678,42 @@ class Master(ProtobufProcess):
             lines.append((key, str(value)))
         for key, stat in self.store.stats().items():
             lines.append((f"store_{key}", f"{stat:g}" if isinstance(stat, float) else str(stat)))
+        lines.append(("store_fault", " ".join((self.store.fault() or "-").split())))
         text = "".join(f"{k} {v}\n" for k, v in lines)
         return web.Response(text=text, content_type="text/plain")
 
     def _state_json(self, request: web.BaseRequest) -> web.Response:
+        fault = self.store.fault()
         return web.json_response({
             "version": VERSION, "pid": str(self.pid), "started_at": self._started,
             "uptime_secs": time.time() - self._started,
             "slaves": [s.to_json() for s in self.slaves.values()],
             "task_counts": self._counts(), "slave_counts": self._slave_counts(),
+            "store": {"healthy": fault is None, "fault": fault},
         })
 
     def _slaves_json(self, request: web.BaseRequest) -> web.Response:
         return web.json_response({"slaves": [s.to_json() for s in self.slaves.values()]})
 
     def _not_found(self, request: web.BaseRequest) -> web.Response:
-        return _error(404, f"no endpoint {request.method} {request.path}; see /master/state, "
-                      "/master/tasks, /master/slaves, /master/vars")
+        return _error(404, f"no endpoint {request.method} {shown(request.path, 80)}; see "
+                      "/master/state, /master/tasks, /master/slaves, /master/vars")
+
+    async def submit(self, specs: list[TaskSpec]) -> list[TaskRecord]:
+        """Create tasks atomically and durably (see TaskHttp.submit); from outside the
+        mailbox, on the loop's thread. Raises ApiError (422, 503) leaving no task."""
+        return await self.http.submit(specs)
 
     def _authorized(self, request: web.BaseRequest) -> bool:
+        """The API secret, when set, as `Authorization: Bearer …` or `X-Cluster-Secret`;
+        compared in constant time (on bytes: headers may carry any byte)."""
         if self.config.secret is None:
             return True
         header = request.headers.get("Authorization", "")
         token = header[7:] if header.startswith("Bearer ") else request.headers.get(
             "X-Cluster-Secret", "")
-        return token == self.config.secret
-
-    def _tasks_http(self, request: web.BaseRequest) -> Any:
-        path = request.path
-        base = f"/{self.id}/tasks"
-        rest = path[len(base):] if path.startswith(base) else path[len("/tasks"):]
-        parts = [unquote(p) for p in rest.strip("/").split("/") if p]
-        method = request.method
-        if not parts:
-            if method == "GET":
-                return self._list_tasks(request)
-            if method == "POST":
-                if not self._authorized(request):
-                    log.warning("refused submit from %s: wrong or missing secret",
-                                request.remote)
-                    return _error(401, "wrong or missing secret (set CLUSTER_SECRET)")
-                return as_future(self._submit_http(request))
-            return _error(405, f"{method} not allowed on /master/tasks; use GET or POST")
-        rec = self.tasks.get(parts[0])
-        if rec is None:
-            return _error(404, f"no task with id {parts[0]!r}")
-        if len(parts) == 1 and method == "GET":
-            return web.json_response(rec.to_json())
-        if len(parts) == 2 and parts[1] == "kill":
-            if method != "POST":
-                return _error(405, "use POST to kill a task")
-            if not self._authorized(request):
-                return _error(401, "wrong or missing secret (set CLUSTER_SECRET)")
-            return self._kill(rec)
-        if len(parts) == 2 and parts[1] == "logs" and method == "GET":
-            return as_future(self._proxy_logs(request, rec))
-        return _error(404, f"no endpoint {method} {path}")
-
-    def _list_tasks(self, request: web.BaseRequest) -> web.Response:
-        state = request.query.get("state")
-        tasks: Iterable[TaskRecord] = self.tasks.values()
-        if state:
-            wanted = {s.strip().upper() for s in state.split(",")}
-            bad = wanted - set(STATES)
-            if bad:
-                return _error(400, f"unknown state(s) {', '.join(sorted(bad))}; "
-                              f"expected {', '.join(STATES)}")
-            tasks = [t for t in tasks if t.state in wanted]
-        ordered = sorted(tasks, key=lambda t: task_key(t.id))
-        return web.json_response({"tasks": [t.to_json() for t in ordered]})
-
-    async def _submit_http(self, request: web.BaseRequest) -> web.Response:
-        try:
-            raw = await request.read()
-        except Exception as exc:  # noqa: BLE001 - too large, disconnected...
-            return _error(413 if "too large" in str(exc).lower() else 400,
-                          f"could not read the request body: {exc}")
-        try:
-            payload = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return _error(400, f"body is not valid JSON: {exc}")
-        try:
-            specs = parse_submit(payload)
-        except ApiError as exc:
-            return _error(exc.status, str(exc))
-        result = await libproc.dispatch(self.pid, self._submit, specs)
-        if isinstance(result, web.Response):
-            return result
-        records, saved = result
-        try:
-            await saved
-        except StoreError as exc:
-            return _error(503, f"could not persist the tasks: {exc}")
-        return web.json_response({"ids": [r.id for r in records]}, status=201)
-
-    async def _submit(self, specs: list[Any]) -> Any:
-        totals = [s for s in self.slaves.values() if s.state in ("active", "disconnected")]
-        if totals:
-            for i, spec in enumerate(specs):
-                if not scheduler.fits_any(spec.cpus, spec.mem, totals):
-                    where = "" if len(specs) == 1 else f"task {i}: "
-                    return _error(422, where + scheduler.too_big_message(
-                        spec.cpus, spec.mem, totals))
-        try:
-            numbers = await self.store.allocate_ids(len(specs))
-        except StoreError as exc:
-            return _error(503, f"could not allocate task ids: {exc}")
-        now = _now()
-        records = []
-        for n, spec in zip(numbers, specs):
-            rec = TaskRecord.new(str(n), command=spec.command, cpus=spec.cpus, mem=spec.mem,
-                                 now=now, name=spec.name, timeout=spec.timeout,
-                                 retries=spec.retries)
-            self.tasks[rec.id] = rec
-            records.append(rec)
-        saved = asyncio.gather(*[self._save(r) for r in records])
-        self._schedule()
-        return (records, saved)  # a tuple: not awaited by dispatch, awaited by the caller
-
-    def _kill(self, rec: TaskRecord) -> Any:
-        if rec.is_terminal:
-            return _error(409, f"task {rec.id} is already {rec.state}")
-        now = _now()
-        if rec.state == "PENDING":
-            rec.transition("KILLED", now, message="killed by user before it started")
-            self._save(rec)
-            return web.json_response({"id": rec.id, "state": rec.state}, status=202)
-        slave = self.slaves.get(rec.slave_id or "")
-        if slave is None or slave.state not in ("active", "disconnected"):
-            self._release(rec)
-            rec.transition("KILLED", now, message="killed by user; its slave was gone")
-            self._save(rec)
-            return web.json_response({"id": rec.id, "state": rec.state}, status=202)
-        self._send_kill(slave, pb.TaskID(value=rec.id))
-        return web.json_response({"id": rec.id, "state": "KILLING"}, status=202)
-
-    async def _proxy_logs(self, request: web.BaseRequest, rec: TaskRecord) -> web.Response:
-        """Read a task's log through the master, so clients need to reach only the master."""
-        slave = self.slaves.get(rec.slave_id or "")
-        if slave is None:
-            return _error(404, f"task {rec.id} has no slave to read logs from (state "
-                          f"{rec.state})")
-        params = {k: v for k, v in request.query.items()
-                  if k in ("stream", "offset", "limit")}
-        params["task_id"] = rec.id
-        params["attempt"] = str(max(rec.attempts, 1))
-        url = f"http://{slave.pid.host}:{slave.pid.port}/{slave.pid.id}/logs"
-        try:
-            async with ClientSession(timeout=ClientTimeout(total=10)) as session:
-                async with session.get(url, params=params) as resp:
-                    body = await resp.read()
-                    headers = {k: v for k, v in resp.headers.items()
-                               if k.lower().startswith("x-log-")}
-                    return web.Response(body=body, status=resp.status, headers=headers,
-                                        content_type=resp.content_type)
-        except Exception as exc:  # noqa: BLE001 - slave unreachable
-            return _error(502, f"could not read logs from slave {slave.id} at "
-                          f"{slave.pid.host}:{slave.pid.port}: {exc}")
-
+        return hmac.compare_digest(token.encode("utf-8", "surrogateescape"),
+                                   self.config.secret.encode("utf-8", "surrogateescape"))
 
 def _log_meta_failure(fut: asyncio.Future[None]) -> None:
     if not fut.cancelled() and fut.exception() is not None:
@@ -811,5 +726,4 @@ def _done_future() -> asyncio.Future[None]:
     return fut
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+_error = error

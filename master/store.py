@@ -5,12 +5,23 @@
   the async API must be called from the event-loop thread, and its futures resolve there.
 * Writes are batched: the writer drains its queue, applies it in one transaction, commits,
   and only then resolves the batch's futures, so ``await store.save(record)`` means the
-  row is durable: the master acknowledges a terminal status update only after that.
+  row is durable in the file the store opened *and still finds at its path*: a SQLite file
+  is checked (store_faults.FileGuard) before and after each commit, and a batch whose file
+  was removed, replaced, moved or made read-only fails.
+* ``create_tasks`` allocates ids and inserts the new tasks in one transaction: when it
+  fails, nothing of it exists (a commit that escaped into a moved file is deleted again by
+  the next commit that reaches the database).
+* How a batch fails: because of the database (the file as above, a lock held longer than
+  ``max_lock_wait`` — shorter locks are retried with backoff —, I/O, disk full) every
+  request of it fails with ``StoreUnavailable`` and the store is *faulted*; because of one
+  request's data, the batch is bisected into smaller transactions so that only that request
+  fails, with ``RecordRefused``, and the others are committed.
+* Faulted: ``fault()`` says why (for /health and /vars), one log line per fault and one
+  when it clears; the writer probes every ``probe_interval`` seconds and clears the fault
+  as soon as a write commits again. It also checks the file that often while idle, so a
+  fault shows up without waiting for a write.
 * ``save_progress`` is fire-and-forget and coalesced: the last value per task is written
   ``progress_interval`` seconds later or with the next batch, whichever comes first.
-* "database is locked" is retried with backoff for up to ``max_lock_wait`` seconds; then,
-  or at once for any other error, the batch's futures fail with ``StoreError`` (logged).
-  The writer keeps serving later batches either way.
 """
 
 from __future__ import annotations
@@ -18,66 +29,37 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
-from master.tasks import ACTIVE_STATES, TaskRecord
+from master import store_schema as schema
+from master.store_faults import (
+    FileGuard,
+    Health,
+    RecordRefused,
+    StoreError,
+    StoreUnavailable,
+    db_message,
+    is_database_fault,
+    is_transient,
+)
+from master.store_open import check_sqlite_path, explain, parse_url, sqlite_file, tune_sqlite
+from master.store_schema import SCHEMA_VERSION, Base, MetaRow, TaskRow
+from master.tasks import TaskRecord
+
+__all__ = ["Store", "StoreError", "StoreUnavailable", "RecordRefused", "SCHEMA_VERSION",
+           "Base", "MetaRow", "TaskRow"]
 
 log = logging.getLogger("master.store")
-
-SCHEMA_VERSION = "1"
-
-
-class StoreError(Exception):
-    """The database cannot be used; the message says why and what to do."""
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class TaskRow(Base):
-    """One task; the columns are exactly ``TaskRecord``'s fields."""
-
-    __tablename__ = "tasks"
-
-    id: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
-    name: Mapped[str] = mapped_column(sa.Text)
-    command: Mapped[str] = mapped_column(sa.Text)
-    cpus: Mapped[float] = mapped_column(sa.Float)
-    mem: Mapped[float] = mapped_column(sa.Float)
-    timeout: Mapped[float | None] = mapped_column(sa.Float)
-    retries: Mapped[int] = mapped_column(sa.Integer)
-    state: Mapped[str] = mapped_column(sa.String(16), index=True)
-    progress: Mapped[float] = mapped_column(sa.Float)
-    exit_code: Mapped[int | None] = mapped_column(sa.Integer)
-    message: Mapped[str] = mapped_column(sa.Text)
-    slave_id: Mapped[str | None] = mapped_column(sa.String(255))
-    attempts: Mapped[int] = mapped_column(sa.Integer)
-    submitted_at: Mapped[float | None] = mapped_column(sa.Float)
-    started_at: Mapped[float | None] = mapped_column(sa.Float)
-    finished_at: Mapped[float | None] = mapped_column(sa.Float)
-    updated_at: Mapped[float | None] = mapped_column(sa.Float)
-
-
-class MetaRow(Base):
-    """Small facts: schema_version, master_id, opened_at, ``seq.<name>`` counters (last used)."""
-
-    __tablename__ = "meta"
-
-    key: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
-    value: Mapped[str] = mapped_column(sa.Text)
-
 
 _Work = Callable[[Session], Any]
 
@@ -88,10 +70,21 @@ class _Op:
 
     work: _Work | None = None
     save: dict[str, Any] | None = None
+    # (n, sequence, make): allocate n numbers; with make, insert make(numbers) as new tasks
+    numbers: tuple[int, str, Callable[[list[int]], list[TaskRecord]] | None] | None = None
     solo: bool = False
     loop: asyncio.AbstractEventLoop | None = None
     afut: asyncio.Future[Any] | None = None
     cfut: concurrent.futures.Future[Any] | None = None
+
+
+class _FileFault(StoreUnavailable):
+    """The file check failed; ``committed`` holds the results if the commit had happened."""
+
+    def __init__(self, reason: str, committed: list[Any] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.committed = committed
 
 
 def _settle(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
@@ -100,104 +93,41 @@ def _settle(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) 
             fut.set_exception(exc) if exc is not None else fut.set_result(value)
 
 
-def _db_message(exc: BaseException) -> str:
-    return str(getattr(exc, "orig", None) or exc)
-
-
-def _is_transient(exc: BaseException) -> bool:
-    """A lock held by someone else, or a serialization conflict: worth trying again."""
-    orig = getattr(exc, "orig", exc)
-    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    return "is locked" in _db_message(exc) or code in ("40001", "40P01")
-
-
-def _parse(url: str) -> URL:
-    """An SQLAlchemy URL, or a plain file path meaning a SQLite file."""
-    if "://" not in url:
-        return URL.create("sqlite", database=url)
-    try:
-        return make_url(url)
-    except (ArgumentError, ValueError) as exc:
-        raise StoreError(
-            f"cannot parse database URL {url!r} ({exc}); use a file path such as "
-            "./master.db, or a URL such as sqlite:////var/lib/cluster/master.db"
-        ) from None
-
-
-def _sqlite_file(url: URL) -> Path | None:
-    """The file of a plain SQLite URL; None for memory, ``file:`` URIs and other databases."""
-    db = url.database if url.get_backend_name() == "sqlite" else None
-    return Path(db).absolute() if db and db != ":memory:" and not db.startswith("file:") else None
-
-
-def _check_sqlite_path(path: Path) -> None:
-    """Catch the common mistakes before SQLite reports only 'unable to open database file'."""
-    if path.is_dir():
-        raise StoreError(
-            f"database path {path} is a directory; give a file such as {path / 'master.db'}"
-        )
-    parent = path.parent
-    if parent.is_dir():
-        return
-    ancestor = parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise StoreError(
-            f"cannot create database {path}: {ancestor} is a file, not a directory; "
-            "choose a --db path inside a directory"
-        )
-    raise StoreError(
-        f"cannot create database {path}: directory {parent} does not exist; "
-        f"create it (mkdir -p {parent}) or choose another --db"
-    )
-
-
-def _explain(exc: BaseException, where: str, busy_timeout: float) -> StoreError:
-    """Turn a driver error at open into what the user should do about it."""
-    text = _db_message(exc)
-    if _is_transient(exc):
-        return StoreError(
-            f"database {where} is locked by another process (waited {busy_timeout:g} s); "
-            "is another master running with the same --db? Stop it or choose another --db"
-        )
-    for needle, advice in _OPEN_ADVICE.items():
-        if needle in text.lower():
-            return StoreError(advice.format(where=where))
-    return StoreError(f"cannot use database {where}: {text}")
-
-
-_OPEN_ADVICE = {
-    "readonly": "database {where} is read-only; the master must write to it: fix the "
-    "permissions of the file and its directory, or choose another --db",
-    "unable to open database file": "cannot open database {where}: SQLite could not open "
-    "or create the file; check that its directory exists and is writable by this user",
-    "not a database": "{where} is not a SQLite database; choose another --db",
-}
+def _unavailable_cause(exc: BaseException) -> bool:
+    return isinstance(exc, _FileFault) or is_transient(exc) or is_database_fault(exc)
 
 
 class Store:
     """The master's task database. Build it with ``Store.open``; finish with ``close``."""
 
     def __init__(
-        self, engine: Engine, where: str, progress_interval: float, max_lock_wait: float
+        self, engine: Engine, where: str, progress_interval: float, max_lock_wait: float,
+        probe_interval: float = 1.0,
     ) -> None:
         self._engine = engine
         self.url = where  #: the database, password hidden: for logs and /vars
         self.master_id = ""  #: stable id of this database, created at first open
         self._progress_interval = progress_interval
         self._max_lock_wait = max_lock_wait
+        self._probe_interval = probe_interval
+        self._guard: FileGuard | None = None
         self._cond = threading.Condition()
         self._ops: list[_Op] = []
         self._progress: dict[str, tuple[float, float]] = {}
         self._progress_due = 0.0
+        self._next_probe = math.inf
         self._closing = False
         self._done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        # Written by the writer thread only:
+        self._health = Health(where)
+        self._orphans: list[str] = []  # created tasks whose commit escaped into a moved file
         self.batches_committed = 0
         self.batches_failed = 0
         self.rows_written = 0
         self.lock_retries = 0
         self.progress_coalesced = 0
+        self.isolations = 0
+        self.records_refused = 0
         self.last_commit_latency = 0.0
         self._thread = threading.Thread(target=self._run, name="master-store", daemon=True)
 
@@ -211,22 +141,24 @@ class Store:
         busy_timeout: float = 5.0,
         progress_interval: float = 0.5,
         max_lock_wait: float = 30.0,
+        probe_interval: float = 1.0,
     ) -> Store:
         """Open (creating if needed) the database at ``url`` and start the writer thread.
 
         ``url`` is any SQLAlchemy URL, or a plain path meaning a SQLite file. SQLite gets
         WAL, synchronous=NORMAL and a ``busy_timeout`` (seconds) lock wait. Blocks until
-        the tables exist and a test write has committed.
+        the tables exist and a test write has committed. A SQLite file is then watched
+        (its identity and mode, every ``probe_interval`` seconds and around each commit).
 
         Raises:
             StoreError: the URL does not parse, its driver is missing, the file's directory
                 does not exist, the database is read-only or locked by another process.
         """
-        parsed = _parse(url)
+        parsed = parse_url(url)
         where = parsed.render_as_string(hide_password=True)
-        path = _sqlite_file(parsed)
+        path = sqlite_file(parsed)
         if path is not None:
-            _check_sqlite_path(path)
+            check_sqlite_path(path)
             where = str(path)
         try:
             engine = sa.create_engine(parsed)
@@ -238,16 +170,22 @@ class Store:
                 "install it in this environment or use a SQLite file"
             ) from None
         if parsed.get_backend_name() == "sqlite":
-            _tune_sqlite(engine, busy_timeout, wal=path is not None)
-        store = cls(engine, where, progress_interval, max_lock_wait)
+            tune_sqlite(engine, busy_timeout, wal=path is not None)
+        store = cls(engine, where, progress_interval, max_lock_wait, probe_interval)
         store._thread.start()
         try:
-            store.master_id = store._submit_blocking(_Op(work=_initialize, solo=True))
+            store.master_id = store._submit_blocking(_Op(work=schema.initialize, solo=True))
+            if path is not None:  # the file the tables are in: watched from now on
+                guard = FileGuard(path)
+                with store._cond:
+                    store._guard = guard
+                    store._next_probe = time.monotonic() + probe_interval
+                    store._cond.notify()
         except BaseException as exc:
             store.close_blocking()
             if isinstance(exc, StoreError):
                 raise
-            raise _explain(exc, where, busy_timeout) from None
+            raise explain(exc, where, busy_timeout) from None
         return store
 
     # -- async API (event-loop thread only) ----------------------------------------------
@@ -256,13 +194,28 @@ class Store:
         """Upsert the whole record as it is now; the future resolves once it is committed.
 
         Supersedes any queued ``save_progress`` for the task (the record carries its
-        progress). Fails with ``StoreError`` if the batch cannot be committed.
+        progress). Fails with ``StoreUnavailable`` (try again later) or ``RecordRefused``
+        (this record cannot be stored as it is; the rest of its batch was).
         """
         snapshot = record.to_json()
         with self._cond:
             self._check_open()
             self._progress.pop(record.id, None)
         return self._submit(_Op(save=snapshot))
+
+    def create_tasks(
+        self, make: Callable[[list[int]], list[TaskRecord]], n: int, sequence: str = "task"
+    ) -> asyncio.Future[list[TaskRecord]]:
+        """Allocate ``n`` numbers of ``sequence`` and insert ``make(numbers)``, atomically.
+
+        The future resolves with those records once they are committed, so they are durable
+        before anyone learns their ids. On failure (``StoreUnavailable``, ``RecordRefused``)
+        neither the numbers nor the rows exist. ``make`` runs on the writer thread, possibly
+        more than once (a batch retried or isolated): it must be pure.
+        """
+        if n < 1:
+            raise ValueError(f"create_tasks needs n >= 1, got {n}")
+        return self._submit(_Op(numbers=(n, sequence, make)))
 
     def save_progress(self, task_id: str, progress: float, updated_at: float) -> None:
         """Queue a progress value for a STAGING/RUNNING task; the last one per batch wins.
@@ -290,15 +243,7 @@ class Store:
         """
         if n < 0:
             raise ValueError(f"allocate_ids needs n >= 0, got {n}")
-
-        def work(session: Session) -> list[int]:
-            key = f"seq.{sequence}"
-            row = session.get(MetaRow, key)
-            last = 0 if row is None else int(row.value)
-            session.merge(MetaRow(key=key, value=str(last + n)))
-            return list(range(last + 1, last + n + 1))
-
-        return self._submit(_Op(work=work))
+        return self._submit(_Op(numbers=(n, sequence, None)))
 
     def put_meta(self, key: str, value: str) -> asyncio.Future[None]:
         """Set a small fact in the ``meta`` table (e.g. a slave's credential); durable when
@@ -328,29 +273,47 @@ class Store:
         try:
             result: dict[str, str] = self._submit_blocking(_Op(work=work, solo=True))
         except Exception as exc:  # noqa: BLE001 - any driver error becomes a StoreError
-            raise StoreError(f"cannot read {self.url}: {_db_message(exc)}") from None
+            raise StoreError(f"cannot read {self.url}: {db_message(exc)}") from None
         return result
 
     def load_tasks(self) -> asyncio.Future[list[TaskRecord]]:
         """Every task, oldest submission first (for recovery at start)."""
-        return self._submit(_Op(work=_load_tasks, solo=True))
+        return self._submit(_Op(work=schema.load_tasks, solo=True))
 
     def load_tasks_blocking(self) -> list[TaskRecord]:
         """``load_tasks`` for start-up code that is not yet running on the loop."""
         try:
-            result: list[TaskRecord] = self._submit_blocking(_Op(work=_load_tasks, solo=True))
+            result: list[TaskRecord] = self._submit_blocking(
+                _Op(work=schema.load_tasks, solo=True))
         except Exception as exc:  # noqa: BLE001 - any driver error becomes a StoreError
-            raise StoreError(f"cannot read tasks from {self.url}: {_db_message(exc)}") from None
+            raise StoreError(f"cannot read tasks from {self.url}: {db_message(exc)}") from None
         return result
+
+    # -- health (any thread) -------------------------------------------------------------
+
+    def fault(self) -> str | None:
+        """Why the database cannot take writes now, or None when it can (as far as known).
+
+        The writer's last verdict, or else a fresh look at the file (one ``stat``), so a
+        file moved away shows at once, before the next write or probe. Cheap; any thread.
+        """
+        fault = self._health.reason
+        if fault is None and self._guard is not None:
+            fault = self._guard.check()
+        return fault
 
     def stats(self) -> dict[str, int | float]:
         """Counters for /vars (names without a prefix; add ``store_`` when publishing)."""
         return {
+            "healthy": 0 if self.fault() else 1,
             "batches_committed": self.batches_committed,
             "batches_failed": self.batches_failed,
             "rows_written": self.rows_written,
             "lock_retries": self.lock_retries,
             "progress_coalesced": self.progress_coalesced,
+            "isolations": self.isolations,
+            "records_refused": self.records_refused,
+            "faults": self._health.faults,
             "last_commit_latency_seconds": self.last_commit_latency,
             "queue_length": len(self._ops),
             "progress_pending": len(self._progress),
@@ -403,16 +366,25 @@ class Store:
             while True:
                 with self._cond:
                     while not (self._ops or self._closing):
-                        if self._progress and time.monotonic() >= self._progress_due:
+                        now = time.monotonic()
+                        if self._progress and now >= self._progress_due:
                             break
-                        wait = self._progress_due - time.monotonic() if self._progress else None
-                        self._cond.wait(wait)
+                        if now >= self._next_probe:
+                            break
+                        due = min(self._next_probe,
+                                  self._progress_due if self._progress else math.inf)
+                        self._cond.wait(None if due == math.inf else due - now)
                     ops, self._ops = self._ops, []
-                    progress, self._progress = self._progress, {}
+                    progress: dict[str, tuple[float, float]] = {}
+                    if ops or self._closing or time.monotonic() >= self._progress_due:
+                        progress, self._progress = self._progress, {}  # else: a probe
                     last = self._closing and not ops and not progress
                 if last:
                     return
-                self._process(ops, progress)
+                if ops or progress:
+                    self._process(ops, progress)
+                else:
+                    self._probe()
         except BaseException as exc:  # a bug: fail what is queued rather than hang its callers
             log.exception("store writer thread crashed")
             with self._cond:
@@ -446,69 +418,188 @@ class Store:
             if op.cfut is not None:  # a blocking caller (open): it explains the error itself
                 self._resolve([op], [], exc)
                 return
-            log.error("database request failed on %s: %s", self.url, _db_message(exc))
-            self._resolve([op], [], StoreError(_db_message(exc)))
+            log.error("database request failed on %s: %s", self.url, db_message(exc))
+            self._resolve([op], [], StoreError(db_message(exc)))
             return
         self._resolve([op], [result], None)
 
     def _write(self, ops: list[_Op], progress: dict[str, tuple[float, float]]) -> None:
+        try:
+            results, rows = self._commit(ops, progress)
+        except Exception as exc:  # noqa: BLE001 - reported through the futures
+            if _unavailable_cause(exc):
+                self._fail_unavailable(ops, exc)
+                if progress:
+                    log.debug("dropped %d progress values: the database is unavailable",
+                              len(progress))
+                return
+            if not ops:
+                log.error("dropped %d progress values: %s", len(progress), db_message(exc))
+                return
+            self.isolations += 1
+            self._isolate(ops)
+            if progress:  # in a savepoint, so not what failed: write it on its own
+                self._write([], progress)
+            return
+        self._committed(ops, results, rows)
+
+    def _commit(
+        self, ops: list[_Op], progress: dict[str, tuple[float, float]]
+    ) -> tuple[list[Any], int]:
+        """One transaction for ``ops``; lock waits are retried. Raises what failed it:
+        ``_FileFault`` when the file was not ours before the commit (rolled back) or is not
+        any more after it (``committed`` set: it went where no master will look)."""
         delay, deadline = 0.01, time.monotonic() + self._max_lock_wait
         while True:
             start = time.monotonic()
             try:
+                self._check_file()
+                orphans = list(self._orphans)
                 with Session(self._engine) as session, session.begin():
+                    if orphans:
+                        schema.delete(session, orphans)
                     results, rows = self._apply(session, ops, progress)
+                    self._check_file()  # still ours: commit; else roll back
                 break
-            except Exception as exc:  # noqa: BLE001 - reported through the futures
-                if _is_transient(exc) and time.monotonic() + delay < deadline:
+            except Exception as exc:
+                if is_transient(exc) and time.monotonic() + delay < deadline:
                     self.lock_retries += 1
                     time.sleep(delay)
                     delay = min(delay * 2, 0.5)
                     continue
-                self.batches_failed += 1
-                what = "stayed locked" if _is_transient(exc) else "failed"
-                msg = f"database write {what} on {self.url}: {_db_message(exc)}"
-                log.error("%s (%d requests, %d progress values lost)", msg, len(ops), len(progress))
-                self._resolve(ops, [], StoreError(msg))
-                return
+                raise
+        reason = self._guard.check() if self._guard is not None else None
+        if reason is not None:
+            raise _FileFault(reason, committed=results)
+        if orphans:
+            log.warning("deleted %d task(s) whose submit had failed but whose rows had "
+                        "reached a moved database file: %s", len(orphans), ", ".join(orphans))
+            self._orphans = self._orphans[len(orphans):]
         self.last_commit_latency = time.monotonic() - start
-        self.batches_committed += 1
-        self.rows_written += rows
-        self._resolve(ops, results, None)
+        return results, rows
+
+    def _check_file(self) -> None:
+        reason = self._guard.check() if self._guard is not None else None
+        if reason is not None:
+            raise _FileFault(reason)
+
+    def _isolate(self, ops: list[_Op]) -> None:
+        """Commit what can be of a batch that failed on some request's data: bisect it, so
+        k bad requests among n cost about 2k·log2(n) small transactions, and refuse each bad
+        one alone. A database fault on the way fails the rest as unavailable."""
+        stack = [ops]
+        while stack:
+            group = stack.pop()
+            try:
+                results, rows = self._commit(group, {})
+            except Exception as exc:  # noqa: BLE001 - reported through the futures
+                if _unavailable_cause(exc):
+                    # `group` first: a commit that escaped lines up with its ops.
+                    self._fail_unavailable(group + [op for g in stack for op in g], exc)
+                    return
+                if len(group) == 1:
+                    self._refuse(group[0], exc)
+                else:
+                    mid = len(group) // 2
+                    stack += [group[mid:], group[:mid]]  # left half first
+                continue
+            self._committed(group, results, rows)
 
     def _apply(
         self, session: Session, ops: list[_Op], progress: dict[str, tuple[float, float]]
     ) -> tuple[list[Any], int]:
         results: list[Any] = []
         saves: dict[str, dict[str, Any]] = {}
+        last: dict[str, int] = {}  # sequence -> last number handed out in this transaction
+        new: list[dict[str, Any]] = []
         for op in ops:
+            result: Any = None
             if op.save is not None:
                 saves[op.save["id"]] = op.save
-            results.append(op.work(session) if op.work else None)
-        rows = _upsert(session, list(saves.values())) if saves else 0
+            elif op.numbers is not None:  # one read and one write per sequence and batch
+                n, sequence, make = op.numbers
+                first = last[sequence] if sequence in last else schema.last_number(
+                    session, sequence)
+                last[sequence] = first + n
+                result = list(range(first + 1, first + n + 1))
+                if make is not None:
+                    result = make(result)
+                    new += [r.to_json() for r in result]
+            elif op.work is not None:
+                result = op.work(session)
+            results.append(result)
+        for sequence, number in last.items():
+            schema.set_last_number(session, sequence, number)
+        schema.insert_new(session, new)
+        rows = len(new) + (schema.upsert(session, list(saves.values())) if saves else 0)
         if progress:
-            table = Base.metadata.tables["tasks"]
-            # Literal states, not an expanding IN: executemany() cannot expand parameters.
-            active = sa.or_(*[table.c.state == sa.literal_column(f"'{s}'")
-                              for s in sorted(ACTIVE_STATES)])
-            stmt = (
-                sa.update(table)
-                .where(table.c.id == sa.bindparam("b_id"), active)
-                .values(progress=sa.bindparam("b_progress"), updated_at=sa.bindparam("b_updated"))
-            )
-            params = [
-                {"b_id": k, "b_progress": p, "b_updated": t} for k, (p, t) in progress.items()
-            ]
             try:
                 # A savepoint: progress is best effort and must never sink the batch's saves.
                 with session.begin_nested():
-                    count = session.execute(stmt, params).rowcount  # type: ignore[attr-defined]
-                rows += count if count >= 0 else len(params)
+                    rows += schema.update_progress(session, progress)
             except Exception as exc:  # noqa: BLE001
-                if _is_transient(exc):
+                if _unavailable_cause(exc):
                     raise
-                log.error("dropped %d progress values: %s", len(params), _db_message(exc))
+                log.error("dropped %d progress values: %s", len(progress), db_message(exc))
         return results, rows
+
+    def _committed(self, ops: list[_Op], results: list[Any], rows: int) -> None:
+        self.batches_committed += 1
+        self.rows_written += rows
+        self._fault_cleared()
+        self._resolve(ops, results, None)
+
+    def _describe(self, exc: BaseException) -> str:
+        if isinstance(exc, _FileFault):
+            return exc.reason
+        what = "stayed locked" if is_transient(exc) else "failed"
+        return f"database write {what} on {self.url}: {db_message(exc)}"
+
+    def _fail_unavailable(self, ops: list[_Op], exc: BaseException) -> None:
+        reason = self._describe(exc)
+        self.batches_failed += 1
+        if isinstance(exc, _FileFault) and exc.committed is not None:
+            for op, result in zip(ops, exc.committed, strict=False):
+                if op.numbers is not None and op.numbers[2] is not None:
+                    self._orphans += [r.id for r in result]
+        self._fault_seen(reason)
+        log.debug("%d requests failed: %s", len(ops), reason)
+        self._resolve(ops, [], StoreUnavailable(reason))
+
+    def _refuse(self, op: _Op, exc: BaseException) -> None:
+        self.records_refused += 1
+        what = f"task {op.save['id']}" if op.save is not None else "a request"
+        msg = (f"database write failed on {self.url}: the database refuses {what} "
+               f"({db_message(exc)}); nothing of it was stored, and the same data would "
+               "fail again")
+        log.warning("%s", msg)
+        self._resolve([op], [], RecordRefused(msg))
+
+    def _fault_seen(self, reason: str) -> None:
+        self._health.fault(reason)
+        self._next_probe = min(self._next_probe, time.monotonic() + self._probe_interval)
+
+    def _fault_cleared(self) -> None:
+        if self._health.clear() and self._guard is None:
+            self._next_probe = math.inf
+
+    def _probe(self) -> None:
+        """Idle: look at the file; while faulted, try a tiny write to see if it cleared."""
+        now = time.monotonic()
+        self._next_probe = now + self._probe_interval if (
+            self._guard is not None or self._health.reason is not None) else math.inf
+        reason = self._guard.check() if self._guard is not None else None
+        if reason is not None:
+            self._fault_seen(reason)
+            return
+        if self._health.reason is None:
+            return
+        try:
+            self._commit([_Op(work=schema.probe)], {})
+        except Exception as exc:  # noqa: BLE001 - still faulted
+            self._fault_seen(self._describe(exc))
+            return
+        self._fault_cleared()
 
     def _resolve(self, ops: list[_Op], results: list[Any], exc: BaseException | None) -> None:
         """Settle each op's future; one ``call_soon_threadsafe`` per loop, not per future."""
@@ -525,61 +616,3 @@ class Store:
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 pass
 
-
-def _tune_sqlite(engine: Engine, busy_timeout: float, *, wal: bool) -> None:
-    """WAL + NORMAL sync, a lock wait, and BEGIN IMMEDIATE so lock conflicts show at BEGIN."""
-
-    @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (SQLAlchemy's recipe)
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        if wal:
-            mode = cur.execute("PRAGMA journal_mode=WAL").fetchone()
-            if mode and str(mode[0]).lower() != "wal":
-                log.warning("SQLite refused WAL (journal_mode=%s); writes will be slower", mode[0])
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def _initialize(session: Session) -> str:
-    """Create the tables, check the schema version, write (proving we can), return master_id."""
-    Base.metadata.create_all(session.connection())
-    version = session.get(MetaRow, "schema_version")
-    if version is not None and version.value != SCHEMA_VERSION:
-        raise StoreError(
-            f"database schema version {version.value} is not the {SCHEMA_VERSION} this master "
-            "understands; use the matching master version or another --db"
-        )
-    session.merge(MetaRow(key="schema_version", value=SCHEMA_VERSION))
-    session.merge(MetaRow(key="opened_at", value=repr(time.time())))  # proves we can write
-    master = session.get(MetaRow, "master_id")
-    if master is None:
-        master = MetaRow(key="master_id", value=uuid.uuid4().hex)
-        session.add(master)
-    return master.value
-
-
-def _load_tasks(session: Session) -> list[TaskRecord]:
-    table = Base.metadata.tables["tasks"]
-    stmt = sa.select(table).order_by(table.c.submitted_at, sa.func.length(table.c.id), table.c.id)
-    return [TaskRecord.from_json(dict(row)) for row in session.execute(stmt).mappings()]
-
-
-def _upsert(session: Session, rows: list[dict[str, Any]]) -> int:
-    """Insert new ids, update known ones: portable (no dialect-specific ON CONFLICT)."""
-    ids = [r["id"] for r in rows]
-    known: set[str] = set()
-    for i in range(0, len(ids), 500):
-        known.update(session.scalars(sa.select(TaskRow.id).where(TaskRow.id.in_(ids[i : i + 500]))))
-    new = [r for r in rows if r["id"] not in known]
-    old = [r for r in rows if r["id"] in known]
-    if new:
-        session.execute(sa.insert(TaskRow), new)
-    if old:
-        session.execute(sa.update(TaskRow), old)
-    return len(rows)

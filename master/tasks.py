@@ -193,6 +193,17 @@ class TaskRecord:
         self.updated_at = now
         return True
 
+    def unlaunch(self, now: float) -> bool:
+        """Undo ``launch()`` whose LaunchTasksMessage was never sent (its STAGING state
+        could not be stored): STAGING -> PENDING, the attempt not counted. False otherwise."""
+        if self.state != STAGING or self.attempts == 0:
+            return False
+        self.state = PENDING
+        self.slave_id = None
+        self.attempts -= 1
+        self.updated_at = now
+        return True
+
     def transition(
         self,
         state: str,

@@ -539,20 +539,41 @@ class Slave(ProtobufProcess):
              "progress": progress.get(tid, 0.0)} for tid, info in self.tasks.items()]})
 
     def _logs(self, request: web.BaseRequest) -> web.Response:
+        """`?task_id=&attempt=&stream=&offset=&limit=`: a log's bytes from `offset`, with
+        `X-Log-Offset` (where to read next) and `X-Log-Eof`. Any bad parameter is a 400
+        saying which; a log that is not here (or cannot be opened) is a 404."""
         assert self.executor is not None
         q = request.query
+
+        def number(key: str, default: int, high: int) -> int:
+            value = q.get(key)
+            if value is None:
+                return default
+            if not (value.isascii() and value.isdigit()) or len(value) > 19 or int(
+                    value) > high:
+                raise ValueError(f"{key!r} must be a whole number from 0 to {high}, got "
+                                 f"{value[:30]!r}")
+            return int(value)
+
         task_id = q.get("task_id", "")
         stream = q.get("stream", "stdout")
         try:
-            attempt = int(q.get("attempt", "1"))
-            offset = int(q.get("offset", "0"))
-            limit = int(q.get("limit", "65536"))
+            if not task_id or len(task_id) > 255 or not task_id.isprintable():
+                raise ValueError(f"'task_id' must be a task id (1 to 255 printable "
+                                 f"characters), got {task_id[:30]!r}")
+            attempt = number("attempt", 1, 10**14 - 1)
+            offset = number("offset", 0, 2**63 - 1)
+            limit = number("limit", 65536, 2**31 - 1)
             data, new_offset, eof = self.executor.read_log(task_id, attempt, stream,  # type: ignore[arg-type]
                                                            offset, limit)
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
         except FileNotFoundError as exc:
             return web.json_response({"error": str(exc)}, status=404)
+        except OSError as exc:  # e.g. a name too long for the file system: not here either
+            return web.json_response({"error": f"no readable {stream} for task "
+                                      f"{task_id[:30]!r} attempt {attempt}: "
+                                      f"{exc.strerror or exc}"}, status=404)
         return web.Response(body=data, content_type="application/octet-stream",
                             headers={"X-Log-Offset": str(new_offset),
                                      "X-Log-Eof": "1" if eof else "0"})

@@ -78,9 +78,7 @@ async def register(master: Master, slave: FakeSlave, cpus: float = 2, mem: float
 
 
 async def submit(master: Master, *items: dict[str, Any]) -> list[str]:
-    result = await libproc.dispatch(master.pid, master._submit, parse_submit(list(items)))
-    records, saved = result
-    await saved
+    records = await master.submit(parse_submit(list(items)))
     return [r.id for r in records]
 
 

@@ -22,7 +22,7 @@ import pytest
 import libproc
 from libproc import UPID, Clock
 from libproc.metrics import metrics
-from master.api import parse_submit
+from master.api import ApiError, parse_submit
 from master.process import Master, MasterConfig
 from master.store import Store
 from protos import auth
@@ -45,9 +45,7 @@ class Setup:
         self.master, self.victim, self.db = master, victim, db
 
     async def submit(self, *items: dict[str, Any]) -> list[str]:
-        records, saved = await libproc.dispatch(self.master.pid, self.master._submit,
-                                                parse_submit(list(items)))
-        await saved
+        records = await self.master.submit(parse_submit(list(items)))
         return [r.id for r in records]
 
     async def running_task(self) -> str:
@@ -167,9 +165,9 @@ async def test_forged_registration_from_the_victims_upid_changes_nothing(setup: 
     assert [s["id"] for s in listed["slaves"]] == [victim.slave_id]
     # The unconfirmed registration offers nothing: a task only it could hold is refused,
     # and the next task goes to the victim.
-    refused = await libproc.dispatch(master.pid, master._submit,
-                                     parse_submit([{"command": "x", "cpus": 32}]))
-    assert getattr(refused, "status", None) == 422
+    with pytest.raises(ApiError) as refused:
+        await master.submit(parse_submit([{"command": "x", "cpus": 32}]))
+    assert refused.value.status == 422
     [small] = await setup.submit({"command": "y", "cpus": 1})
     await until(lambda: master.tasks[small].state == "STAGING")
     assert master.tasks[small].slave_id == victim.slave_id
