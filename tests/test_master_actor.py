@@ -269,3 +269,24 @@ async def test_a_burst_of_ended_tasks_costs_one_scheduling_pass(cluster: Any) ->
     assert master._counters["scheduling_passes"] - before <= 3
     assert [master.tasks[t].state for t in ids[:20]] == ["FINISHED"] * 20
     assert master.slaves[slave.slave_id].used_cpus == 10
+
+
+async def test_nothing_is_launched_while_the_store_cannot_make_it_staging(cluster: Any) -> None:
+    master, slave, db = cluster
+    [tid] = await submit(master, {"command": "true"})  # no slave yet: PENDING
+    moved = db.with_name("moved.db")
+    db.rename(moved)  # the database file is gone from its path: writes must fail
+    try:
+        await register(master, slave)
+        for _ in range(3):
+            Clock.advance(1.0)
+            await Clock.settle()
+        assert slave.of(pb.LaunchTasksMessage) == []
+        assert master.tasks[tid].state == "PENDING" and master.tasks[tid].attempts == 0
+    finally:
+        moved.rename(db)
+    await until(lambda: master.store.fault() is None, timeout=15)  # its probe sees it back
+    Clock.advance(1.0)  # the next heartbeat schedules again
+    await Clock.settle()
+    await until(lambda: bool(slave.of(pb.LaunchTasksMessage)), timeout=15)
+    assert master.tasks[tid].state == "STAGING" and master.tasks[tid].attempts == 1

@@ -220,3 +220,12 @@ def test_unknown_state_is_rejected() -> None:
     rejection = task.check("EXPLODED")
     assert rejection is not None and "unknown task state" in rejection.reason
     assert not task.transition("EXPLODED", 103.0)
+
+
+def test_unlaunch_undoes_a_launch_that_was_never_sent() -> None:
+    rec = TaskRecord.new("1", command="true", cpus=1, mem=1, now=0.0)
+    assert not rec.unlaunch(1.0)  # PENDING: nothing to undo
+    assert rec.launch("S1", 2.0)
+    assert rec.unlaunch(3.0)
+    assert (rec.state, rec.attempts, rec.slave_id, rec.updated_at) == ("PENDING", 0, None, 3.0)
+    assert rec.launch("S2", 4.0) and rec.attempts == 1
