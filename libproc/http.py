@@ -3,7 +3,8 @@
 `/<id><path>` reaches the route a process installed with `route(path, handler)`; the handler
 runs inside the process's mailbox, serially with its messages. A path whose first segment is
 not a live process goes to the delegate process when one is set (so `/vars` can reach
-`/master/vars`). Built in: `/__processes__`, `/metrics/snapshot`, `/health`.
+`/master/vars`). Built in: `/__processes__`, `/metrics/snapshot`, `/health`. Every HTTP
+request (not the libprocess messages) first passes the rules of `libproc.firewall`.
 
 A libprocess message that arrives on a connection aiohttp is already serving (a client that
 first sent a GET) is delivered here too, on a slower path.
@@ -19,9 +20,9 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from libproc import wire
+from libproc import firewall, wire
 from libproc.errors import FutureDiscardedError
-from libproc.future import Future, Promise
+from libproc.future import Future
 from libproc.metrics import metrics
 from libproc.process import HTTP
 
@@ -75,9 +76,15 @@ class HttpServer:
         first = path[1:] if slash < 0 else path[1:slash]
         rest = "/" if slash < 0 else path[slash:]
         builtin = self._builtin(first, rest)
+        proc = None if builtin is not None else self.rt.processes.get(unquote(first))
+        routed = path
+        if builtin is None and proc is None and self.rt.delegate is not None:
+            routed = f"/{self.rt.delegate}{path}"
+        refusal = firewall.check(request, unquote(routed))
+        if refusal is not None:
+            return refusal
         if builtin is not None:
             return builtin
-        proc = self.rt.processes.get(unquote(first))
         if proc is None and self.rt.delegate is not None:
             proc = self.rt.processes.get(self.rt.delegate)
             rest = path
@@ -86,10 +93,10 @@ class HttpServer:
         handler = proc._find_route(rest)
         if handler is None:
             return json_error(404, f"process {proc.id!r} has no endpoint {rest!r}")
-        promise: Promise[Any] = Promise()
-        proc._enqueue((HTTP, handler, request, promise))
+        served: Future[Any] = Future(_abandoned=False)
+        proc._enqueue((HTTP, handler, request, served))
         try:
-            result = await promise.future
+            result = await served
             if isinstance(result, Future):
                 result = await result
         except FutureDiscardedError:  # the process terminated before it served the request
