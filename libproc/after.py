@@ -18,7 +18,7 @@ __all__ = ["after"]
 
 def after(seconds: float) -> Future[None]:
     """READY with None after `seconds` of Clock time; see the module docstring."""
-    out: Future[None] = Future(_abandoned=False)
+    out: Future[None] = Future(False)
     timer = Clock.timer(seconds, lambda: out._complete(READY, None))
 
     def discard() -> None:

@@ -80,7 +80,7 @@ def collect(*futures: Any) -> Future[list[Any]]:
     items = _flatten(futures)
     if not items:
         return Future.ready([])
-    out: Future[list[Any]] = Future(_abandoned=False)
+    out: Future[list[Any]] = Future(False)
     remaining = len(items)
 
     def step(f: Future[Any]) -> None:
@@ -106,7 +106,7 @@ def await_(*futures: Any) -> Future[Any]:
     items = _flatten(futures)
     if not items:
         return Future.ready([])
-    out: Future[Any] = Future(_abandoned=False)
+    out: Future[Any] = Future(False)
     remaining = len(items)
 
     def step(_: Future[Any]) -> None:
@@ -122,7 +122,7 @@ def await_(*futures: Any) -> Future[Any]:
 def select(futures: Iterable[Any]) -> Future[Future[Any]]:
     """READY with the first of `futures` to become READY; see the module docstring."""
     items = [as_future(f) for f in futures]
-    out: Future[Future[Any]] = Future(_abandoned=False)
+    out: Future[Future[Any]] = Future(False)
     out.on_discard(lambda: out._complete(DISCARDED))
     hopeless: set[int] = set()  # inputs that failed, were discarded or were abandoned
 
@@ -148,7 +148,7 @@ def undiscardable(value: Any) -> Any:
     for `then(undiscardable(fn))`."""
     if isinstance(value, Future) or not callable(value):
         source = as_future(value)
-        out: Future[Any] = Future(_abandoned=False)
+        out: Future[Any] = Future(False)
         source.on_any(out._take)
         source.on_abandoned(out._abandon)
         return out

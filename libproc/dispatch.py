@@ -85,7 +85,7 @@ def dispatch(pid: UPID | Process | str, method: Callable[..., Any] | str, *args:
         fn = resolve_method(proc, method)
     except AttributeError as exc:
         return Future.failed(exc)
-    future: Future[Any] = Future(_abandoned=False)
+    future: Future[Any] = Future(False)
     future._target = proc
     proc._enqueue((DISPATCH, fn, args, kwargs, future))
     return future

@@ -83,7 +83,7 @@ class Future(Generic[T]):
                  "_discard_callbacks", "_target", "_associated", "_abandoned",
                  "_abandoned_callbacks", "__weakref__")
 
-    def __init__(self, *, _abandoned: bool = True) -> None:
+    def __init__(self, _abandoned: bool = True) -> None:
         self._state = PENDING
         self._value: Any = None
         self._error: BaseException | None = None
@@ -102,19 +102,19 @@ class Future(Generic[T]):
 
     @staticmethod
     def ready(value: U) -> Future[U]:
-        f: Future[U] = Future(_abandoned=False)
+        f: Future[U] = Future(False)
         f._state, f._value = READY, value
         return f
 
     @staticmethod
     def failed(error: str | BaseException) -> Future[Any]:
-        f: Future[Any] = Future(_abandoned=False)
+        f: Future[Any] = Future(False)
         f._state, f._error = FAILED, _as_error(error)
         return f
 
     @staticmethod
     def discarded() -> Future[Any]:
-        f: Future[Any] = Future(_abandoned=False)
+        f: Future[Any] = Future(False)
         f._state = DISCARDED
         return f
 
@@ -291,7 +291,7 @@ class Future(Generic[T]):
         runs). Discarding the returned future requests a discard of this one; abandoning
         this one abandons the returned one.
         """
-        out: Future[Any] = Future(_abandoned=False)
+        out: Future[Any] = Future(False)
 
         def step(f: Future[T]) -> None:
             if f._state is READY:
@@ -307,14 +307,28 @@ class Future(Generic[T]):
             else:
                 out._take(f)
 
-        self.on_any(step)
-        self.on_abandoned(out._abandon)
-        out.on_discard(self.discard)
+        # on_any(step), on_abandoned(out._abandon), out.on_discard(self.discard), inlined:
+        # `then` is the hottest composition.
+        if self._state is PENDING:
+            cbs = self._callbacks
+            if cbs is None:
+                self._callbacks = [step]
+            else:
+                cbs.append(step)
+            if self._abandoned:
+                out._abandoned = True  # nothing is registered on `out` yet
+            elif self._abandoned_callbacks is None:
+                self._abandoned_callbacks = [out._abandon]
+            else:
+                self._abandoned_callbacks.append(out._abandon)
+            out._discard_callbacks = [self.discard]
+        else:
+            _run(step, self)
         return out
 
     def repair(self, fn: Callable[[Future[T]], Any]) -> Future[Any]:
         """Recover a FAILED future: `fn(self)` supplies the value (or future) instead."""
-        out: Future[Any] = Future(_abandoned=False)
+        out: Future[Any] = Future(False)
 
         def step(f: Future[T]) -> None:
             if f._state is FAILED:
@@ -337,7 +351,7 @@ class Future(Generic[T]):
         cleared, so the future `fn` returns is not discarded at once, while a later request
         reaches it. `fn` runs at most once; a READY future passes through.
         """
-        out: Future[Any] = Future(_abandoned=False)
+        out: Future[Any] = Future(False)
         ran = False
 
         def rescue() -> None:
@@ -372,7 +386,7 @@ class Future(Generic[T]):
         """
         from libproc.clock import Clock
 
-        out: Future[Any] = Future(_abandoned=False)
+        out: Future[Any] = Future(False)
         fired = False
 
         def expire() -> None:
@@ -474,7 +488,7 @@ class Promise(Generic[T]):
     __slots__ = ("future",)
 
     def __init__(self) -> None:
-        self.future: Future[T] = Future(_abandoned=False)
+        self.future: Future[T] = Future(False)
 
     def __del__(self) -> None:
         try:
@@ -510,7 +524,7 @@ def as_future(value: Any) -> Future[Any]:
     if not inspect.isawaitable(value):
         return Future.ready(value)
     task = asyncio.ensure_future(value)
-    out: Future[Any] = Future(_abandoned=False)
+    out: Future[Any] = Future(False)
 
     def done(t: asyncio.Future[Any]) -> None:
         if t.cancelled():

@@ -76,24 +76,26 @@ class HttpServer:
         first = path[1:] if slash < 0 else path[1:slash]
         rest = "/" if slash < 0 else path[slash:]
         builtin = self._builtin(first, rest)
-        proc = None if builtin is not None else self.rt.processes.get(unquote(first))
-        routed = path
-        if builtin is None and proc is None and self.rt.delegate is not None:
-            routed = f"/{self.rt.delegate}{path}"
-        refusal = firewall.check(request, unquote(routed))
-        if refusal is not None:
-            return refusal
         if builtin is not None:
-            return builtin
-        if proc is None and self.rt.delegate is not None:
+            return firewall.check(request, unquote(path), None) or builtin
+        proc = self.rt.processes.get(unquote(first))
+        delegated = proc is None and self.rt.delegate is not None
+        if delegated:
             proc = self.rt.processes.get(self.rt.delegate)
             rest = path
+        # As routed: with the delegate's id in front when the request goes to the delegate.
+        routed = f"/{self.rt.delegate}{path}" if delegated else path
+        found = proc._find_route(rest) if proc is not None else None
+        endpoint = f"/{proc.id}{found[0]}" if proc is not None and found is not None else None
+        refusal = firewall.check(request, unquote(routed), endpoint)
+        if refusal is not None:
+            return refusal
         if proc is None or proc._state in ("terminating", "terminated"):
             return json_error(404, f"no process serves {path!r}")
-        handler = proc._find_route(rest)
-        if handler is None:
+        if found is None:
             return json_error(404, f"process {proc.id!r} has no endpoint {rest!r}")
-        served: Future[Any] = Future(_abandoned=False)
+        handler = found[1]
+        served: Future[Any] = Future(False)
         proc._enqueue((HTTP, handler, request, served))
         try:
             result = await served

@@ -80,7 +80,7 @@ class _Loop:
         self.pid = pid
         self.iterate = iterate
         self.body = body
-        self.out: Future[Any] = Future(_abandoned=False)
+        self.out: Future[Any] = Future(False)
         self.current: Future[Any] | None = None  # the step the loop is blocked on
 
     def start(self) -> Future[Any]:

@@ -139,13 +139,14 @@ class Process:
             raise ValueError(f"route {path!r} must start with '/'")
         self._routes[path.rstrip("/") or "/"] = (handler, description)
 
-    def _find_route(self, path: str) -> RouteHandler | None:
-        """libprocess's lookup: the longest installed route that is a segment prefix."""
+    def _find_route(self, path: str) -> tuple[str, RouteHandler] | None:
+        """libprocess's lookup: the longest installed route that is a segment prefix of
+        `path`, as (route path, handler)."""
         path = path.rstrip("/") or "/"
         while True:
             hit = self._routes.get(path)
             if hit is not None:
-                return hit[0]
+                return path, hit[0]
             if path == "/":
                 return None
             cut = path.rfind("/")

@@ -34,6 +34,7 @@ these on the event loop's thread. With no expectation the filter is not even ins
 
 from __future__ import annotations
 
+from asyncio.trsock import TransportSocket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -47,7 +48,7 @@ from libproc.pid import UPID
 from libproc.process import DISPATCH, EXITED, MESSAGE, Process, set_filter
 
 __all__ = [
-    "ANY", "Message", "reset", "inject_exited",
+    "ANY", "Message", "reset", "inject_exited", "persistent_socket",
     "future_message", "drop_message", "drop_messages",
     "future_protobuf", "drop_protobuf", "drop_protobufs",
     "future_dispatch", "drop_dispatch", "drop_dispatches",
@@ -121,7 +122,7 @@ def _filter(proc: Process, event: tuple[Any, ...]) -> bool:
 
 def _expect(kind: int, matches: Matcher, value: Valuer, *, drop: bool, once: bool
             ) -> Future[Any]:
-    future: Future[Any] = Future(_abandoned=False)
+    future: Future[Any] = Future(False)
     _expectations.append(_Expectation(kind, matches, value, future if once else None,
                                       drop, once))
     set_filter(_filter)
@@ -277,6 +278,20 @@ def future_exited(sender: PidSpec, to: PidSpec) -> Future[None]:
 def drop_exited(sender: PidSpec, to: PidSpec) -> Future[None]:
     """Drop the first matching `exited` notice; READY then."""
     return _expect(EXITED, _exited_matcher(sender, to), _nothing, drop=True, once=True)
+
+
+def persistent_socket(to: UPID) -> TransportSocket | None:
+    """The socket of the persistent (linked) connection to `to`'s address once it is open,
+    else None: for tests that break a link behind libproc's back (libprocess's
+    `get_persistent_socket`)."""
+    rt = runtime.current()
+    if rt is None:
+        return None
+    conn = rt.transport.outbound.get(to.address)
+    if conn is None or not conn.persistent or conn.state != "open" or conn.transport is None:
+        return None
+    sock = conn.transport.get_extra_info("socket")
+    return sock if isinstance(sock, TransportSocket) else None
 
 
 def inject_exited(sender: UPID, to: UPID | Process | str) -> bool:
