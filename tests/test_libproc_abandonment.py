@@ -30,15 +30,9 @@ from libproc import (
     loop,
     select,
 )
+from waiting import within
 
 pytestmark = pytest.mark.timeout(30)
-
-
-async def within(aw: Any, seconds: float = 10.0) -> Any:
-    async def run() -> Any:
-        return await aw
-
-    return await asyncio.wait_for(run(), seconds)
 
 
 async def test_awaiting_an_abandoned_future_raises_instead_of_hanging() -> None:

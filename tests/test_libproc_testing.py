@@ -15,6 +15,7 @@ from libproc import UPID, Clock, FutureAbandonedError, Process, ProtobufProcess,
 from libproc import process as process_module
 from libproc.testing import ANY
 from protos import cluster_pb2 as pb
+from waiting import within
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -24,13 +25,6 @@ def _no_expectations() -> Iterator[None]:
     testing.reset()
     yield
     testing.reset()
-
-
-async def within(aw: Any, seconds: float = 10.0) -> Any:
-    async def run() -> Any:
-        return await aw
-
-    return await asyncio.wait_for(run(), seconds)
 
 
 class Inbox(ProtobufProcess):
