@@ -82,7 +82,8 @@ class Clock:
     _heap: list[Timer] = []
     _live: set[Timer] = set()
     _seq = itertools.count()
-    _tick_scheduled = False  # a turn of the loop will fire the paused clock's due timers
+    # The loop on which a call of _tick() is scheduled (to fire a paused clock's due timers).
+    _tick_loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def now(cls) -> float:
@@ -111,19 +112,19 @@ class Clock:
 
     @classmethod
     def _schedule_tick(cls) -> None:
-        if cls._tick_scheduled:
-            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop: the next advance() fires it
             return
-        cls._tick_scheduled = True
+        if cls._tick_loop is loop:  # already on its way (one left on a closed loop is not)
+            return
+        cls._tick_loop = loop
         loop.call_soon(cls._tick)
 
     @classmethod
     def _tick(cls) -> None:
         """Fire the timers due at the paused instant (those due now, not ones they add)."""
-        cls._tick_scheduled = False
+        cls._tick_loop = None
         if not cls._paused:
             return
         due: list[Timer] = []
@@ -134,13 +135,16 @@ class Clock:
 
     @classmethod
     def _due(cls) -> bool:
-        """True while a paused clock has a timer that is due (or a tick on its way)."""
+        """True while a paused clock has a timer that is due (a tick is then on its way)."""
         if not cls._paused:
             return False
         heap = cls._heap
         while heap and heap[0]._done:
             heapq.heappop(heap)
-        return cls._tick_scheduled or bool(heap and heap[0].deadline <= cls._paused_now)
+        if heap and heap[0].deadline <= cls._paused_now:
+            cls._schedule_tick()
+            return True
+        return False
 
     @classmethod
     def pause(cls) -> None:
@@ -221,7 +225,7 @@ class Clock:
         cls._offset = 0.0
         cls._heap = []
         cls._live = set()
-        cls._tick_scheduled = False
+        cls._tick_loop = None
 
     @classmethod
     def _discard(cls, t: Timer) -> None:

@@ -2,6 +2,7 @@
 
     loop(iterate, body)            # iterate() -> value (or Future); body(value) -> ControlFlow
     loop(iterate, body, pid=pid)   # every step runs inside process `pid`
+    loop(pid, iterate, body)       # the same, in libprocess's argument order
 
 is, written synchronously:
 
@@ -191,7 +192,17 @@ class _Loop:
             step.on_discarded(self.out._abandon)  # it terminated with this step queued
 
 
-def loop(iterate: Callable[[], Any], body: Callable[[Any], Any], *,
-         pid: UPID | Process | str | None = None) -> Future[Any]:
-    """Run `body(iterate())` until it breaks; see the module docstring."""
+def loop(*args: Any, pid: UPID | Process | str | None = None) -> Future[Any]:
+    """`loop(iterate, body, pid=None)`, or libprocess's order `loop(pid, iterate, body)` (pid
+    may be None): run `body(iterate())` until it breaks; see the module docstring."""
+    if len(args) == 3 and pid is None:
+        pid, iterate, body = args
+    elif len(args) == 2:
+        iterate, body = args
+    else:
+        raise TypeError(f"loop() takes (iterate, body) or (pid, iterate, body); got "
+                        f"{len(args)} positional argument(s)")
+    if not callable(iterate) or not callable(body):
+        raise TypeError("loop(): iterate and body must be callables (iterate() -> value, "
+                        "body(value) -> Continue() or Break(value))")
     return _Loop(pid, iterate, body).start()

@@ -325,13 +325,23 @@ def wait(pid: UPID | Process | str, timeout: float | None = None) -> Future[bool
     return promise.future
 
 
-def post(to: UPID, name: str, body: bytes = b"", *, sender: UPID | None = None) -> None:
+def post(to: UPID, name: str | UPID, body: bytes | str = b"", *args: Any,
+         sender: UPID | None = None) -> None:
     """Send a message from outside any process (libprocess's `post`).
 
-    The receiver sees `sender`, by default NO_SENDER (`@0.0.0.0:0`: nobody to answer).
-    Delivery is as for `Process.send`: local without the network, remote at most once; an
-    empty `to` is ignored. Call it from the event loop's thread.
+    `post(to, name, body=b"")`, or libprocess's `post(sender, to, name, body=b"")`. The
+    receiver sees `sender`, by default NO_SENDER (`@0.0.0.0:0`: nobody to answer). Delivery
+    is as for `Process.send`: local without the network, remote at most once; an empty `to`
+    is ignored. Call it from the event loop's thread.
     """
+    if isinstance(name, UPID):  # post(sender, to, name, body)
+        if not isinstance(body, str) or len(args) > 1:
+            raise TypeError("post(sender, to, name, body=b'') takes a message name third")
+        sender, to, name, body = to, name, body, (args[0] if args else b"")
+    elif args:
+        raise TypeError("post(to, name, body=b'') takes at most three arguments")
+    if not isinstance(body, bytes):
+        raise TypeError(f"a message body is bytes, not {type(body).__name__}")
     rt = _get(f"post {name!r}")
     if not to:
         return

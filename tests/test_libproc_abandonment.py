@@ -231,3 +231,31 @@ async def test_an_executor_that_stopped_refuses_new_calls(runtime: UPID) -> None
     executor.stop()
     await within(libproc.wait(executor.pid))
     assert isinstance(executor.execute(lambda: 2).exception, ProcessNotFoundError)
+
+
+async def test_a_loop_with_a_pid_runs_its_steps_in_that_process(runtime: UPID) -> None:
+    process = Process(prefix="looper")
+    libproc.spawn(process)
+    seen: list[Any] = []
+    count = iter(range(5))
+
+    def body(i: int) -> Any:
+        seen.append(libproc._context.current_pid.get())
+        return Continue() if i < 4 else Break(i)
+
+    future = loop(lambda: asyncio.sleep(0, next(count)), body, pid=process.pid)
+    assert await within(future) == 4
+    assert seen == [process.pid] * 5
+
+
+async def test_loop_takes_libprocess_argument_order_and_refuses_bad_calls(
+    runtime: UPID,
+) -> None:
+    process = Process(prefix="looper")
+    libproc.spawn(process)
+    assert await within(loop(process.pid, lambda: 7, lambda i: Break(i))) == 7
+    assert await within(loop(None, lambda: 8, lambda i: Break(i))) == 8
+    with pytest.raises(TypeError, match="iterate, body"):
+        loop(lambda: 1)
+    with pytest.raises(TypeError, match="must be callables"):
+        loop(1, 2)

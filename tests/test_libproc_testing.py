@@ -182,3 +182,17 @@ async def test_pid_before_spawn_and_spawning_twice(runtime: UPID) -> None:
     with pytest.raises(ValueError, match="already spawned"):
         libproc.spawn(process)
     assert libproc.wait(UPID("x", "127.0.0.2", 1)).get() is False  # not a local process
+
+
+async def test_post_in_libprocess_argument_order_and_bad_calls(runtime: UPID) -> None:
+    inbox = Inbox()
+    libproc.spawn(inbox)
+    sender = runtime.with_id("from")
+    libproc.post(sender, inbox.pid, "note", b"four")
+    libproc.post(sender, inbox.pid, "note")
+    await Clock.settle()
+    assert inbox.got == [("note", sender, b"four"), ("note", sender, b"")]
+    with pytest.raises(TypeError, match="bytes"):
+        libproc.post(inbox.pid, "note", "text")
+    with pytest.raises(TypeError, match="at most three"):
+        libproc.post(inbox.pid, "note", b"", b"extra")

@@ -19,7 +19,6 @@ very object arrives.
 from __future__ import annotations
 
 import abc
-import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -30,9 +29,7 @@ import pytest
 import libproc
 from libproc import (
     UPID,
-    Break,
     Clock,
-    Continue,
     Executor,
     Future,
     Process,
@@ -43,7 +40,6 @@ from libproc import (
     defer,
     delay,
     dispatch,
-    loop,
     post,
     spawn,
     terminate,
@@ -591,21 +587,3 @@ async def test_timers_still_fire_after_libproc_restarts(runtime: UPID) -> None:
     await await_ready(fired.future)
     assert after.fired_or_cancelled
     before.cancel()
-
-
-# LoopTest.Sync and AfterTest.Loop run a loop without a pid; this is the form with one.
-async def test_a_loop_with_a_pid_runs_its_steps_in_that_process(runtime: UPID) -> None:
-    process = Recorder()
-    spawn(process)
-    seen: list[Any] = []
-    count = iter(range(5))
-
-    def body(i: int) -> Any:
-        seen.append(_context.current_pid.get())
-        return Continue() if i < 4 else Break(i)
-
-    future = loop(lambda: asyncio.sleep(0, next(count)), body, pid=process.pid)
-    assert await await_ready(future) == 4
-    assert seen == [process.pid] * 5
-    terminate(process)
-    await await_ready(wait(process))
