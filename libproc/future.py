@@ -67,6 +67,10 @@ def _run(cb: Callable[..., Any], *args: Any) -> None:
         log.exception("future callback %r raised", cb)
 
 
+# Types that are never awaitable: `set` completes with them at once.
+_PLAIN = frozenset((type(None), bool, int, float, str, bytes, list, tuple, dict, set))
+
+
 def _as_error(error: str | BaseException) -> BaseException:
     return error if isinstance(error, BaseException) else FutureFailedError(error)
 
@@ -235,6 +239,8 @@ class Future(Generic[T]):
         """Promise.set: a value completes; a Future or awaitable is associated."""
         if self._state is not PENDING or self._associated:
             return False
+        if type(value) in _PLAIN:  # the common case, without inspect's ABC check
+            return self._complete(READY, value)
         if isinstance(value, Future):
             return self._associate(value)
         if inspect.isawaitable(value):
