@@ -5,6 +5,11 @@ clock, so a test can `Clock.pause()`, `Clock.advance(30)` and have 30 seconds of
 instantly, in deadline order, then `await Clock.settle()` to let the processes they woke finish
 their work. Like libprocess's clock.hpp, time only moves forward; `resume()` keeps whatever
 time was advanced. A cancelled timer may already have fired: `Timer.cancel()` says which.
+
+A paused clock still fires the timers that are already due (`delay(0, ...)`, or a timer for
+the paused instant) on the next turn of the event loop, and `settle()` waits for them and for
+the work they start, as libprocess's `Clock::settle()` does. Unlike libprocess, which keeps a
+paused time per process, there is one paused time for every process.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import itertools
 import time
 from collections.abc import Callable
 from typing import Any
+
+from libproc import _context
 
 __all__ = ["Clock", "Timer"]
 
@@ -75,6 +82,8 @@ class Clock:
     _heap: list[Timer] = []
     _live: set[Timer] = set()
     _seq = itertools.count()
+    # The loop on which a call of _tick() is scheduled (to fire a paused clock's due timers).
+    _tick_loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def now(cls) -> float:
@@ -95,9 +104,47 @@ class Clock:
         cls._live.add(t)
         if cls._paused:
             heapq.heappush(cls._heap, t)
+            if t.deadline <= cls._paused_now:
+                cls._schedule_tick()
         else:
             t._handle = asyncio.get_running_loop().call_later(seconds, t._fire)
         return t
+
+    @classmethod
+    def _schedule_tick(cls) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop: the next advance() fires it
+            return
+        if cls._tick_loop is loop:  # already on its way (one left on a closed loop is not)
+            return
+        cls._tick_loop = loop
+        loop.call_soon(cls._tick)
+
+    @classmethod
+    def _tick(cls) -> None:
+        """Fire the timers due at the paused instant (those due now, not ones they add)."""
+        cls._tick_loop = None
+        if not cls._paused:
+            return
+        due: list[Timer] = []
+        while cls._heap and cls._heap[0].deadline <= cls._paused_now:
+            due.append(heapq.heappop(cls._heap))
+        for t in due:
+            t._fire()
+
+    @classmethod
+    def _due(cls) -> bool:
+        """True while a paused clock has a timer that is due (a tick is then on its way)."""
+        if not cls._paused:
+            return False
+        heap = cls._heap
+        while heap and heap[0]._done:
+            heapq.heappop(heap)
+        if heap and heap[0].deadline <= cls._paused_now:
+            cls._schedule_tick()
+            return True
+        return False
 
     @classmethod
     def pause(cls) -> None:
@@ -112,6 +159,8 @@ class Clock:
                 t._handle.cancel()
                 t._handle = None
             heapq.heappush(cls._heap, t)
+        if cls._heap and cls._heap[0].deadline <= cls._paused_now:
+            cls._schedule_tick()  # already due in real time: fires as it would have
 
     @classmethod
     def advance(cls, seconds: float) -> None:
@@ -151,16 +200,21 @@ class Clock:
 
     @classmethod
     async def settle(cls, max_rounds: int = 10_000) -> None:
-        """Wait until every libproc process is idle: no queued events, no handler running."""
-        from libproc import runtime
-
+        """Wait until every libproc process is idle (no queued events, no handler running)
+        and, with a paused clock, no timer is due: those fire, and what they start is done.
+        Gives up quietly after `max_rounds` turns of the event loop."""
         for _ in range(max_rounds):
             await asyncio.sleep(0)
-            if runtime.all_idle():
+            if cls._settled():
                 # One more round: callbacks scheduled with call_soon may enqueue new events.
                 await asyncio.sleep(0)
-                if runtime.all_idle():
+                if cls._settled():
                     return
+
+    @classmethod
+    def _settled(cls) -> bool:
+        rt = _context.runtime
+        return (rt is None or rt.all_idle()) and not cls._due()
 
     @classmethod
     def reset(cls) -> None:
@@ -171,6 +225,7 @@ class Clock:
         cls._offset = 0.0
         cls._heap = []
         cls._live = set()
+        cls._tick_loop = None
 
     @classmethod
     def _discard(cls, t: Timer) -> None:

@@ -1,4 +1,9 @@
-"""dispatch and defer: run a method inside a local process, in its mailbox order."""
+"""dispatch: run a method inside a local process, in its mailbox order.
+
+A method named by its class (`dispatch(pid, Base.func)`) runs the process's own
+implementation, as a virtual call does in libprocess: a subclass's override, or the class that
+implements a mixin's method (`dispatch(pid, Listener.event)`).
+"""
 
 from __future__ import annotations
 
@@ -8,22 +13,57 @@ from typing import Any
 
 from libproc import runtime
 from libproc.errors import ProcessNotFoundError
-from libproc.future import Future, Promise
+from libproc.future import Future
 from libproc.pid import UPID
 from libproc.process import DISPATCH, Process
 
-__all__ = ["dispatch", "defer"]
+__all__ = ["dispatch", "resolve_method"]
+
+# (class, function) -> the attribute name under which `class` implements that function (a
+# method of the class or of one of its bases, maybe overridden), or None for a function that
+# is not a method of the class. Bounded: cleared when full.
+_VIRTUAL: dict[tuple[type, Callable[..., Any]], str | None] = {}
+_VIRTUAL_MAX = 4096
 
 
-def _bind(proc: Process, method: Callable[..., Any] | str) -> Callable[..., Any]:
+def _method_name(cls: type, fn: Callable[..., Any]) -> str | None:
+    key = (cls, fn)
+    try:
+        return _VIRTUAL[key]
+    except KeyError:
+        pass
+    found: str | None = None
+    for klass in cls.__mro__:
+        for name, value in vars(klass).items():
+            if value is fn:
+                found = name
+                break
+        if found is not None:
+            break
+    if len(_VIRTUAL) >= _VIRTUAL_MAX:
+        _VIRTUAL.clear()
+    _VIRTUAL[key] = found
+    return found
+
+
+def resolve_method(proc: Process, method: Callable[..., Any] | str) -> Callable[..., Any]:
+    """The callable that `dispatch(proc, method)` runs (bound to `proc` for a method).
+
+    Raises AttributeError for a method name the process does not have.
+    """
     if isinstance(method, str):
         fn = getattr(proc, method, None)
         if fn is None or not callable(fn):
             raise AttributeError(f"process {proc.id!r} ({type(proc).__name__}) has no method "
                                  f"{method!r}")
         return fn  # type: ignore[no-any-return]
-    if inspect.isfunction(method) and getattr(type(proc), method.__name__, None) is method:
-        return method.__get__(proc)  # type: ignore[no-any-return]  # Class.method -> bound
+    if inspect.isfunction(method):
+        cls = type(proc)
+        if getattr(cls, method.__name__, None) is method:  # the common case: no override
+            return method.__get__(proc)  # type: ignore[no-any-return]
+        name = _method_name(cls, method)
+        if name is not None:
+            return getattr(proc, name)  # type: ignore[no-any-return]  # the override
     return method
 
 
@@ -31,34 +71,21 @@ def dispatch(pid: UPID | Process | str, method: Callable[..., Any] | str, *args:
              **kwargs: Any) -> Future[Any]:
     """Run `method(*args)` inside process `pid` once its earlier events are done.
 
-    `method` is a bound method, a function of the process's class (`Slave.launch`), a
-    method name, or any callable. The Future is READY with its result (a coroutine's result
-    or a returned Future's outcome), FAILED with what it raised, FAILED with
-    ProcessNotFoundError when `pid` is not a live local process, and DISCARDED if the process
-    terminates before running it. Call it from the event loop's thread.
+    `method` is a bound method, a function of the process's class or of a base or mixin
+    (`Slave.launch`; the process's own override runs), a method name, or any callable. The
+    Future is READY with its result (a coroutine's result or a returned Future's outcome),
+    FAILED with what it raised, FAILED with ProcessNotFoundError when `pid` is not a live
+    local process, and DISCARDED if the process terminates before running it. Call it from
+    the event loop's thread.
     """
     proc = runtime.lookup(pid)
     if proc is None or proc._state in ("terminating", "terminated"):
         return Future.failed(ProcessNotFoundError(pid))
-    promise: Promise[Any] = Promise()
     try:
-        fn = _bind(proc, method)
+        fn = resolve_method(proc, method)
     except AttributeError as exc:
         return Future.failed(exc)
-    promise.future._target = proc
-    proc._enqueue((DISPATCH, fn, args, kwargs, promise))
-    return promise.future
-
-
-def defer(pid: UPID | Process | str, method: Callable[..., Any] | str,
-          *bound: Any) -> Callable[..., Future[Any]]:
-    """A callable that, when called with more arguments, dispatches `method` to `pid`.
-
-    Use it to come back onto a process from a callback:
-    `future.on_ready(defer(self.pid, self._got))`.
-    """
-
-    def deferred(*args: Any, **kwargs: Any) -> Future[Any]:
-        return dispatch(pid, method, *bound, *args, **kwargs)
-
-    return deferred
+    future: Future[Any] = Future(False)
+    future._target = proc
+    proc._enqueue((DISPATCH, fn, args, kwargs, future))
+    return future

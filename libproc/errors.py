@@ -62,6 +62,14 @@ class FutureDiscardedError(FutureError):
         super().__init__(message)
 
 
+class FutureAbandonedError(FutureDiscardedError):
+    """The future is abandoned: its Promise is gone, so it will never complete."""
+
+    def __init__(self, message: str = "the future was abandoned: nothing is left that could "
+                 "complete it (its Promise was dropped)") -> None:
+        super().__init__(message)
+
+
 class FuturePendingError(FutureError):
     """`get()` on a future that is still PENDING."""
 

@@ -4,11 +4,20 @@ A Future is PENDING, then exactly one of READY (a value), FAILED (a message, and
 when one caused it) or DISCARDED (its producer gave up). Callbacks run synchronously, in the
 order they were added, on whatever code completes the future; one added to a completed future
 runs at once. `discard()` on a future only *requests* a discard: whoever holds the Promise sees
-it through `on_discard` and decides (`then` passes the request upstream).
+it through `on_discard` and decides (`then` passes the request upstream, and a value that
+arrives after the request does not run the next `then` callback: the chain ends DISCARDED).
+
+A PENDING future is *abandoned* once nothing is left that could complete it: its Promise was
+garbage-collected without completing (or associating) it, or it was made by `Future()` with no
+Promise at all. `is_abandoned()` says so, `on_abandoned(cb)` runs `cb` then, and `then`,
+`repair`, `recover`, `collect` and `await_` pass it on as libprocess does. The flag is set the
+moment the Promise goes; callbacks of a Promise dropped by the garbage collector run on the
+next turn of the event loop (never in the middle of whatever code the collector interrupted).
 
 A Future is awaitable (`value = await future`): a FAILED future raises the exception that failed
-it (or FutureFailedError), a DISCARDED one raises FutureDiscardedError, and cancelling the
-awaiting task requests a discard. Anything awaitable becomes a Future with `as_future()`.
+it (or FutureFailedError), a DISCARDED one raises FutureDiscardedError, an abandoned one
+FutureAbandonedError (instead of hanging forever), and cancelling the awaiting task requests a
+discard. Anything awaitable becomes a Future with `as_future()`.
 
     >>> p = Promise[int]()
     >>> doubled = p.future.then(lambda v: v * 2)
@@ -16,6 +25,8 @@ awaiting task requests a discard. Anything awaitable becomes a Future with `as_f
     True
     >>> doubled.get()
     42
+    >>> print(doubled)
+    Ready
 """
 
 from __future__ import annotations
@@ -23,19 +34,20 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Generator, Iterable
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Generic, TypeVar
 
+from libproc import _context
 from libproc.errors import (
     DeadlockError,
+    FutureAbandonedError,
     FutureDiscardedError,
     FutureError,
     FutureFailedError,
     FuturePendingError,
 )
 
-__all__ = ["Future", "Promise", "as_future", "collect", "await_", "PENDING", "READY", "FAILED",
-           "DISCARDED"]
+__all__ = ["Future", "Promise", "as_future", "PENDING", "READY", "FAILED", "DISCARDED"]
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -55,13 +67,27 @@ def _run(cb: Callable[..., Any], *args: Any) -> None:
         log.exception("future callback %r raised", cb)
 
 
+# Types that are never awaitable: `set` completes with them at once.
+_PLAIN = frozenset((type(None), bool, int, float, str, bytes, list, tuple, dict, set))
+
+
+def _as_error(error: str | BaseException) -> BaseException:
+    return error if isinstance(error, BaseException) else FutureFailedError(error)
+
+
 class Future(Generic[T]):
-    """The read side of a result; see the module docstring for the contract."""
+    """The read side of a result; see the module docstring for the contract.
+
+    `Future()` has no Promise, so it is abandoned from the start (libprocess's `Future<T>()`);
+    make a completable one with `Promise()`, or a completed one with `Future.ready()`,
+    `Future.failed()` or `Future.discarded()`.
+    """
 
     __slots__ = ("_state", "_value", "_error", "_callbacks", "_discard_requested",
-                 "_discard_callbacks", "_target", "__weakref__")
+                 "_discard_callbacks", "_target", "_associated", "_abandoned",
+                 "_abandoned_callbacks", "__weakref__")
 
-    def __init__(self) -> None:
+    def __init__(self, _abandoned: bool = True) -> None:
         self._state = PENDING
         self._value: Any = None
         self._error: BaseException | None = None
@@ -71,25 +97,28 @@ class Future(Generic[T]):
         # The Process that will complete this future (set by dispatch), used to refuse an
         # await from inside that process's own running handler, which would deadlock.
         self._target: Any = None
+        # Takes another future's outcome (Promise.associate): its own producer may not set it.
+        self._associated = False
+        self._abandoned = _abandoned
+        self._abandoned_callbacks: list[Callable[[], Any]] | None = None
 
     # -- construction -------------------------------------------------------------------
 
     @staticmethod
     def ready(value: U) -> Future[U]:
-        f: Future[U] = Future()
+        f: Future[U] = Future(False)
         f._state, f._value = READY, value
         return f
 
     @staticmethod
     def failed(error: str | BaseException) -> Future[Any]:
-        f: Future[Any] = Future()
-        f._state = FAILED
-        f._error = error if isinstance(error, BaseException) else FutureFailedError(error)
+        f: Future[Any] = Future(False)
+        f._state, f._error = FAILED, _as_error(error)
         return f
 
     @staticmethod
     def discarded() -> Future[Any]:
-        f: Future[Any] = Future()
+        f: Future[Any] = Future(False)
         f._state = DISCARDED
         return f
 
@@ -111,6 +140,10 @@ class Future(Generic[T]):
     def is_discarded(self) -> bool:
         return self._state is DISCARDED
 
+    def is_abandoned(self) -> bool:
+        """True once nothing is left that could complete this (still PENDING) future."""
+        return self._abandoned
+
     def has_discard(self) -> bool:
         """True once someone asked to discard this future."""
         return self._discard_requested
@@ -124,6 +157,8 @@ class Future(Generic[T]):
             raise self._error
         if self._state is DISCARDED:
             raise FutureDiscardedError()
+        if self._abandoned:
+            raise FutureAbandonedError()
         raise FuturePendingError("get() on a PENDING future; await it or add a callback")
 
     def failure(self) -> str:
@@ -166,6 +201,16 @@ class Future(Generic[T]):
             self._discard_callbacks.append(cb)
         return self
 
+    def on_abandoned(self, cb: Callable[[], Any]) -> Future[T]:
+        """Run `cb` when this future is abandoned (at once if it already is)."""
+        if self._abandoned:
+            _run(cb)
+        elif self._state is PENDING:
+            if self._abandoned_callbacks is None:
+                self._abandoned_callbacks = []
+            self._abandoned_callbacks.append(cb)
+        return self
+
     def discard(self) -> bool:
         """Request a discard; True if this was the first request on a PENDING future."""
         if self._state is not PENDING or self._discard_requested:
@@ -176,84 +221,205 @@ class Future(Generic[T]):
             _run(cb)
         return True
 
+    # -- completion (the write side; Promise and libproc's own producers) ----------------
+
+    def _complete(self, state: str, value: Any = None, error: BaseException | None = None) -> bool:
+        if self._state is not PENDING:
+            return False
+        self._state, self._value, self._error = state, value, error
+        cbs, self._callbacks = self._callbacks, None
+        self._discard_callbacks = None
+        self._abandoned_callbacks = None
+        if cbs:
+            for cb in cbs:
+                _run(cb, self)
+        return True
+
+    def _set(self, value: Any) -> bool:
+        """Promise.set: a value completes; a Future or awaitable is associated."""
+        if self._state is not PENDING or self._associated:
+            return False
+        if type(value) in _PLAIN:  # the common case, without inspect's ABC check
+            return self._complete(READY, value)
+        if isinstance(value, Future):
+            return self._associate(value)
+        if inspect.isawaitable(value):
+            return self._associate(as_future(value))
+        return self._complete(READY, value)
+
+    def _fail(self, error: str | BaseException) -> bool:
+        if self._associated:
+            return False
+        return self._complete(FAILED, error=_as_error(error))
+
+    def _associate(self, other: Future[Any]) -> bool:
+        """Take `other`'s outcome, and its abandonment; a discard request flows to `other`."""
+        if self._state is not PENDING or self._associated:
+            return False
+        self._associated = True
+        self.on_discard(other.discard)
+        other.on_any(self._take)
+        other.on_abandoned(self._abandon_propagated)
+        return True
+
+    def _take(self, f: Future[Any]) -> None:
+        """Complete with `f`'s (final) outcome, association or not."""
+        state = f._state
+        if state is READY:
+            self._complete(READY, f._value)
+        elif state is FAILED:
+            self._complete(FAILED, error=f._error)
+        elif state is DISCARDED:
+            self._complete(DISCARDED)
+
+    def _abandon(self, propagating: bool = False) -> bool:
+        """Mark abandoned and run the on_abandoned callbacks (an associated future only when
+        the abandonment comes from the future it is associated with)."""
+        if (self._abandoned or self._state is not PENDING
+                or (self._associated and not propagating)):
+            return False
+        self._abandoned = True
+        cbs, self._abandoned_callbacks = self._abandoned_callbacks, None
+        for cb in cbs or ():
+            _run(cb)
+        return True
+
+    def _abandon_propagated(self) -> None:
+        self._abandon(True)
+
     # -- composition --------------------------------------------------------------------
 
     def then(self, fn: Callable[[T], Any]) -> Future[Any]:
         """Chain: `fn(value)` once READY; it may return a value, a Future or an awaitable.
 
-        A FAILED or DISCARDED future skips `fn` and passes its state on; discarding the
-        returned future requests a discard of this one.
+        A FAILED or DISCARDED future skips `fn` and passes its state on; so does one that
+        becomes READY after a discard was requested (the result is DISCARDED, `fn` never
+        runs). Discarding the returned future requests a discard of this one; abandoning
+        this one abandons the returned one.
         """
-        promise: Promise[Any] = Promise()
-        promise.future.on_discard(self.discard)
+        out: Future[Any] = Future(False)
 
         def step(f: Future[T]) -> None:
             if f._state is READY:
+                if f._discard_requested:
+                    out._complete(DISCARDED)
+                    return
                 try:
                     result = fn(f._value)
                 except Exception as exc:
-                    promise.fail(exc)
+                    out._complete(FAILED, error=exc)
                     return
-                promise.set(result)
+                out._set(result)
             else:
-                promise._mirror(f)
+                out._take(f)
 
-        self.on_any(step)
-        return promise.future
+        # on_any(step), on_abandoned(out._abandon), out.on_discard(self.discard), inlined:
+        # `then` is the hottest composition.
+        if self._state is PENDING:
+            cbs = self._callbacks
+            if cbs is None:
+                self._callbacks = [step]
+            else:
+                cbs.append(step)
+            if self._abandoned:
+                out._abandoned = True  # nothing is registered on `out` yet
+            elif self._abandoned_callbacks is None:
+                self._abandoned_callbacks = [out._abandon]
+            else:
+                self._abandoned_callbacks.append(out._abandon)
+            out._discard_callbacks = [self.discard]
+        else:
+            _run(step, self)
+        return out
 
     def repair(self, fn: Callable[[Future[T]], Any]) -> Future[Any]:
         """Recover a FAILED future: `fn(self)` supplies the value (or future) instead."""
-        promise: Promise[Any] = Promise()
-        promise.future.on_discard(self.discard)
+        out: Future[Any] = Future(False)
 
         def step(f: Future[T]) -> None:
             if f._state is FAILED:
                 try:
-                    promise.set(fn(f))
+                    out._set(fn(f))
                 except Exception as exc:
-                    promise.fail(exc)
+                    out._complete(FAILED, error=exc)
             else:
-                promise._mirror(f)
+                out._take(f)
 
         self.on_any(step)
-        return promise.future
+        self.on_abandoned(out._abandon)
+        out.on_discard(self.discard)
+        return out
+
+    def recover(self, fn: Callable[[Future[T]], Any]) -> Future[Any]:
+        """Recover a FAILED, DISCARDED or abandoned future: `fn(self)` supplies the result.
+
+        A discard request on the result flows upstream; once `fn` runs, the request is
+        cleared, so the future `fn` returns is not discarded at once, while a later request
+        reaches it. `fn` runs at most once; a READY future passes through.
+        """
+        out: Future[Any] = Future(False)
+        ran = False
+
+        def rescue() -> None:
+            nonlocal ran
+            if ran or out._state is not PENDING:
+                return
+            ran = True
+            out._discard_requested = False
+            try:
+                out._set(fn(self))
+            except Exception as exc:
+                out._complete(FAILED, error=exc)
+
+        def step(f: Future[T]) -> None:
+            if f._state is READY:
+                if not ran:
+                    out._take(f)
+            else:
+                rescue()
+
+        self.on_any(step)
+        self.on_abandoned(rescue)
+        out.on_discard(self.discard)
+        return out
 
     def after(self, seconds: float, fn: Callable[[Future[T]], Any]) -> Future[Any]:
         """If still PENDING after `seconds` of Clock time, `fn(self)` supplies the result.
 
         `fn` typically discards this future and returns a failure. The timer is cancelled
-        when this future completes first.
+        when this future completes first. The timer keeps the result completable, so it is
+        not abandoned when this future is.
         """
         from libproc.clock import Clock
 
-        promise: Promise[Any] = Promise()
-        promise.future.on_discard(self.discard)
+        out: Future[Any] = Future(False)
         fired = False
 
         def expire() -> None:
             nonlocal fired
-            if self._state is not PENDING or promise.future._state is not PENDING:
+            if self._state is not PENDING or out._state is not PENDING:
                 return
             fired = True
             try:
-                promise.set(fn(self))
+                out._set(fn(self))
             except Exception as exc:
-                promise.fail(exc)
+                out._complete(FAILED, error=exc)
 
         timer = Clock.timer(seconds, expire)
 
         def done(f: Future[T]) -> None:
             timer.cancel()
             if not fired:
-                promise._mirror(f)
+                out._take(f)
 
         self.on_any(done)
-        return promise.future
+        out.on_discard(self.discard)
+        return out
 
     # -- asyncio interop ----------------------------------------------------------------
 
     def __await__(self) -> Generator[Any, None, T]:
-        if self._state is PENDING:
+        if self._state is PENDING and not self._abandoned:
             target = self._target
             if (target is not None and target._busy
                     and target._handler_task is asyncio.current_task()):
@@ -261,11 +427,12 @@ class Future(Generic[T]):
             loop = asyncio.get_running_loop()
             waiter: asyncio.Future[None] = loop.create_future()
 
-            def wake(_: Future[T]) -> None:
+            def wake(*_: Any) -> None:
                 if not waiter.done():
                     waiter.set_result(None)
 
             self.on_any(wake)
+            self.on_abandoned(wake)
             try:
                 yield from waiter.__await__()
             except asyncio.CancelledError:
@@ -273,80 +440,87 @@ class Future(Generic[T]):
                 raise
         return self.get()
 
+    def __str__(self) -> str:
+        """libprocess's stringify: `Pending`, `Ready (with discard)`, `Failed: why`, ..."""
+        suffix = " (with discard)" if self._discard_requested else ""
+        state = self._state
+        if state is PENDING:
+            return ("Abandoned" if self._abandoned else "Pending") + suffix
+        if state is READY:
+            return "Ready" + suffix
+        if state is FAILED:
+            return f"Failed{suffix}: {self.failure()}"
+        return "Discarded" + suffix
+
     def __repr__(self) -> str:
         if self._state is READY:
-            return f"<Future READY {self._value!r}>"
-        if self._state is FAILED:
-            return f"<Future FAILED {self.failure()!r}>"
-        return f"<Future {self._state}>"
+            return f"<Future {self} {self._value!r}>"
+        return f"<Future {self}>"
+
+
+def _abandon_dropped(f: Future[Any]) -> None:
+    """A Promise was dropped with `f` PENDING: flag `f` now, run its callbacks on the loop."""
+    f._abandoned = True
+    cbs, f._abandoned_callbacks = f._abandoned_callbacks, None
+    if not cbs:
+        return
+
+    def run() -> None:
+        for cb in cbs:
+            _run(cb)
+
+    try:
+        asyncio.get_running_loop().call_soon(run)
+        return
+    except RuntimeError:  # not on a running loop's thread
+        pass
+    loop = _context.loop
+    if loop is not None and not loop.is_closed():
+        try:
+            loop.call_soon_threadsafe(run)
+            return
+        except RuntimeError:  # closed meanwhile
+            pass
+    run()
 
 
 class Promise(Generic[T]):
-    """The write side: completes its `future` once; later calls return False."""
+    """The write side: completes its `future` once; later calls return False.
 
-    __slots__ = ("future", "_associated")
+    Dropping a Promise (it is garbage-collected) while its future is PENDING and not
+    associated abandons that future.
+    """
+
+    __slots__ = ("future",)
 
     def __init__(self) -> None:
-        self.future: Future[T] = Future()
-        self._associated = False
+        self.future: Future[T] = Future(False)
 
-    def _complete(self, state: str, value: Any = None, error: BaseException | None = None) -> bool:
-        f = self.future
-        if f._state is not PENDING:
-            return False
-        f._state, f._value, f._error = state, value, error
-        cbs, f._callbacks = f._callbacks, None
-        f._discard_callbacks = None
-        if cbs:
-            for cb in cbs:
-                _run(cb, f)
-        return True
+    def __del__(self) -> None:
+        try:
+            f = self.future
+            if f._state is PENDING and not f._associated and not f._abandoned:
+                _abandon_dropped(f)
+        except Exception:  # noqa: BLE001 - __init__ did not run, or interpreter shutdown
+            pass
 
     def set(self, value: Any) -> bool:
         """Complete with a value; a Future or awaitable is associated (its outcome is ours)."""
-        if self.future._state is not PENDING or self._associated:
-            return False
-        if isinstance(value, Future):
-            return self.associate(value)
-        if inspect.isawaitable(value):
-            return self.associate(as_future(value))
-        return self._complete(READY, value)
+        return self.future._set(value)
 
     def associate(self, other: Future[Any]) -> bool:
         """This promise's future takes `other`'s outcome; a discard request flows to `other`."""
-        if self.future._state is not PENDING or self._associated:
-            return False
-        self._associated = True
-        self.future.on_discard(other.discard)
-        other.on_any(self._mirror_forced)
-        return True
-
-    def _mirror_forced(self, f: Future[Any]) -> None:
-        self._associated = False
-        self._mirror(f)
-
-    def _mirror(self, f: Future[Any]) -> bool:
-        if self._associated:
-            return False
-        if f._state is READY:
-            return self._complete(READY, f._value)
-        if f._state is FAILED:
-            return self._complete(FAILED, error=f._error)
-        if f._state is DISCARDED:
-            return self._complete(DISCARDED)
-        return False
+        return self.future._associate(other)
 
     def fail(self, error: str | BaseException) -> bool:
-        if self._associated:
-            return False
-        exc = error if isinstance(error, BaseException) else FutureFailedError(error)
-        return self._complete(FAILED, error=exc)
+        return self.future._fail(error)
 
     def discard(self) -> bool:
         """Complete as DISCARDED (the producer gives up)."""
-        if self._associated:
+        f = self.future
+        if f._associated:
             return False
-        return self._complete(DISCARDED)
+        return f._complete(DISCARDED)
 
 
 def as_future(value: Any) -> Future[Any]:
@@ -356,74 +530,19 @@ def as_future(value: Any) -> Future[Any]:
     if not inspect.isawaitable(value):
         return Future.ready(value)
     task = asyncio.ensure_future(value)
-    promise: Promise[Any] = Promise()
+    out: Future[Any] = Future(False)
 
     def done(t: asyncio.Future[Any]) -> None:
         if t.cancelled():
-            promise.discard()
+            out._complete(DISCARDED)
         elif t.exception() is not None:
-            promise.fail(t.exception())  # type: ignore[arg-type]
+            out._fail(t.exception())  # type: ignore[arg-type]
         else:
-            promise.set(t.result())
+            out._set(t.result())
 
     task.add_done_callback(done)
-    promise.future.on_discard(task.cancel)
-    return promise.future
-
-
-def _flatten(futures: tuple[Any, ...]) -> list[Future[Any]]:
-    only = futures[0] if len(futures) == 1 else None
-    if only is not None and not isinstance(only, Future) and isinstance(only, Iterable):
-        return [as_future(f) for f in only]
-    return [as_future(f) for f in futures]
-
-
-def collect(*futures: Any) -> Future[list[Any]]:
-    """READY with every value (in order) once all are READY; FAILED as soon as one fails or
-    is discarded. Discarding the result requests a discard of every input."""
-    items = _flatten(futures)
-    promise: Promise[list[Any]] = Promise()
-    if not items:
-        promise.set([])
-        return promise.future
-    remaining = [len(items)]
-
-    def step(f: Future[Any]) -> None:
-        if promise.future._state is not PENDING:
-            return
-        if f._state is FAILED:
-            promise.fail(f._error or FutureFailedError("collect failed"))
-        elif f._state is DISCARDED:
-            promise.fail(FutureFailedError("collect failed: a future was discarded"))
-        else:
-            remaining[0] -= 1
-            if remaining[0] == 0:
-                promise.set([i._value for i in items])
-
-    promise.future.on_discard(lambda: [i.discard() for i in items])
-    for item in items:
-        item.on_any(step)
-    return promise.future
-
-
-def await_(*futures: Any) -> Future[list[Future[Any]]]:
-    """READY with the futures themselves once every one has completed, whatever its state."""
-    items = _flatten(futures)
-    promise: Promise[list[Future[Any]]] = Promise()
-    remaining = [len(items)]
-    if not items:
-        promise.set([])
-        return promise.future
-
-    def step(_: Future[Any]) -> None:
-        remaining[0] -= 1
-        if remaining[0] == 0:
-            promise.set(items)
-
-    promise.future.on_discard(lambda: [i.discard() for i in items])
-    for item in items:
-        item.on_any(step)
-    return promise.future
+    out.on_discard(task.cancel)
+    return out
 
 
 AwaitableOrFuture = Awaitable[T] | Future[T]

@@ -3,7 +3,8 @@
 `/<id><path>` reaches the route a process installed with `route(path, handler)`; the handler
 runs inside the process's mailbox, serially with its messages. A path whose first segment is
 not a live process goes to the delegate process when one is set (so `/vars` can reach
-`/master/vars`). Built in: `/__processes__`, `/metrics/snapshot`, `/health`.
+`/master/vars`). Built in: `/__processes__`, `/metrics/snapshot`, `/health`. Every HTTP
+request (not the libprocess messages) first passes the rules of `libproc.firewall`.
 
 `/health` answers 200 `{"healthy": true, ...}`, or 503 with `"healthy": false` and the
 `reason` once any check registered with `add_health_check` reports a problem (a process
@@ -24,9 +25,9 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from libproc import wire
+from libproc import firewall, wire
 from libproc.errors import FutureDiscardedError
-from libproc.future import Future, Promise
+from libproc.future import Future
 from libproc.metrics import metrics
 from libproc.process import HTTP
 
@@ -122,20 +123,28 @@ class HttpServer:
         rest = "/" if slash < 0 else path[slash:]
         builtin = self._builtin(first, rest)
         if builtin is not None:
-            return builtin
+            return firewall.check(request, unquote(path), None) or builtin
         proc = self.rt.processes.get(unquote(first))
-        if proc is None and self.rt.delegate is not None:
+        delegated = proc is None and self.rt.delegate is not None
+        if delegated:
             proc = self.rt.processes.get(self.rt.delegate)
             rest = path
+        # As routed: with the delegate's id in front when the request goes to the delegate.
+        routed = f"/{self.rt.delegate}{path}" if delegated else path
+        found = proc._find_route(rest) if proc is not None else None
+        endpoint = f"/{proc.id}{found[0]}" if proc is not None and found is not None else None
+        refusal = firewall.check(request, unquote(routed), endpoint)
+        if refusal is not None:
+            return refusal
         if proc is None or proc._state in ("terminating", "terminated"):
             return json_error(404, f"no process serves {path!r}")
-        handler = proc._find_route(rest)
-        if handler is None:
+        if found is None:
             return json_error(404, f"process {proc.id!r} has no endpoint {rest!r}")
-        promise: Promise[Any] = Promise()
-        proc._enqueue((HTTP, handler, request, promise))
+        handler = found[1]
+        served: Future[Any] = Future(False)
+        proc._enqueue((HTTP, handler, request, served))
         try:
-            result = await promise.future
+            result = await served
             if isinstance(result, Future):
                 result = await result
         except FutureDiscardedError:  # the process terminated before it served the request

@@ -28,7 +28,8 @@ from typing import Any
 
 from google.protobuf.message import Message as PbMessage
 
-from libproc.dispatch import defer, dispatch
+from libproc.defer import defer
+from libproc.dispatch import dispatch
 from libproc.future import Future
 from libproc.names_client import NamesClient, NoticeCallback, Watch, default_client
 from libproc.names_model import (

@@ -11,6 +11,11 @@ handlers touch its state.
 
 Subclass it, `install()` message handlers and `route()` endpoints in `initialize()`, then
 `libproc.spawn(MyProcess())`. `finalize()` runs as the last event before the process is gone.
+A process has its UPID (`pid`) as soon as the runtime runs, before it is spawned, so two
+processes can be wired to each other first and spawned after.
+
+Every message, dispatch and `exited` event passes the event filter (`libproc.testing`) on its
+way into a mailbox; with no filter installed that costs one comparison.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from libproc import _context
-from libproc.future import Future, Promise
+from libproc.future import DISCARDED, Future, Promise
 from libproc.metrics import metrics
 from libproc.pid import ID, UPID
 
@@ -40,6 +45,18 @@ _KIND_NAMES = ("MESSAGE", "DISPATCH", "HTTP", "EXITED", "TERMINATE", "INITIALIZE
 
 # How many events one turn of the event loop may handle for one process before yielding.
 _BATCH = 256
+
+# The event filter (libprocess's `filter()`, installed by libproc.testing): called as
+# `_filter(process, event)` for MESSAGE, DISPATCH and EXITED events; True drops the event.
+EventFilter = Callable[["Process", tuple[Any, ...]], bool]
+_filter: EventFilter | None = None
+_FILTERED = frozenset((MESSAGE, DISPATCH, EXITED))
+
+
+def set_filter(event_filter: EventFilter | None) -> None:
+    """Install (or, with None, remove) the one event filter; see libproc.testing."""
+    global _filter
+    _filter = event_filter
 
 
 class Process:
@@ -68,9 +85,15 @@ class Process:
 
     @property
     def pid(self) -> UPID:
-        """This process's UPID (libprocess's `self()`); valid once spawned."""
+        """This process's UPID (libprocess's `self()`): known once the runtime runs, even
+        before the process is spawned (it is the runtime's address with this id)."""
         if self._pid is None:
-            raise RuntimeError(f"process {self._id!r} has no UPID yet: spawn it first")
+            rt = _context.runtime
+            if rt is None:
+                raise RuntimeError(
+                    f"process {self._id!r} has no UPID yet: libproc is not running; start it "
+                    "(`await libproc.start()`) and spawn it first")
+            self._pid = rt.address.with_id(self._id)
         return self._pid
 
     @property
@@ -99,6 +122,16 @@ class Process:
         """Handle messages called `name` with `handler(sender_upid, body_bytes)`."""
         self._handlers[name] = handler
 
+    def delegate(self, name: str, to: UPID) -> None:
+        """Forward every message called `name` to `to`, keeping its sender (libprocess's
+        per-message `delegate`); it replaces a handler installed for `name`, and a later
+        `install(name, ...)` replaces the delegation."""
+
+        def forward(sender: UPID, body: bytes) -> None:
+            self._require_runtime("delegate").send(sender, to, name, body)
+
+        self._handlers[name] = forward
+
     def route(self, path: str, handler: RouteHandler, description: str = "") -> None:
         """Serve `handler(request)` at `/<id><path>`; it returns an aiohttp response, a str,
         bytes, a dict/list (JSON), a Future or a coroutine. `/` catches every path below."""
@@ -106,13 +139,14 @@ class Process:
             raise ValueError(f"route {path!r} must start with '/'")
         self._routes[path.rstrip("/") or "/"] = (handler, description)
 
-    def _find_route(self, path: str) -> RouteHandler | None:
-        """libprocess's lookup: the longest installed route that is a segment prefix."""
+    def _find_route(self, path: str) -> tuple[str, RouteHandler] | None:
+        """libprocess's lookup: the longest installed route that is a segment prefix of
+        `path`, as (route path, handler)."""
         path = path.rstrip("/") or "/"
         while True:
             hit = self._routes.get(path)
             if hit is not None:
-                return hit[0]
+                return path, hit[0]
             if path == "/":
                 return None
             cut = path.rfind("/")
@@ -142,6 +176,10 @@ class Process:
     # -- mailbox ------------------------------------------------------------------------
 
     def _enqueue(self, event: tuple[Any, ...], front: bool = False) -> None:
+        if _filter is not None and event[0] in _FILTERED and _filter(self, event):
+            if event[0] == DISPATCH:
+                event[4]._abandon()  # a dropped dispatch will never run
+            return
         if front:
             self._mailbox.appendleft(event)
         else:
@@ -186,9 +224,9 @@ class Process:
             result = await pending
             kind = event[0]
             if kind == DISPATCH:
-                event[4].set(result)
+                event[4]._set(result)
             elif kind == HTTP:
-                event[3].set(result)
+                event[3]._set(result)
         except BaseException as exc:  # noqa: BLE001 - a handler must never kill the actor
             self._handler_failed(event, exc)
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
@@ -207,10 +245,10 @@ class Process:
     def _handler_failed(self, event: tuple[Any, ...], exc: BaseException) -> None:
         kind = event[0]
         if kind == DISPATCH:
-            event[4].fail(exc)
+            event[4]._fail(exc)
             return
         if kind == HTTP:
-            event[3].fail(exc)
+            event[3]._fail(exc)
             return
         metrics.inc("libproc/handler_errors")
         if isinstance(exc, asyncio.CancelledError):
@@ -235,18 +273,18 @@ class Process:
                 self._current_from = None
                 return None
             if kind == DISPATCH:
-                _, fn, args, kwargs, promise = event
+                _, fn, args, kwargs, future = event
                 result = fn(*args, **kwargs)
                 if inspect.iscoroutine(result):
                     return result
-                promise.set(result)
+                future._set(result)
                 return None
             if kind == HTTP:
-                _, handler, request, promise = event
+                _, handler, request, future = event
                 result = handler(request)
                 if inspect.iscoroutine(result):
                     return result
-                promise.set(result)
+                future._set(result)
                 return None
             if kind == EXITED:
                 result = self.exited(event[1])
@@ -276,11 +314,11 @@ class Process:
         if kind == TERMINATE and self._state != "terminated":
             self._state = "terminated"
             leftover, self._mailbox = self._mailbox, deque()
-            for event in leftover:
+            for event in leftover:  # DISCARDED (not abandoned): awaiting callers learn at once
                 if event[0] == DISPATCH:
-                    event[4].discard()
+                    event[4]._complete(DISCARDED)
                 elif event[0] == HTTP:
-                    event[3].discard()
+                    event[3]._complete(DISCARDED)
             self._runtime._terminated(self)
             self._done.set(True)
 

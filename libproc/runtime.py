@@ -5,6 +5,10 @@ asyncio loop that will run every process. Sending to a UPID at our own address n
 the network. Links follow libprocess: `exited(pid)` is delivered once per link when the
 persistent connection to pid's address closes or cannot connect, or when a local linked
 process terminates (at once if it does not exist).
+
+`wait(pid)` is READY with True once a process that ran here has terminated (the last 10,000
+terminated ids are remembered) and at once with False for a process never spawned here, as
+libprocess's `wait` ("true if a process was actually waited upon").
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ import logging
 import os
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from libproc import wire
+from libproc import _context, wire
 from libproc.connections import ConnectionLimits
 from libproc.errors import NotRunningError
 from libproc.future import Future, Promise
@@ -26,11 +31,16 @@ from libproc.pid import UPID
 from libproc.process import EXITED, INITIALIZE, MESSAGE, TERMINATE, Process
 from libproc.transport import Transport
 
-__all__ = ["start", "stop", "run", "spawn", "terminate", "wait", "address", "lookup",
-           "all_idle", "processes", "is_running"]
+__all__ = ["start", "stop", "run", "spawn", "terminate", "wait", "post", "address", "lookup",
+           "all_idle", "processes", "is_running", "NO_SENDER"]
 
 log = logging.getLogger("libproc.runtime")
 T = TypeVar("T")
+
+# The sender of a message posted from outside any process: libprocess's empty `UPID()`,
+# written `@0.0.0.0:0` on the wire.
+NO_SENDER = UPID("", "0.0.0.0", 0)
+_TERMINATED_REMEMBERED = 10_000
 
 
 class Runtime:
@@ -50,6 +60,10 @@ class Runtime:
         self.local_links: dict[str, set[Process]] = {}
         self.remote_links: dict[tuple[str, int], set[tuple[Process, UPID]]] = {}
         self.http: Any = None
+        self.executor: Any = None  # libproc.executor's default Executor, made on first use
+        # Ids of processes that terminated here (bounded), so `wait` can tell "gone" from
+        # "never spawned".
+        self.terminated_ids: OrderedDict[str, None] = OrderedDict()
 
     # -- locality -----------------------------------------------------------------------
 
@@ -108,7 +122,7 @@ class Runtime:
     # -- lifecycle ----------------------------------------------------------------------
 
     def spawn(self, process: Process) -> UPID:
-        if process._pid is not None:
+        if process._runtime is not None or process._state != "created":
             raise ValueError(f"process {process.id!r} was already spawned")
         if process.id in self.processes:
             raise ValueError(
@@ -132,6 +146,10 @@ class Runtime:
     def _terminated(self, proc: Process) -> None:
         if self.processes.get(proc.id) is proc:
             del self.processes[proc.id]
+        self.terminated_ids[proc.id] = None
+        self.terminated_ids.move_to_end(proc.id)
+        if len(self.terminated_ids) > _TERMINATED_REMEMBERED:
+            self.terminated_ids.popitem(last=False)
         for linker in self.local_links.pop(proc.id, ()):
             if linker._state not in ("terminating", "terminated"):
                 linker._enqueue((EXITED, proc.pid))
@@ -232,6 +250,7 @@ async def start(
     rt.http = http.HttpServer(rt)
     rt.transport.http_factory = rt.http.protocol_factory()
     _runtime = rt
+    _context.runtime, _context.loop = rt, rt.loop
     log.debug("libproc listening on %s:%s, advertising %s", bound_host, bound_port, rt.address)
     return rt.address
 
@@ -255,6 +274,7 @@ async def stop(timeout: float = 5.0) -> None:
         await rt.http.close()
     await rt.transport.close()
     _runtime = None
+    _context.runtime = _context.loop = None
 
 
 async def _as_aio(f: Future[Any]) -> Any:
@@ -295,18 +315,46 @@ def terminate(pid: UPID | Process | str, inject: bool = True) -> bool:
 
 
 def wait(pid: UPID | Process | str, timeout: float | None = None) -> Future[bool]:
-    """A Future READY with True once the process has terminated (at once if it is gone);
-    with `timeout`, READY with False if it is still running then."""
+    """A Future READY with True once the process has terminated (at once if it already
+    has), False at once for a process never spawned here; with `timeout`, READY with False
+    if it is still running then."""
     rt = _get("wait")
     proc = rt.lookup(pid)
     if proc is None:
-        return Future.ready(True)
+        if isinstance(pid, Process):
+            return Future.ready(pid._state == "terminated")
+        pid_id = pid.id if isinstance(pid, UPID) else pid
+        local = not isinstance(pid, UPID) or not pid.host or rt.is_local(pid)
+        return Future.ready(local and pid_id in rt.terminated_ids)
     fut = proc._done.future
     if timeout is None:
         return fut
     promise: Promise[bool] = Promise()
     promise.associate(fut.after(timeout, lambda _: False))
     return promise.future
+
+
+def post(to: UPID, name: str | UPID, body: bytes | str = b"", *args: Any,
+         sender: UPID | None = None) -> None:
+    """Send a message from outside any process (libprocess's `post`).
+
+    `post(to, name, body=b"")`, or libprocess's `post(sender, to, name, body=b"")`. The
+    receiver sees `sender`, by default NO_SENDER (`@0.0.0.0:0`: nobody to answer). Delivery
+    is as for `Process.send`: local without the network, remote at most once; an empty `to`
+    is ignored. Call it from the event loop's thread.
+    """
+    if isinstance(name, UPID):  # post(sender, to, name, body)
+        if not isinstance(body, str) or len(args) > 1:
+            raise TypeError("post(sender, to, name, body=b'') takes a message name third")
+        sender, to, name, body = to, name, body, (args[0] if args else b"")
+    elif args:
+        raise TypeError("post(to, name, body=b'') takes at most three arguments")
+    if not isinstance(body, bytes):
+        raise TypeError(f"a message body is bytes, not {type(body).__name__}")
+    rt = _get(f"post {name!r}")
+    if not to:
+        return
+    rt.send(sender if sender is not None else NO_SENDER, to, name, body)
 
 
 def lookup(pid: UPID | Process | str) -> Process | None:

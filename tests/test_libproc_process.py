@@ -420,7 +420,13 @@ async def test_async_finalize_is_awaited_before_the_process_is_gone(runtime: UPI
 
 
 async def test_wait_on_a_missing_process_is_ready_at_once(runtime: UPID) -> None:
-    assert libproc.wait("nobody-here").get() is True
+    # libprocess: "true if a process was actually waited upon" (issue 17).
+    assert libproc.wait("nobody-here").get() is False
+    assert libproc.wait(Worker()).get() is False  # never spawned
+    pid = libproc.spawn(Worker())
+    libproc.terminate(pid)
+    assert await within(libproc.wait(pid)) is True
+    assert libproc.wait(pid).get() is True  # it ran here and is gone
 
 
 async def test_wait_with_timeout_is_false_while_the_process_runs(runtime: UPID) -> None:

@@ -1,9 +1,10 @@
-"""`until`: the one bounded wait of the in-process tests."""
+"""`until` and `within`: the bounded waits of the in-process tests."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from libproc import Clock
 
@@ -18,3 +19,12 @@ async def until(cond: Callable[[], object], timeout: float = 10.0, *,
             raise AssertionError(f"condition not reached within {timeout:g} s")
         await Clock.settle()
         await asyncio.sleep(interval)
+
+
+async def within(aw: Any, timeout: float = 10.0) -> Any:
+    """Await a libproc Future (or any awaitable) for at most `timeout` seconds."""
+
+    async def run() -> Any:
+        return await aw
+
+    return await asyncio.wait_for(run(), timeout)

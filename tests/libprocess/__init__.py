@@ -1,0 +1,1 @@
+"""libprocess's own test suite (apache/mesos 3rdparty/libprocess/src/tests), ported to libproc."""
