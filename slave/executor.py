@@ -16,8 +16,9 @@ rely on:
   systems (ext4 without a journal scans past recently deleted inodes).
 - `<work_dir>/tasks.journal` (one per executor, opened once for append) gets one JSON line per
   event for `kill_orphans`: a start record (task id, attempt, sandbox, pid, pgid, the leader's
-  start ticks, command, started_at) once the shell is spawned, an end record (state,
-  exit_code, finished_at) when its result is reported. Plain writes, no fsync: the journal
+  start ticks, command, the digests of the command and of the leader's /proc cmdline,
+  started_at) once the shell is spawned, an end record (state, exit_code, finished_at) when
+  its result is reported. Plain writes, no fsync: the journal
   only has to survive the slave process, not the machine (no task survives a reboot). It is
   rewritten with only the running tasks' start records by `Executor.kill_orphans` (start-up)
   and whenever it outgrows JOURNAL_COMPACT_AT.
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -74,7 +76,12 @@ JOURNAL_COMPACT_AT = 4 * 1024 * 1024
 """Journal size (bytes) past which it is rewritten with only the running tasks' starts (or at
 twice its size after the last rewrite, if that is more)."""
 MAX_RECORDED_COMMAND = 1024
-"""Most characters of a task's command kept in its journal record (it is only informative)."""
+"""Most characters of a task's command kept in its journal record (its digest covers it all)."""
+MAX_UNPROVEN_WARNINGS = 20
+"""Most journal records named one WARN line each when `kill_orphans` cannot prove them ours; the
+rest are counted in one more line (a corrupt journal must not flood the log)."""
+SHELL = "/bin/sh"
+"""Every task runs as `SHELL -c COMMAND`: the leader's cmdline proves a journal record."""
 
 _BAD = frozenset("/\\\0")
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # nothing to escape, not hidden
@@ -341,7 +348,7 @@ class Executor:
             t.offset = os.fstat(t.reader).st_size
             # vfork + exec (no preexec_fn): cheap even for a big slave process.
             t.proc = subprocess.Popen(
-                ("/bin/sh", "-c", command), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                (SHELL, "-c", command), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                 cwd=sandbox, env=self._env(t, env), start_new_session=True,
             )  # fmt: skip
         finally:
@@ -355,10 +362,15 @@ class Executor:
         return True
 
     def _record_start(self, t: _Task, command: str) -> None:
-        """Journal the start for `kill_orphans`: pgid and the leader's start time (pid reuse)."""
+        """Journal the start for `kill_orphans`, with what proves the group ours later: the
+        leader's start time (boot-relative, so pid reuse shows) and the digests of the command
+        and of the leader's cmdline as it is now (a shell that already exec'd its command)."""
+        cmdline = _proc_cmdline(t.pgid)
         t.record = {
             "event": "start", "task_id": t.task_id, "attempt": t.attempt, "name": t.name,
             "sandbox": t.sandbox, "command": command[:MAX_RECORDED_COMMAND],
+            "command_sha256": _sha256(os.fsencode(command)),
+            "cmdline_sha256": None if cmdline is None else _sha256(cmdline),
             "pid": t.pgid, "pgid": t.pgid, "start_ticks": _start_ticks(t.pgid),
             "started_at": t.started_at,
         }  # fmt: skip
@@ -645,10 +657,11 @@ async def kill_orphans(
 
     Call when a slave restarts on the same work dir, before launching. Uses the journal
     (starts without an end; torn or garbled lines are skipped) and any sandbox's task.json
-    left by slaves before the journal; a recorded pid now owned by another process (pid
-    reuse, checked on Linux by start time) is left alone. SIGTERM, then SIGKILL after
-    `grace`. Returns the task ids whose groups were signalled. Does not rewrite the journal
-    (an executor may hold it open): `Executor.kill_orphans` does.
+    left by slaves before the journal. Acts only on proof (`orphan_unproven`): a group is
+    signalled only when its live leader has the recorded start time and command; any other
+    record that names a live group is reported in one WARN line and left alone. SIGTERM, then
+    SIGKILL after `grace`. Returns the task ids whose groups were signalled. Does not rewrite
+    the journal (an executor may hold it open): `Executor.kill_orphans` does.
     """
     return await _kill_orphans(work_dir, frozenset(exclude_pgids), grace, sleep, None)
 
@@ -864,28 +877,113 @@ def _alive_groups(pgids: list[int]) -> list[int]:
 
 def _find_orphans(work_dir: Path, exclude: frozenset[int],
                   journal_bytes: int | None = None) -> list[tuple[str, int]]:
-    candidates: dict[int, tuple[str, Any]] = {}  # pgid -> (task id, leader's start ticks)
+    """(task id, pgid) of each unended record whose live group leader proves it ours.
+
+    Records without that proof are named in one WARN line each (at most
+    MAX_UNPROVEN_WARNINGS, then a count) and left alone; records whose group is gone are
+    dropped quietly (the task ended while no slave watched).
+    """
+    candidates: dict[int, dict[str, Any]] = {}  # pgid -> its first unended start record
     for record in _unended_starts(work_dir / JOURNAL, journal_bytes):
-        candidates.setdefault(int(record["pgid"]), (str(record["task_id"]),
-                                                    record.get("start_ticks")))
+        candidates.setdefault(record["pgid"], record)
     for record_path in _legacy_records(work_dir / "sandboxes"):
         try:
             record = json.loads(record_path.read_text())
-            task_id, pgid = str(record["task_id"]), int(record["pgid"])
+            pgid = record["pgid"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if "finished_at" not in record:
-            candidates.setdefault(pgid, (task_id, record.get("start_ticks")))
-    found = []
-    for pgid, (task_id, ticks) in candidates.items():
+        if type(pgid) is int and "finished_at" not in record:
+            candidates.setdefault(pgid, record)
+    found, unproven = [], []
+    for pgid, record in candidates.items():
         if pgid <= 1 or pgid in exclude:
             continue
-        now = _start_ticks(pgid)
-        if now is not None and ticks is not None and now != ticks:
-            continue  # the leader's pid belongs to another process now: its group is not ours
-        if _group_alive(pgid):
-            found.append((task_id, pgid))
+        reason = orphan_unproven(record, pgid, _live_leader(pgid))
+        if reason is None:
+            found.append((str(record["task_id"]), pgid))
+        elif reason != GONE and _group_alive(pgid):
+            unproven.append((record, pgid, reason))
+    for record, pgid, reason in unproven[:MAX_UNPROVEN_WARNINGS]:
+        log.warning("orphan clean-up: left process group %d alone (journal names task %r): "
+                    "%s, so nothing proves this slave started it", pgid,
+                    str(record.get("task_id"))[:100], reason)
+    if len(unproven) > MAX_UNPROVEN_WARNINGS:
+        log.warning("orphan clean-up: left %d more unproven process groups alone",
+                    len(unproven) - MAX_UNPROVEN_WARNINGS)
     return found
+
+
+GONE = "its leader is gone"
+"""`orphan_unproven`'s reason when the recorded leader no longer exists (or is a zombie)."""
+
+
+@dataclass(frozen=True)
+class LiveLeader:
+    """What /proc says of a live process that a journal record names as a group leader."""
+
+    start_ticks: int  # /proc/<pid>/stat field 22: clock ticks after boot
+    pgrp: int  # its process group
+    cmdline: bytes  # /proc/<pid>/cmdline, NUL-separated arguments
+
+
+def orphan_unproven(record: Mapping[str, Any], pgid: int, live: LiveLeader | None) -> str | None:
+    """None when `record` proves that this slave started the live group `pgid`, else why not.
+
+    Pure. Proof needs all of: the record names `pgid` as pid and pgid; the live leader still
+    leads that group; its start time (boot-relative ticks) equals the recorded one; and its
+    cmdline is `SHELL -c <command>` for the recorded command (checked against the command's
+    digest when there is one) or has the digest recorded at the start (a shell that exec'd
+    its command before the record was taken). A leaderless group proves nothing.
+    """
+    if live is None:
+        return GONE
+    ticks = record.get("start_ticks")
+    if type(ticks) is not int:
+        return "the record has no start time"
+    if record.get("pid", pgid) != pgid or live.pgrp != pgid:
+        return f"process {pgid} does not lead process group {pgid} as recorded"
+    if live.start_ticks != ticks:
+        return (f"process {pgid} started at tick {live.start_ticks}, the record says {ticks} "
+                "(the pid was reused)")
+    digest = _sha256(live.cmdline)
+    if digest == record.get("cmdline_sha256"):
+        return None
+    command = record.get("command")
+    if isinstance(command, str):
+        try:
+            argv = os.fsencode(command)
+        except UnicodeError:
+            return "the recorded command cannot be encoded"
+        if record.get("command_sha256", _sha256(argv)) == _sha256(argv) \
+                and live.cmdline == b"\0".join((os.fsencode(SHELL), b"-c", argv)) + b"\0":
+            return None
+    if "command" not in record and "cmdline_sha256" not in record:
+        return "the record has no command"
+    return f"process {pgid} runs another command than the record's"
+
+
+def _live_leader(pid: int) -> LiveLeader | None:
+    """/proc's view of `pid` for `orphan_unproven`; None if it is gone or a zombie."""
+    stat = _proc_stat(pid)
+    if not stat or stat[0] in ("Z", "X"):
+        return None
+    cmdline = _proc_cmdline(pid)
+    try:
+        return LiveLeader(int(stat[19]), int(stat[2]), cmdline or b"")
+    except (ValueError, IndexError):
+        return None
+
+
+def _proc_cmdline(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read(1 << 20)
+    except OSError:
+        return None
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _legacy_records(sandboxes: Path) -> list[Path]:
@@ -915,9 +1013,11 @@ def _unended_starts(journal: Path, size: int | None = None) -> list[dict[str, An
     for line in lines:
         try:
             record = json.loads(line)
-            key = (str(record["task_id"]), int(record["attempt"]), int(record["pgid"]))
+            key = (str(record["task_id"]), int(record["attempt"]), record["pgid"])
             event = record["event"]
         except (ValueError, KeyError, TypeError):  # torn or garbled (UnicodeError too)
+            continue
+        if type(key[2]) is not int:  # a pgid of 12.7 or "12" was never written by us
             continue
         if event == "start":
             starts[key] = record
