@@ -20,14 +20,8 @@ from typing import Any
 
 import pytest
 
-from slave.executor import (
-    GONE,
-    MAX_UNPROVEN_WARNINGS,
-    LiveLeader,
-    _start_ticks,
-    kill_orphans,
-    orphan_unproven,
-)
+from slave.orphans import GONE, MAX_UNPROVEN_WARNINGS, LiveLeader, kill_orphans, orphan_unproven
+from slave.procfs import start_ticks as _start_ticks
 from test_slave_journal import groups, sleeper  # noqa: F401 - the fixture and its helper
 from waiting import until
 

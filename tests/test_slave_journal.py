@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-import slave.executor
-from slave.executor import Executor, TaskResult, _start_ticks, kill_orphans, sandbox_path
+import slave.journal
+from slave.executor import Executor, TaskResult, kill_orphans, sandbox_path
+from slave.procfs import start_ticks as _start_ticks
 
 
 def records(work_dir: Path) -> list[dict[str, Any]]:
@@ -176,7 +177,7 @@ async def test_crashed_executors_task_is_killed_and_startup_compacts(tmp_path: P
 async def test_compaction_during_operation_keeps_running_tasks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(slave.executor, "JOURNAL_COMPACT_AT", 4096)
+    monkeypatch.setattr(slave.journal, "JOURNAL_COMPACT_AT", 4096)
     ex = Executor(tmp_path, lambda r: None, kill_grace=0.5)
     long = ex.launch("long", "sleep 30")
     for i in range(40):  # ~40 * 500 bytes: several compactions
@@ -225,7 +226,7 @@ async def test_three_inodes_per_task(tmp_path: Path) -> None:
 def test_records_appended_after_an_executors_scan_began_are_not_read(
     tmp_path: Path, groups: list[subprocess.Popen[bytes]]
 ) -> None:
-    from slave.executor import _find_orphans
+    from slave.orphans import find_orphans as _find_orphans
 
     early, late = sleeper(groups), sleeper(groups)
     journal = tmp_path / "tasks.journal"
