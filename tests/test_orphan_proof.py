@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from procs import alive
 from slave.orphans import GONE, MAX_UNPROVEN_WARNINGS, LiveLeader, kill_orphans, orphan_unproven
 from slave.procfs import start_ticks as _start_ticks
 from test_slave_journal import groups, sleeper  # noqa: F401 - the fixture and its helper
@@ -173,13 +174,6 @@ async def main() -> None:
 asyncio.run(main())
 """
 
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2:][:1] not in (b"Z", b"X")
 
 
 async def test_genuine_orphans_of_an_executor_killed_with_sigkill_are_killed(

@@ -94,10 +94,9 @@ class V1Container(Container):
             pids = self.dirs["pids"]
             hit = flat_keyed(fs.read(os.path.join(pids, "pids.events"))).get("max", 0)
             limit = int_or_max(fs.read(os.path.join(pids, "pids.max")))
-            current = fs.read_int(os.path.join(pids, "pids.current"))
         except (IsolationError, ValueError):
             return None
-        if hit and limit is not None and current >= limit:
+        if hit and limit is not None:  # a fork failed for it: as over its memory, it is over
             return f"process limit reached ({limit} processes): a fork bomb?"
         return None
 

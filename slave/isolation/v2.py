@@ -97,8 +97,7 @@ class V2Container(Container):
             if "pids" in self.controllers:
                 hit = flat_keyed(fs.read(self._file("pids.events"))).get("max", 0)
                 limit = int_or_max(fs.read(self._file("pids.max")))
-                current = fs.read_int(self._file("pids.current"))
-                if hit and limit is not None and current >= limit:
+                if hit and limit is not None:  # a fork failed for it: it is over its limit
                     return f"process limit reached ({limit} processes): a fork bomb?"
         except (IsolationError, ValueError):
             return None
