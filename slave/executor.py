@@ -59,7 +59,8 @@ MAX_CONCURRENT_SPAWNS = 16
 """Most tasks set up and forked in one turn of the event loop; the rest wait their turn (FIFO),
 so that a launch of thousands of tasks leaves the loop free for I/O (heartbeats) between
 batches."""
-_START_ERRORS = (OSError, ValueError, TypeError, subprocess.SubprocessError, IsolationError)
+_START_ERRORS = (OSError, ValueError, TypeError, ArithmeticError, subprocess.SubprocessError,
+                 IsolationError)
 
 
 @dataclass(frozen=True)

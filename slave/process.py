@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -285,8 +286,8 @@ class Slave(ProtobufProcess):
                 continue  # a duplicate launch
             self.tasks[tid] = info
             res = info.resources
-            limits = Limits(cpus=res.cpus if res.HasField("cpus") and res.cpus > 0 else None,
-                            mem_mib=res.mem if res.HasField("mem") and res.mem > 0 else None)
+            limits = Limits(cpus=_limit(res.cpus, res.HasField("cpus"), 1e6),
+                            mem_mib=_limit(res.mem, res.HasField("mem"), 2.0**40))
             try:
                 self.executor.launch(tid, info.command, name=info.name, attempt=info.attempt,
                                      timeout=info.timeout or None, limits=limits)
@@ -464,6 +465,11 @@ class Slave(ProtobufProcess):
         return self._stopped.future
 
 
+
+
+def _limit(value: float, given: bool, most: float) -> float | None:
+    """A launch's cpus or mem as a limit: None unless given, finite and in (0, most]."""
+    return value if given and math.isfinite(value) and 0 < value <= most else None
 
 
 def _usage_pb(usage: Usage) -> pb.ResourceUsage:

@@ -11,7 +11,6 @@ from slave.isolation.parse import (
     cpu_shares,
     cpu_weight,
     flat_keyed,
-    int_or_max,
     mountinfo,
     proc_cgroup,
     working_set_bytes,
@@ -42,16 +41,6 @@ def test_flat_keyed_reads_v2_events_and_cpu_stat() -> None:
                      "nr_periods 10\nnr_throttled 7\nthrottled_usec 900\n")
     assert (cpu["usage_usec"], cpu["nr_throttled"]) == (1500000, 7)
     assert flat_keyed("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")["oom_kill"] == 2  # v1
-
-
-@pytest.mark.parametrize(("text", "value"), [("max\n", None), ("1024\n", 1024), (" 7 ", 7)])
-def test_int_or_max(text: str, value: int | None) -> None:
-    assert int_or_max(text) == value
-
-
-def test_int_or_max_refuses_anything_else() -> None:
-    with pytest.raises(ValueError):
-        int_or_max("12 max")
 
 
 def test_proc_cgroup_splits_v1_controllers_and_finds_the_v2_path() -> None:

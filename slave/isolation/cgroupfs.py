@@ -113,6 +113,14 @@ def wait_empty(path: str, timeout: float = 5.0) -> bool:
 
 def remove_dir(path: str) -> bool:
     """rmdir a cgroup and its children (depth first); False if some still hold processes."""
+    try:  # a task's cgroup has no children: one rmdir, no listing
+        os.rmdir(path)
+        return True
+    except FileNotFoundError:
+        return True
+    except OSError as e:
+        if e.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+            raise IsolationError(f"cannot remove the cgroup {path}: {e.strerror or e}") from None
     try:
         with os.scandir(path) as entries:
             children = [e.path for e in entries if e.is_dir(follow_symlinks=False)]

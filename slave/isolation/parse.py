@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "CFS_PERIOD_US", "Mount", "cfs_quota_us", "cpu_shares", "cpu_weight", "flat_keyed",
-    "int_or_max", "mountinfo", "proc_cgroup", "working_set_bytes",
+    "mountinfo", "proc_cgroup", "working_set_bytes",
 ]
 
 CFS_PERIOD_US = 100_000
@@ -32,16 +32,6 @@ def flat_keyed(text: str) -> dict[str, int]:
             except ValueError:
                 continue
     return out
-
-
-def int_or_max(text: str) -> int | None:
-    """A single-value file (pids.max, memory.max, pids.current...): int, or None for "max".
-
-    Raises ValueError for anything else."""
-    value = text.strip()
-    if value == "max":
-        return None
-    return int(value)
 
 
 def proc_cgroup(text: str) -> tuple[dict[str, str], str | None]:

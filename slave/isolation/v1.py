@@ -24,7 +24,6 @@ from slave.isolation.parse import (
     cfs_quota_us,
     cpu_shares,
     flat_keyed,
-    int_or_max,
     working_set_bytes,
 )
 
@@ -87,16 +86,17 @@ class V1Container(Container):
             mem = self.dirs["memory"]
             oom = flat_keyed(fs.read(os.path.join(mem, "memory.oom_control")))
             ooms = oom.get("oom_kill")
-            if ooms is None:  # kernels before 4.13: the limit was hit, and then some
+            if ooms is None and self.limits.mem_mib:  # before Linux 4.13: the limit was hit
                 ooms = fs.read_int(os.path.join(mem, "memory.failcnt"))
             if ooms and self.limits.mem_mib:
                 return f"memory limit exceeded ({self.limits.mem_mib:g} MiB)"
-            pids = self.dirs["pids"]
-            hit = flat_keyed(fs.read(os.path.join(pids, "pids.events"))).get("max", 0)
-            limit = int_or_max(fs.read(os.path.join(pids, "pids.max")))
+            limit = self.limits.pids_max
+            if not limit:
+                return None
+            hit = flat_keyed(fs.read(os.path.join(self.dirs["pids"], "pids.events"))).get("max")
         except (IsolationError, ValueError):
             return None
-        if hit and limit is not None:  # a fork failed for it: as over its memory, it is over
+        if hit:  # a fork failed for it: as over its memory, it is over its limits
             return f"process limit reached ({limit} processes): a fork bomb?"
         return None
 

@@ -24,7 +24,6 @@ from slave.isolation.parse import (
     cfs_quota_us,
     cpu_weight,
     flat_keyed,
-    int_or_max,
     working_set_bytes,
 )
 
@@ -94,10 +93,10 @@ class V2Container(Container):
                 events = flat_keyed(fs.read(self._file("memory.events")))
                 if events.get("oom_kill", 0) or events.get("oom_group_kill", 0):
                     return f"memory limit exceeded ({self.limits.mem_mib:g} MiB)"
-            if "pids" in self.controllers:
+            limit = self.limits.pids_max
+            if "pids" in self.controllers and limit:
                 hit = flat_keyed(fs.read(self._file("pids.events"))).get("max", 0)
-                limit = int_or_max(fs.read(self._file("pids.max")))
-                if hit and limit is not None:  # a fork failed for it: it is over its limit
+                if hit:  # a fork failed for it: it is over its limit
                     return f"process limit reached ({limit} processes): a fork bomb?"
         except (IsolationError, ValueError):
             return None
