@@ -234,6 +234,13 @@ async def test_without_cgroups_escaped_children_are_found_by_their_environment(
         await ex.shutdown()
 
 
+async def test_a_task_with_the_longest_id_gets_a_cgroup_too(ex: Executor) -> None:
+    task_id = "x" * 240  # its sandbox name, with "@<attempt>", is as long as a name can be
+    result = await ex.launch(task_id, "echo ok", attempt=10**13)
+    assert result.state == "FINISHED", result.message
+    assert result.usage is not None and result.usage.source.startswith("cgroups")
+
+
 async def test_a_task_that_ends_by_itself_leaves_nothing_in_its_cgroup(ex: Executor) -> None:
     result = await ex.launch("daemon", "setsid sh -c 'echo $$ > escaped1; exec sleep 300' & "
                              "sleep 0.3; echo done")

@@ -41,8 +41,12 @@ def slave_dir_name(work_dir: str) -> str:
 
 
 def task_dir_name(key: str) -> str:
-    """A task attempt's cgroup name; `key` is its (already escaped) sandbox name."""
-    return TASK_PREFIX + key
+    """A task attempt's cgroup name; `key` is its (already escaped) sandbox name. One too long
+    for a file name (255 bytes) is named by its digest instead."""
+    name = TASK_PREFIX + key
+    if len(name.encode()) > 255:
+        name = TASK_PREFIX + hashlib.sha256(key.encode()).hexdigest()
+    return name
 
 
 def read(path: str) -> str:
