@@ -145,6 +145,7 @@ class Executor:
         self._spawn_queue: deque[tuple[_Task, str, Mapping[str, str] | None,
                                        asyncio.Future[bool]]] = deque()
         self._pump_armed = False
+        self._recovering = False  # kill_orphans cleans up cgroups: spawns wait until it is done
         self._watcher: ChildWatcher | None = None
         self._env_source: dict[bytes, bytes] | None = None  # os.environ as last filtered
         self._env_base: dict[str, str] = {}
@@ -253,6 +254,9 @@ class Executor:
 
     def _pump(self) -> None:
         """Spawn the next queued tasks; re-armed for the next loop turn while any are left."""
+        if self._recovering:  # kill_orphans re-arms it: a new task's cgroup must not be
+            self._pump_armed = False  # taken for a predecessor's and killed
+            return
         queue = self._spawn_queue
         spawned: list[tuple[_Task, str]] = []
         for _ in range(min(MAX_CONCURRENT_SPAWNS, len(queue))):
@@ -470,7 +474,14 @@ class Executor:
         known = self._journal.known_size()
         self._orphan_scans += 1  # it reads the first `known` bytes of this very file
         try:
-            cleaned = await asyncio.to_thread(self.isolator.recover, keep)
+            self._recovering = True
+            try:
+                cleaned = await asyncio.to_thread(self.isolator.recover, keep)
+            finally:
+                self._recovering = False
+                if self._spawn_queue and not self._pump_armed:
+                    self._pump_armed = True
+                    asyncio.get_running_loop().call_soon(self._pump)
             killed = await kill_orphans(self.work_dir, exclude_pgids=mine,
                                         grace=self.kill_grace, sleep=self._sleep,
                                         journal_bytes=known)

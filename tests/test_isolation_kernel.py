@@ -9,7 +9,9 @@ never a silent skip.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
 import time
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -333,3 +335,53 @@ async def test_v2_cgroup_kill_ends_escaped_processes_on_the_unified_hierarchy(
         isolator.recover()
         isolator.close()
     assert not os.path.exists(isolator.slave_dir)
+
+
+# -- a restarted slave's clean-up ---------------------------------------------------------------
+
+
+def sleeping_in(isolator: Isolator, key: str) -> subprocess.Popen[bytes]:
+    """A `sleep 300` in a task cgroup of `isolator`, as an earlier slave would have left it."""
+    container = isolator.create(key, Limits(), "/nonexistent")
+    proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    container.attach(proc.pid)
+    return proc
+
+
+async def test_tasks_launched_during_start_up_clean_up_are_spared(cgroups: Isolator) -> None:
+    left = sleeping_in(cgroups, "pred@1")
+    work = Path(getattr(cgroups, "work_dir"))  # noqa: B009
+    ex = Executor(work, lambda r: None, kill_grace=0.5, isolator=cgroups)
+    try:
+        cleaning = asyncio.ensure_future(ex.kill_orphans())
+        run = ex.launch("new", "echo up; sleep 30")  # the master's launch, arriving meanwhile
+        assert await cleaning == ["task-pred@1"]
+        assert left.wait(10) == -9
+        await until(lambda: ex.running() and ex.running()[0].pid)
+        assert alive(ex.running()[0].pid or 0) and not run.done()
+        assert fs.task_children(cgroup_parents(ex)) == {"task-new@0"}
+        ex.kill("new")
+        assert (await run).state == "KILLED"
+    finally:
+        await ex.shutdown()
+        if left.poll() is None:
+            left.kill()
+
+
+def test_a_forged_state_file_cannot_point_at_another_slaves_cgroups(tmp_path: Path) -> None:
+    mine = make_isolator(tmp_path / "mine")
+    other = make_isolator(tmp_path / "other")
+    victim = sleeping_in(other, "victim@1")
+    try:
+        state = json.loads((tmp_path / "other" / fs.STATE_FILE).read_text())
+        (tmp_path / "mine" / fs.STATE_FILE).write_text(json.dumps(state))  # "mine" is lying
+        assert mine.recover() == []
+        assert victim.poll() is None and alive(victim.pid)
+        assert other.recover() == ["task-victim@1"]  # its own slave does clean it up
+        assert victim.wait(10) == -9
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+        for isolator in (mine, other):
+            isolator.recover()
+            isolator.close()

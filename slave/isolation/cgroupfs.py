@@ -171,18 +171,20 @@ def cgroup_dir(mount: Mount, own_path: str) -> str:
 
 def earlier_dirs(work_dir: str, version: str) -> dict[str, str]:
     """{controller: cgroup} of the slave that last ran on `work_dir` with cgroups `version`,
-    from its state file; only directories named as ours and under a cgroup mount count."""
+    from its state file. Only directories under a cgroup mount named for this very work dir
+    count: a state file written by someone else cannot point at another slave's tasks."""
     state = read_state(work_dir)
     dirs = state.get("dirs")
     if state.get("version") != version or not isinstance(dirs, dict):
         return {}
     points = [m.mountpoint.rstrip("/") + "/" for m in mounts()]
+    ours = slave_dir_name(work_dir)
     ok = {}
     for controller, d in dirs.items():
         if not (isinstance(controller, str) and isinstance(d, str)):
             continue
         d = os.path.normpath(d)
-        if os.path.basename(d).startswith(SLAVE_PREFIX) and any(d.startswith(p) for p in points):
+        if os.path.basename(d) == ours and any(d.startswith(p) for p in points):
             ok[controller] = d
     return ok
 
