@@ -390,7 +390,8 @@ class Executor:
         await self._kill_everything(t)
 
     async def _kill_everything(self, t: _Task) -> None:
-        procfs.signal_group(t.pgid, signal.SIGKILL)
+        if not (t.exited and self._cgroups):  # once the leader is reaped its pgid may be
+            procfs.signal_group(t.pgid, signal.SIGKILL)  # reused: the cgroup holds the rest
         if t.container is not None:
             try:
                 await asyncio.to_thread(t.container.kill_all)
