@@ -125,6 +125,12 @@ class Slave(ProtobufProcess):
             log.warning("killed %d task(s) left running by an earlier slave: %s",
                         len(killed), ", ".join(killed))
 
+    def finalize(self) -> None:
+        """The actor is gone (terminated, or libproc stopped): give back this slave's own
+        cgroups unless tasks still run in them (a restarted slave cleans those up)."""
+        if self.executor is not None and not self.executor.running():
+            self.executor.isolator.close()
+
     def _identity_file(self) -> Path:
         return self.config.work_dir / "slave.json"
 
