@@ -1,6 +1,7 @@
 """End-to-end cluster throughput: a real master and 4 real slaves on loopback.
 
     python -m benchmarks.bench_cluster [--tasks 2000] [--progress-tasks 1000] [--profile]
+                                       [--isolation auto|cgroups|none] [--compare-isolation]
 
 Three figures, each beside its baseline, measured in one run:
 
@@ -15,6 +16,12 @@ Three figures, each beside its baseline, measured in one run:
    each slave reports every 0.2 s, so at most 5 values per task per second). The master's
    RSS (/proc/<pid>/status VmRSS) and queues (/__processes__ mailbox, store queue) are
    sampled throughout to show they stay bounded.
+
+--isolation sets the slaves' mode for the phases above (default auto: cgroups where this
+machine allows them). --compare-isolation adds the per-task cost of cgroups isolation: the
+same N `true` tasks on fresh sets of 4 slaves with --isolation none, then cgroups, then none
+and cgroups again (interleaved, best of two each, so drifting machine load hurts neither),
+as tasks/s and slave CPU per task, cgroups as a ratio of none.
 
 With --profile the master runs under cProfile (stats dumped when SIGTERM stops it) and the
 top functions are printed after the table.
@@ -159,6 +166,33 @@ def end_to_end(cluster: Cluster, n: int, cpus: float = TASK_CPUS
                          "per_slave": sorted(per_slave.values(), reverse=True)}
 
 
+def compare_isolation(cluster: Cluster, n: int, report: Report) -> None:
+    """The same burst of `true` tasks on slaves without isolation and with cgroups."""
+    runs: dict[str, list[tuple[float, dict[str, Any]]]] = {"none": [], "cgroups": []}
+    for round_, mode in enumerate(("none", "cgroups", "none", "cgroups")):
+        for child in cluster.slaves:
+            child.stop()
+        cluster.slaves[:] = []  # end_to_end measures the CPU of the live ones only
+        for i in range(SLAVES):
+            cluster.start_slave(cpus=SLAVE_CPUS, mem=SLAVE_MEM, wait=False, isolation=mode,
+                                work_dir=cluster.root / f"compare{round_}-{mode}-{i}")
+        cluster.api.wait_slaves(SLAVES, timeout=30)
+        print(f"  {n} x `true` with --isolation {mode}", flush=True)
+        runs[mode].append(end_to_end(cluster, n))
+    best = {mode: max(r, key=lambda x: x[0]) for mode, r in runs.items()}
+    ms = 1000 / n
+    cpu = {mode: sum(info["cpu_slaves"]) * ms for mode, (_, info) in best.items()}
+    (none_rate, _), (cg_rate, cg_info) = best["none"], best["cgroups"]
+    report.add(f"end to end with cgroups isolation: {n} `true` tasks (best of 2)",
+               f"{cg_rate:,.0f} tasks/s", f"{none_rate:,.0f} tasks/s with --isolation none",
+               f"{cg_rate / none_rate:.2f}x"
+               + ("" if cg_info["failed"] == 0 else f"; {cg_info['failed']:.0f} FAILED/LOST!"))
+    report.add("  slave CPU per task: cgroups / none (all 4 slaves' own processes)",
+               f"{cpu['cgroups']:.2f} ms / {cpu['none']:.2f} ms", "-",
+               f"{cpu['cgroups'] / max(cpu['none'], 1e-9):.2f}x; "
+               f"+{cpu['cgroups'] - cpu['none']:.2f} ms per task")
+
+
 # -- 3. progress ingestion ---------------------------------------------------------------
 
 
@@ -265,6 +299,10 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="run the master under cProfile and print its hot spots")
     parser.add_argument("--skip-progress", action="store_true")
+    parser.add_argument("--isolation", choices=("auto", "cgroups", "none"), default="auto",
+                        help="the slaves' --isolation for phases 2 and 3")
+    parser.add_argument("--compare-isolation", action="store_true",
+                        help="measure cgroups against --isolation none (phase 2c)")
     args = parser.parse_args()
     # SIGTERM (e.g. from `timeout`) must still run the finally that stops the children.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -292,7 +330,8 @@ def main() -> None:
         cluster.start_master(profile=profile)
         for i in range(SLAVES):
             cluster.start_slave(cpus=SLAVE_CPUS, mem=SLAVE_MEM, wait=False,
-                                profile=work / f"slave{i + 1}.prof" if profile else None)
+                                profile=work / f"slave{i + 1}.prof" if profile else None,
+                                isolation=args.isolation)
         cluster.api.wait_slaves(SLAVES, timeout=20)
         assert cluster.master is not None
         rss_idle = cluster.master.rss_kib()
@@ -335,6 +374,9 @@ def main() -> None:
                    "busiest slave " + f"{info2['cpu_slaves'][0]:.1f} s CPU")
         report.add("master RSS idle -> after end-to-end", f"{rss_idle / 1024:.1f} -> "
                    f"{rss_e2e / 1024:.1f} MiB", "-", f"{2 * args.tasks} task records held")
+        if args.compare_isolation:
+            print("2c. the per-task cost of cgroups isolation", flush=True)
+            compare_isolation(cluster, args.tasks, report)
 
         if not args.skip_progress:
             m = args.progress_tasks

@@ -85,7 +85,9 @@ SLAVE_EXAMPLES = (
     "  cluster slave --master 127.0.0.1:5050\n\n"
     "  cluster slave --master 10.0.0.5:5050 --host 0.0.0.0 --advertise-host 10.0.0.7 "
     "--cpus 8 --mem 16000\n\n"
-    "  CLUSTER_MASTER=master:5050 CLUSTER_WORK_DIR=/work cluster slave"
+    "  CLUSTER_MASTER=master:5050 CLUSTER_WORK_DIR=/work cluster slave\n\n"
+    "  cluster slave --master 127.0.0.1:5050 --isolation cgroups --cpu-limit hard "
+    "--task-pids-max 256"
 )
 
 
@@ -109,6 +111,25 @@ def slave(
     progress_interval: Annotated[
         float, typer.Option(min=0.05, help="Seconds between progress reports to the master.")
     ] = 1.0,
+    isolation: Annotated[
+        str,
+        typer.Option(
+            envvar="CLUSTER_ISOLATION",
+            help="auto: cgroups when this slave can create them, else none (one warning); "
+            "cgroups: fail without them; none: cpus and mem are bookkeeping only.",
+        ),
+    ] = "auto",
+    cpu_limit: Annotated[
+        str,
+        typer.Option(
+            help="soft: CPU shares in proportion to cpus (idle CPU is used); "
+            "hard: a CFS quota of cpus x 100 ms per 100 ms.",
+        ),
+    ] = "soft",
+    task_pids_max: Annotated[
+        int,
+        typer.Option(min=0, help="Processes one task may have at once (0: no limit)."),
+    ] = 1024,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Run a slave: registers with the master and runs the tasks it is given."""
@@ -117,6 +138,8 @@ def slave(
     detected_cpus, detected_mem = detect_resources()
     positive("--cpus", cpus)
     positive("--mem", mem)
+    choice("--isolation", isolation, ("auto", "cgroups", "none"))
+    choice("--cpu-limit", cpu_limit, ("soft", "hard"))
     serve_slave(
         master=master,
         host=bind_host(host),
@@ -129,7 +152,17 @@ def slave(
         secret=secret or None,
         verbose=verbose,
         progress_interval=progress_interval,
+        isolation=isolation,
+        cpu_limit=cpu_limit,
+        task_pids_max=task_pids_max,
     )
+
+
+def choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
+    """A bad choice is one clear line and exit code 2, as typer's own usage errors."""
+    if value not in allowed:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}",
+                                 param_hint=flag)
 
 
 UP_EXAMPLES = (

@@ -129,9 +129,11 @@ def _bind_error(what: str, host: str, port: int, exc: OSError) -> ClusterError:
 
 def _run(main: Any) -> None:
     try:
-        asyncio.run(main)
+        code = asyncio.run(main)
     except KeyboardInterrupt:  # before the signal handlers were installed
         raise SystemExit(130) from None
+    if isinstance(code, int) and code:  # e.g. the slave's "cgroups cannot be used here"
+        raise SystemExit(code)
 
 
 def serve_master(
@@ -189,6 +191,9 @@ def serve_slave(
     secret: str | None,
     verbose: int,
     progress_interval: float,
+    isolation: str = "auto",
+    cpu_limit: str = "soft",
+    task_pids_max: int = 1024,
 ) -> None:
     configure_logging(verbose, "slave")
     from slave.main import master_upid, run_slave
@@ -216,6 +221,9 @@ def serve_slave(
                 advertise_port=advertise_port,
                 secret=secret or None,
                 progress_interval=progress_interval,
+                isolation=isolation,
+                cpu_limit=cpu_limit,
+                task_pids_max=task_pids_max,
             )
         )
     except OSError as exc:

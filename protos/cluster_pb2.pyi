@@ -52,19 +52,47 @@ class Resources(_message.Message):
     mem: float
     def __init__(self, cpus: _Optional[float] = ..., mem: _Optional[float] = ...) -> None: ...
 
+class ResourceUsage(_message.Message):
+    __slots__ = ("cpu_seconds", "mem_mib", "mem_peak_mib", "source", "timestamp")
+    CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MEM_MIB_FIELD_NUMBER: _ClassVar[int]
+    MEM_PEAK_MIB_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    cpu_seconds: float
+    mem_mib: float
+    mem_peak_mib: float
+    source: str
+    timestamp: float
+    def __init__(self, cpu_seconds: _Optional[float] = ..., mem_mib: _Optional[float] = ..., mem_peak_mib: _Optional[float] = ..., source: _Optional[str] = ..., timestamp: _Optional[float] = ...) -> None: ...
+
+class Isolation(_message.Message):
+    __slots__ = ("mode", "cgroup_version", "cpu_limit", "task_pids_max")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CPU_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    TASK_PIDS_MAX_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    cgroup_version: str
+    cpu_limit: str
+    task_pids_max: int
+    def __init__(self, mode: _Optional[str] = ..., cgroup_version: _Optional[str] = ..., cpu_limit: _Optional[str] = ..., task_pids_max: _Optional[int] = ...) -> None: ...
+
 class Task(_message.Message):
-    __slots__ = ("name", "task_id", "progress", "state", "attempt")
+    __slots__ = ("name", "task_id", "progress", "state", "attempt", "usage")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     name: str
     task_id: TaskID
     progress: float
     state: TaskState
     attempt: int
-    def __init__(self, name: _Optional[str] = ..., task_id: _Optional[_Union[TaskID, _Mapping]] = ..., progress: _Optional[float] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ...) -> None: ...
+    usage: ResourceUsage
+    def __init__(self, name: _Optional[str] = ..., task_id: _Optional[_Union[TaskID, _Mapping]] = ..., progress: _Optional[float] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ..., usage: _Optional[_Union[ResourceUsage, _Mapping]] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
     __slots__ = ("name", "task_id", "command", "resources", "timeout", "attempt")
@@ -105,18 +133,20 @@ class ReportProgressMessage(_message.Message):
     def __init__(self, tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., auth: _Optional[_Union[Auth, _Mapping]] = ...) -> None: ...
 
 class RegisterSlaveMessage(_message.Message):
-    __slots__ = ("resources", "hostname", "version", "nonce", "auth")
+    __slots__ = ("resources", "hostname", "version", "nonce", "auth", "isolation")
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     AUTH_FIELD_NUMBER: _ClassVar[int]
+    ISOLATION_FIELD_NUMBER: _ClassVar[int]
     resources: Resources
     hostname: str
     version: str
     nonce: bytes
     auth: Auth
-    def __init__(self, resources: _Optional[_Union[Resources, _Mapping]] = ..., hostname: _Optional[str] = ..., version: _Optional[str] = ..., nonce: _Optional[bytes] = ..., auth: _Optional[_Union[Auth, _Mapping]] = ...) -> None: ...
+    isolation: Isolation
+    def __init__(self, resources: _Optional[_Union[Resources, _Mapping]] = ..., hostname: _Optional[str] = ..., version: _Optional[str] = ..., nonce: _Optional[bytes] = ..., auth: _Optional[_Union[Auth, _Mapping]] = ..., isolation: _Optional[_Union[Isolation, _Mapping]] = ...) -> None: ...
 
 class RunningTask(_message.Message):
     __slots__ = ("task", "state", "progress")
@@ -129,7 +159,7 @@ class RunningTask(_message.Message):
     def __init__(self, task: _Optional[_Union[TaskInfo, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., progress: _Optional[float] = ...) -> None: ...
 
 class ReregisterSlaveMessage(_message.Message):
-    __slots__ = ("slave_id", "resources", "tasks", "hostname", "version", "nonce", "sequence", "auth")
+    __slots__ = ("slave_id", "resources", "tasks", "hostname", "version", "nonce", "sequence", "auth", "isolation")
     SLAVE_ID_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +168,7 @@ class ReregisterSlaveMessage(_message.Message):
     NONCE_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     AUTH_FIELD_NUMBER: _ClassVar[int]
+    ISOLATION_FIELD_NUMBER: _ClassVar[int]
     slave_id: SlaveID
     resources: Resources
     tasks: _containers.RepeatedCompositeFieldContainer[RunningTask]
@@ -146,7 +177,8 @@ class ReregisterSlaveMessage(_message.Message):
     nonce: bytes
     sequence: int
     auth: Auth
-    def __init__(self, slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[RunningTask, _Mapping]]] = ..., hostname: _Optional[str] = ..., version: _Optional[str] = ..., nonce: _Optional[bytes] = ..., sequence: _Optional[int] = ..., auth: _Optional[_Union[Auth, _Mapping]] = ...) -> None: ...
+    isolation: Isolation
+    def __init__(self, slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[RunningTask, _Mapping]]] = ..., hostname: _Optional[str] = ..., version: _Optional[str] = ..., nonce: _Optional[bytes] = ..., sequence: _Optional[int] = ..., auth: _Optional[_Union[Auth, _Mapping]] = ..., isolation: _Optional[_Union[Isolation, _Mapping]] = ...) -> None: ...
 
 class SlaveRegisteredMessage(_message.Message):
     __slots__ = ("slave_id", "heartbeat_interval", "nonce", "master_nonce", "key", "salt", "auth")
@@ -193,7 +225,7 @@ class RegistrationRefusedMessage(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., nonce: _Optional[bytes] = ..., unknown_slave: _Optional[bool] = ...) -> None: ...
 
 class StatusUpdate(_message.Message):
-    __slots__ = ("task_id", "state", "slave_id", "exit_code", "message", "progress", "uuid", "timestamp", "attempt")
+    __slots__ = ("task_id", "state", "slave_id", "exit_code", "message", "progress", "uuid", "timestamp", "attempt", "usage")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SLAVE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -203,6 +235,7 @@ class StatusUpdate(_message.Message):
     UUID_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     task_id: TaskID
     state: TaskState
     slave_id: SlaveID
@@ -212,7 +245,8 @@ class StatusUpdate(_message.Message):
     uuid: bytes
     timestamp: float
     attempt: int
-    def __init__(self, task_id: _Optional[_Union[TaskID, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., progress: _Optional[float] = ..., uuid: _Optional[bytes] = ..., timestamp: _Optional[float] = ..., attempt: _Optional[int] = ...) -> None: ...
+    usage: ResourceUsage
+    def __init__(self, task_id: _Optional[_Union[TaskID, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., slave_id: _Optional[_Union[SlaveID, _Mapping]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., progress: _Optional[float] = ..., uuid: _Optional[bytes] = ..., timestamp: _Optional[float] = ..., attempt: _Optional[int] = ..., usage: _Optional[_Union[ResourceUsage, _Mapping]] = ...) -> None: ...
 
 class StatusUpdateMessage(_message.Message):
     __slots__ = ("update", "auth")

@@ -4,7 +4,8 @@ Builds the image from the repository's own Dockerfile and docker-compose.yml, st
 and three slaves under a project name of its own, and then checks, from the host only through
 127.0.0.1:5050 and the `cluster` CLI, what a user relies on:
 
-  1. three slaves register;
+  1. three slaves register, each saying in its log that it runs tasks without cgroups
+     isolation (Docker mounts the cgroup hierarchy read-only in an unprivileged container);
   2. a batch of tasks with progress lines runs to FINISHED, spread over more than one slave;
   3. `cluster logs <id>` shows each task's output (the master proxies it from the slave);
   4. /vars answers with `key value` lines;
@@ -311,6 +312,12 @@ def scenario(c: Cluster, figures: dict[str, str]) -> None:
         f"{len(slaves)} slaves active after {to_slaves:.1f}s: "
         + ", ".join(f"{s['id']}@{s['hostname']}" for s in slaves)
     )
+    slave_log = c.compose("logs", "--no-color", "slave", timeout=60).stdout
+    warned = [line for line in slave_log.splitlines() if "cgroups cannot be used here" in line]
+    if len(warned) != SLAVES or slave_log.count("isolation=none") < SLAVES:
+        fail(f"expected each of {SLAVES} slaves to say once that it runs without cgroups "
+             f"isolation; they said: {warned or slave_log[-2000:]!r}")
+    log(f"isolation: every slave runs tasks without cgroups ({warned[0].split(': ')[-1][:90]})")
 
     # 2. A batch with progress lines: all FINISHED, on more than one slave.
     log(f"submitting {BATCH} tasks: {BATCH_COMMAND}")

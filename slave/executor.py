@@ -1,32 +1,28 @@
-"""Task executor: runs each task as `/bin/sh -c COMMAND` in its own sandbox and process group.
+"""Task executor: runs each task as `/bin/sh -c COMMAND` in its own sandbox, process group and
+(with cgroups isolation) cgroup, and ends every one of its processes when it is over.
 
 The slave actor owns one Executor and calls it on its event loop, which nothing here blocks
-for long. The per-task path uses no threads (on a busy slave every thread hop costs GIL
-hand-offs): the sandbox (one mkdir, three opens) and the journal records are written on the
-loop, the shell is forked with `subprocess.Popen` (vfork + exec, no asyncio transport) at most
-MAX_CONCURRENT_SPAWNS per loop turn, and its exit is watched through a pidfd in one epoll set
-that the loop polls (Linux >= 5.3; elsewhere a waiting thread per task, as asyncio's own
-ThreadedChildWatcher does). Only /proc scans (a group outliving its shell, orphans) run in a
-worker thread; progress polls and `read_log` read a bounded amount. Contracts the slave can
-rely on:
+for long. The per-task path uses no threads without cgroups (on a busy slave every thread hop
+costs GIL hand-offs): the sandbox (`slave.sandbox`) and the journal records
+(`slave.journal`) are written on the loop, the shell is forked (`slave.spawn`) at most
+MAX_CONCURRENT_SPAWNS per loop turn, and its exit is watched through a pidfd in one epoll
+set. With cgroups the task's cgroup is made and the shell put in it on the loop before it
+runs the command (a few mkdirs and writes); killing through the cgroup, usage sampling and
+removing the cgroup run in a worker thread, as do /proc scans. Contracts the slave can rely
+on:
 
-- `<work_dir>/sandboxes/<escaped task id>@<attempt>/` holds `stdout` and `stderr` (the
-  child's own fds, opened for append: no pipes, so a task outlives a dead slave). Two inodes
-  per task, plus the directory: creating one costs 0.03-0.7 ms of kernel CPU on some file
-  systems (ext4 without a journal scans past recently deleted inodes).
-- `<work_dir>/tasks.journal` (one per executor, opened once for append) gets one JSON line per
-  event for `kill_orphans`: a start record (task id, attempt, sandbox, pid, pgid, the leader's
-  start ticks, command, started_at) once the shell is spawned, an end record (state,
-  exit_code, finished_at) when its result is reported. Plain writes, no fsync: the journal
-  only has to survive the slave process, not the machine (no task survives a reboot). It is
-  rewritten with only the running tasks' start records by `Executor.kill_orphans` (start-up)
-  and whenever it outgrows JOURNAL_COMPACT_AT.
-- A task is its process group: kill = SIGTERM to the group, SIGKILL after `kill_grace`
-  unless the group is gone. When the shell exits, what it left in its group is SIGKILLed.
+- A task is its process group and its container (`slave.isolation`): kill = SIGTERM to the
+  group and to every process of the container, then after `kill_grace` SIGKILL to all of
+  them (with cgroups: freezer or cgroup.kill, so escaped children -- setsid, double fork --
+  go too; without: those still carrying the task's SANDBOX in their environment, best
+  effort). When the shell exits, whatever is left of the task is SIGKILLed (without cgroups:
+  what is left in its group, unless it was killed).
+- A task over its memory limit (the kernel's OOM killer struck in its cgroup) or stuck at its
+  process limit ends FAILED with a message saying so, whatever its exit code.
 - Every launch ends in exactly one `on_exit(TaskResult)` call on the loop, even one that
   could not start. `exit_code` is Popen's (and asyncio's) returncode: -N if the shell died of
   signal N (a command the shell ran that died of signal N shows as 128+N); None if nothing
-  ran.
+  ran. `usage` is the task's final usage (None if nothing ran).
 - Timers (timeout, kill grace) go through the injected `sleep`, so a pausable clock can drive
   them.
 """
@@ -34,59 +30,37 @@ rely on:
 from __future__ import annotations
 
 import asyncio
-import errno
-import json
 import logging
 import os
-import re
-import select
 import signal
-import string
 import subprocess
-import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from slave.progress import ProgressScanner
+from slave import procfs
+from slave.isolation import Container, IsolationError, Isolator, Limits, NoIsolation, Usage
+from slave.journal import Journal, end_record, start_record
+from slave.logs import ProgressTail, Stream, read_log
+from slave.orphans import kill_orphans
+from slave.sandbox import prepare_sandbox, sandbox_dir, sandbox_path
+from slave.spawn import ChildWatcher, describe, release, spawn_shell, task_env
 
 __all__ = ["Executor", "RunningTask", "TaskResult", "kill_orphans", "sandbox_path"]
 
 log = logging.getLogger("slave.executor")
 
 Sleep = Callable[[float], Awaitable[Any]]
-Stream = Literal["stdout", "stderr"]
 
-MAX_TAIL = 64 * 1024
-"""Most stdout bytes scanned per task per poll; a task that wrote more is scanned from the end."""
 MAX_CONCURRENT_SPAWNS = 16
 """Most tasks set up and forked in one turn of the event loop; the rest wait their turn (FIFO),
 so that a launch of thousands of tasks leaves the loop free for I/O (heartbeats) between
 batches."""
-MAX_READ = 1024 * 1024
-"""Most bytes one `read_log` call returns, whatever limit is asked for."""
-JOURNAL = "tasks.journal"
-"""The executor's journal of task starts and ends, in the work dir."""
-JOURNAL_COMPACT_AT = 4 * 1024 * 1024
-"""Journal size (bytes) past which it is rewritten with only the running tasks' starts (or at
-twice its size after the last rewrite, if that is more)."""
-MAX_RECORDED_COMMAND = 1024
-"""Most characters of a task's command kept in its journal record (it is only informative)."""
-
-_BAD = frozenset("/\\\0")
-_PLAIN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # nothing to escape, not hidden
-_SAFE = frozenset(string.ascii_letters + string.digits + "-_.")
-_WRITE = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
-_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-_JOURNAL = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
-_MAX_ATTEMPT = 10**14  # "<240-char id>@<attempt>" fits in a 255-byte file name
-_START_ERRORS = (OSError, ValueError, TypeError, subprocess.SubprocessError)
-
-_use_pidfd = hasattr(os, "pidfd_open")
-"""Watch children with pidfds; cleared for good when the kernel (or a seccomp filter) says no."""
+_START_ERRORS = (OSError, ValueError, TypeError, ArithmeticError, subprocess.SubprocessError,
+                 IsolationError)
 
 
 @dataclass(frozen=True)
@@ -99,6 +73,7 @@ class TaskResult:
     exit_code: int | None  # asyncio's returncode (-N = signal N); None if nothing ran
     message: str  # e.g. "exited with code 3", "timed out after 2 s", "could not start: ..."
     progress: float  # 1.0 when FINISHED, else the last progress the task printed (or 0.0)
+    usage: Usage | None = field(default=None, compare=False)  # what it used in all
 
 
 @dataclass(frozen=True)
@@ -113,67 +88,30 @@ class RunningTask:
     progress: float
 
 
-def sandbox_path(work_dir: str | os.PathLike[str], task_id: str, attempt: int) -> Path:
-    """The sandbox of one attempt of a task. Raises ValueError for ids that could escape it.
-
-    It is `<work_dir>/sandboxes/<escaped id>@<attempt>`. Characters outside [A-Za-z0-9._-]
-    (so '@' too) are %-escaped, so distinct (id, attempt) pairs get distinct directories; ids
-    with '/', '\\' or NUL, '.', '..' and empty ids are rejected outright.
-    """
-    return Path(_sandbox_dir(os.fspath(work_dir), task_id, attempt))
-
-
-def _sandbox_dir(work_dir: str, task_id: str, attempt: int) -> str:
-    """`sandbox_path` as a str, without pathlib (a few microseconds less per launch)."""
-    if type(attempt) is int and 0 <= attempt < _MAX_ATTEMPT and type(task_id) is str \
-            and _PLAIN_ID.fullmatch(task_id) and len(task_id) <= 240:
-        return os.path.join(work_dir, "sandboxes", f"{task_id}@{attempt}")  # nothing to escape
-    return os.path.join(work_dir, "sandboxes", f"{_sandbox_name(task_id, attempt)}@{attempt}")
-
-
-def _legacy_sandbox_dir(work_dir: str, task_id: str, attempt: int) -> str:
-    """Where slaves before the journal kept an attempt's sandbox: sandboxes/<id>/<attempt>/."""
-    return os.path.join(work_dir, "sandboxes", _sandbox_name(task_id, attempt), str(attempt))
-
-
-def _sandbox_name(task_id: str, attempt: int) -> str:
-    """The escaped task id, validated (ValueError), for a sandbox's name."""
-    if not isinstance(task_id, str) or task_id in ("", ".", "..") or _BAD & set(task_id):
-        raise ValueError(
-            f"task id {task_id!r} cannot name a sandbox: use a non-empty string other than "
-            "'.' or '..' without '/', '\\' or NUL"
-        )
-    if type(attempt) is not int or not 0 <= attempt < _MAX_ATTEMPT:
-        raise ValueError(f"attempt {attempt!r} must be a non-negative int below 10**14")
-    name = "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in task_id)
-    if name.startswith("."):
-        name = "%2E" + name[1:]  # no hidden directories
-    if len(name) > 240:
-        raise ValueError(f"task id {task_id[:40]!r}... is too long for a directory name")
-    return name
-
-
 @dataclass(eq=False)
 class _Task:
     task_id: str
     attempt: int
     name: str
+    limits: Limits
     sandbox: str | None = None
     proc: subprocess.Popen[bytes] | None = None
     exit: asyncio.Future[int] | None = None  # the shell's returncode, once it is reaped
     pgid: int = 0
     started_at: float = 0.0
-    reader: int = -1  # read-only fd on stdout, for tailing progress
-    offset: int = 0  # how far `scanner` has read stdout
-    scanner: ProgressScanner = field(default_factory=ProgressScanner)
+    tail: ProgressTail = field(default_factory=ProgressTail)
     reported: float | None = None  # the progress poll_progress last returned
-    kill_reason: str | None = None  # "killed" or "timeout"
-    grace: asyncio.Future[Any] | None = None  # the SIGKILL timer, once SIGTERM was sent
+    kill_reason: str | None = None  # "killed", "timeout" or "limit"
+    limit_message: str = ""  # with kill_reason "limit": which limit
+    grace: asyncio.Future[Any] | None = None  # SIGTERM sent: the SIGKILL to come
     exited: bool = False  # the shell has exited: kill() is a no-op from here on
     record: dict[str, Any] = field(default_factory=dict)  # its start record in the journal
+    container: Container | None = None
+    usage: Usage | None = None  # the last sample
+    reported_usage: Usage | None = None  # the sample poll_usage last returned
 
     def snapshot(self) -> RunningTask:
-        pid, progress = (self.proc.pid if self.proc else None), self.scanner.last or 0.0
+        pid, progress = (self.proc.pid if self.proc else None), self.tail.scanner.last or 0.0
         sandbox = None if self.sandbox is None else Path(self.sandbox)
         return RunningTask(self.task_id, self.attempt, self.name, pid, sandbox, progress)
 
@@ -189,11 +127,15 @@ class Executor:
         kill_grace: float = 3.0,
         sleep: Sleep = asyncio.sleep,
         base_env: Mapping[str, str] | None = None,
+        isolator: Isolator | None = None,
     ) -> None:
-        """`base_env` defaults to the slave's own os.environ (read at each launch)."""
+        """`base_env` defaults to the slave's own os.environ (read at each launch);
+        `isolator` to no isolation."""
         self.work_dir = Path(work_dir).absolute()
         self._work_dir = str(self.work_dir)
         self.kill_grace = kill_grace
+        self.isolator = isolator or NoIsolation()
+        self._cgroups = self.isolator.mode == "cgroups"
         self._on_exit = on_exit
         self._sleep = sleep
         self._base_env = base_env
@@ -203,15 +145,15 @@ class Executor:
         self._spawn_queue: deque[tuple[_Task, str, Mapping[str, str] | None,
                                        asyncio.Future[bool]]] = deque()
         self._pump_armed = False
-        self._watcher: _ChildWatcher | None = None
+        self._recovering = False  # kill_orphans cleans up cgroups: spawns wait until it is done
+        self._watcher: ChildWatcher | None = None
         self._env_source: dict[bytes, bytes] | None = None  # os.environ as last filtered
         self._env_base: dict[str, str] = {}
         self._counts = {f"tasks_{k}": 0 for k in ("launched", "finished", "failed", "killed")}
-        self._journal = -1  # fd of <work_dir>/tasks.journal, opened at the first record
-        self._journal_size = 0  # bytes in it, as far as we know
-        self._journal_limit = JOURNAL_COMPACT_AT  # compact past this size
-        self._journal_torn = False  # the last append may have been cut short
+        self._counts["tasks_limit_exceeded"] = 0
+        self._journal = Journal(self._work_dir)
         self._orphan_scans = 0  # kill_orphans calls under way: no compaction until they end
+        self._sampling = False
 
     # -- launching -------------------------------------------------------------------------
 
@@ -224,12 +166,15 @@ class Executor:
         attempt: int = 0,
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        limits: Limits | None = None,
     ) -> asyncio.Task[TaskResult]:
         """Start a task in the background; its result goes to `on_exit` (and the returned task).
 
         Must be called on the running loop. Anything that stops the task from starting (bad
-        id, sandbox not creatable, bad timeout) becomes a FAILED result, not an exception.
-        Raises ValueError only if `task_id` is still running here, RuntimeError after shutdown.
+        id, sandbox or cgroup not creatable, bad timeout) becomes a FAILED result, not an
+        exception. `limits` (cpus, mem, pids) are enforced with cgroups isolation; a missing
+        pids limit is the isolator's `--task-pids-max`. Raises ValueError only if `task_id`
+        is still running here, RuntimeError after shutdown.
         """
         if self._closed:
             raise RuntimeError(f"cannot launch task {task_id!r}: the executor was shut down")
@@ -238,7 +183,10 @@ class Executor:
                 f"task {task_id!r} is already running here (attempt "
                 f"{self._tasks[task_id].attempt}); kill it and wait for its result first"
             )
-        t = _Task(task_id, attempt, name)
+        limits = limits or Limits()
+        if limits.pids_max is None and self.isolator.pids_max:
+            limits = Limits(limits.cpus, limits.mem_mib, self.isolator.pids_max)
+        t = _Task(task_id, attempt, name, limits)
         self._tasks[task_id] = t
         self._counts["tasks_launched"] += 1
         run = asyncio.get_running_loop().create_task(
@@ -272,14 +220,17 @@ class Executor:
             if timer is not None:
                 timer.cancel()
         t.exited = True
-        await self._reap_group(t)
-        self._scan(t)
-        t.scanner.flush()
+        violation = await self._wrap_up(t)
+        t.tail.scan(t.task_id)
+        t.tail.scanner.flush()
+        if t.kill_reason == "killed":
+            return self._finish(t, "KILLED", rc, f"kill requested; {describe(rc)}")
+        if violation or t.kill_reason == "limit":
+            self._counts["tasks_limit_exceeded"] += 1
+            return self._finish(t, "FAILED", rc, violation or t.limit_message)
         if t.kill_reason == "timeout" and timeout is not None:
             return self._finish(t, "FAILED", rc, f"timed out after {timeout:g} s")
-        if t.kill_reason == "killed":
-            return self._finish(t, "KILLED", rc, f"kill requested; {_describe(rc)}")
-        return self._finish(t, "FINISHED" if rc == 0 else "FAILED", rc, _describe(rc))
+        return self._finish(t, "FINISHED" if rc == 0 else "FAILED", rc, describe(rc))
 
     async def _start(
         self, t: _Task, command: str, env: Mapping[str, str] | None, timeout: float | None
@@ -289,7 +240,7 @@ class Executor:
             raise ValueError(f"command {command!r} is empty; give a shell command line")
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout {timeout!r} must be a positive number of seconds or None")
-        t.sandbox = _sandbox_dir(self._work_dir, t.task_id, t.attempt)
+        t.sandbox = sandbox_dir(self._work_dir, t.task_id, t.attempt)
         # Spawning is bounded: a launch of thousands of tasks must not hold the event loop
         # (and the slave's heartbeats) in fork/exec for seconds. The pump spawns in FIFO
         # order, MAX_CONCURRENT_SPAWNS per loop turn.
@@ -303,6 +254,9 @@ class Executor:
 
     def _pump(self) -> None:
         """Spawn the next queued tasks; re-armed for the next loop turn while any are left."""
+        if self._recovering:  # kill_orphans re-arms it: a new task's cgroup must not be
+            self._pump_armed = False  # taken for a predecessor's and killed
+            return
         queue = self._spawn_queue
         spawned: list[tuple[_Task, str]] = []
         for _ in range(min(MAX_CONCURRENT_SPAWNS, len(queue))):
@@ -321,7 +275,11 @@ class Executor:
         # waits for it, by then it has (usually) finished.
         for t, command in spawned:
             try:
-                self._record_start(t, command)
+                t.record = start_record(t.task_id, t.attempt, t.name, t.sandbox, command,
+                                        t.pgid, t.started_at,
+                                        t.container.name if self._cgroups and t.container
+                                        else None)
+                self._journal_append(t.record)
             except Exception:  # never stop the pump: the queue behind it would stall
                 log.exception("task %s: could not record its start", t.task_id)
         if queue:
@@ -330,134 +288,71 @@ class Executor:
             self._pump_armed = False
 
     def _spawn(self, t: _Task, command: str, env: Mapping[str, str] | None) -> bool:
-        """Create the sandbox, fork/exec the shell and start watching it; on the loop."""
+        """Create the sandbox (and cgroup), fork/exec the shell, start watching it; on the loop."""
         if t.kill_reason is not None:  # kill() came while it waited for its turn
             return False
         sandbox = t.sandbox
         assert sandbox is not None
-        out, err, t.reader = _prepare_sandbox(sandbox)
+        out, err, reader = prepare_sandbox(sandbox)
+        t.tail.start(reader)
         try:
-            # A re-run of the same attempt appends to its logs; progress starts at the new end.
-            t.offset = os.fstat(t.reader).st_size
-            # vfork + exec (no preexec_fn): cheap even for a big slave process.
-            t.proc = subprocess.Popen(
-                ("/bin/sh", "-c", command), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                cwd=sandbox, env=self._env(t, env), start_new_session=True,
-            )  # fmt: skip
+            container = self.isolator.create(os.path.basename(sandbox), t.limits, sandbox)
+            try:
+                proc, gate = spawn_shell(command, sandbox, out, err, self._env(t, env),
+                                         gated=self._cgroups)
+            except BaseException:
+                container.destroy()
+                raise
         finally:
             os.close(out)
             os.close(err)
+        try:
+            container.attach(proc.pid)
+        except IsolationError:
+            if gate >= 0:
+                release(gate, go=False)  # it exits 125 without running the command
+            proc.wait()
+            container.destroy()
+            raise
+        if gate >= 0:
+            release(gate, go=True)
+        t.proc, t.container = proc, container
         loop = asyncio.get_running_loop()
         if self._watcher is None or self._watcher.loop is not loop:
-            self._watcher = _ChildWatcher(loop)
-        t.exit = self._watcher.watch(t.proc)
-        t.pgid, t.started_at = t.proc.pid, time.time()
+            self._watcher = ChildWatcher(loop)
+        t.exit = self._watcher.watch(proc)
+        t.pgid, t.started_at = proc.pid, time.time()
         return True
 
-    def _record_start(self, t: _Task, command: str) -> None:
-        """Journal the start for `kill_orphans`: pgid and the leader's start time (pid reuse)."""
-        t.record = {
-            "event": "start", "task_id": t.task_id, "attempt": t.attempt, "name": t.name,
-            "sandbox": t.sandbox, "command": command[:MAX_RECORDED_COMMAND],
-            "pid": t.pgid, "pgid": t.pgid, "start_ticks": _start_ticks(t.pgid),
-            "started_at": t.started_at,
-        }  # fmt: skip
-        self._journal_append(t.record)
-
-    # -- the journal (see the module docstring) --------------------------------------------
-
     def _journal_append(self, record: dict[str, Any]) -> None:
-        """Append one record; a failure only weakens orphan clean-up after a crash."""
-        line = json.dumps(record).encode() + b"\n"  # one line: json escapes newlines
-        try:
-            if self._journal < 0:
-                self._open_journal()
-            if self._journal_torn:  # end the torn line, or this record would be lost with it
-                line = b"\n" + line
-            self._journal_torn = True
-            view = memoryview(line)
-            while view:
-                view = view[os.write(self._journal, view) :]
-            self._journal_torn = False
-            self._journal_size += len(line)
-        except OSError as e:
-            log.warning("task %s: could not write to the task journal: %s",
-                        record.get("task_id"), e)
-            return
-        if self._journal_size > self._journal_limit and not self._orphan_scans:
-            try:
-                self._compact_journal()
-            except OSError as e:
-                log.warning("could not compact the task journal: %s", e)
-                self._journal_limit = 2 * self._journal_size  # do not retry at every record
-
-    def _open_journal(self) -> None:
-        fd = os.open(os.path.join(self._work_dir, JOURNAL), _JOURNAL, 0o644)
-        try:
-            size = os.fstat(fd).st_size
-            torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
-        except OSError:
-            os.close(fd)
-            raise
-        self._journal, self._journal_size, self._journal_torn = fd, size, torn
-
-    def _compact_journal(self) -> None:
-        """Replace the journal by one with only the running tasks' start records.
-
-        Atomic (a new file renamed over it), so a crash at any point leaves a journal with
-        every running task's start; on the loop, so no record of ours can slip in between.
-        """
-        data = b"".join(json.dumps(t.record).encode() + b"\n"
-                        for t in self._tasks.values() if t.record)
-        path = os.path.join(self._work_dir, JOURNAL)
-        tmp = path + ".tmp"
-        fd = os.open(tmp, _JOURNAL | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.replace(tmp, path)
-        except BaseException:
-            os.close(fd)
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        if self._journal >= 0:
-            os.close(self._journal)
-        self._journal, self._journal_size, self._journal_torn = fd, len(data), False
-        self._journal_limit = max(JOURNAL_COMPACT_AT, 2 * len(data))
+        if self._journal.append(record) and not self._orphan_scans:
+            self._journal.compact(t.record for t in self._tasks.values() if t.record)
 
     def _env(self, t: _Task, extra: Mapping[str, str] | None) -> dict[str, str]:
         """The slave's env minus LIBPROCESS_* (a libproc task must not grab the slave's port)."""
         if self._base_env is not None:
-            env = _task_env(self._base_env)
+            env = task_env(self._base_env)
         else:  # os.environ, re-filtered only when it changed (filtering costs ~50 us)
             source = getattr(os.environ, "_data", None)
             if not isinstance(source, dict):
-                env = _task_env(os.environ)
+                env = task_env(os.environ)
             else:
                 if source != self._env_source:
-                    self._env_base = _task_env(os.environ)
+                    self._env_base = task_env(os.environ)
                     self._env_source = dict(source)
                 env = self._env_base.copy()
         env.update(extra or {})
         env.update(TASK_ID=t.task_id, TASK_NAME=t.name, TASK_ATTEMPT=str(t.attempt))
-        env["SANDBOX"] = t.sandbox or ""
+        env["SANDBOX"] = t.sandbox or ""  # also how isolation "none" finds escaped processes
         return env
 
     def _finish(self, t: _Task, state: str, rc: int | None, message: str) -> TaskResult:
-        progress = 1.0 if state == "FINISHED" else (t.scanner.last or 0.0)
-        result = TaskResult(t.task_id, t.attempt, state, rc, message, progress)
+        progress = 1.0 if state == "FINISHED" else (t.tail.scanner.last or 0.0)
+        result = TaskResult(t.task_id, t.attempt, state, rc, message, progress, t.usage)
         if t.record:  # the group is gone, so kill_orphans needs its start record no more
-            self._journal_append({
-                "event": "end", "task_id": t.task_id, "attempt": t.attempt, "pgid": t.pgid,
-                "state": state, "exit_code": rc, "finished_at": time.time(),
-            })  # fmt: skip
-        if t.reader >= 0:
-            os.close(t.reader)
-            t.reader = -1
+            self._journal_append(end_record(t.task_id, t.attempt, t.pgid, state, rc,
+                                            time.time()))
+        t.tail.close()
         if self._tasks.get(t.task_id) is t:
             del self._tasks[t.task_id]
         self._counts[f"tasks_{state.lower()}"] += 1
@@ -470,7 +365,7 @@ class Executor:
     # -- killing ---------------------------------------------------------------------------
 
     def kill(self, task_id: str) -> bool:
-        """SIGTERM the task's process group, SIGKILL after the grace period; result via on_exit.
+        """SIGTERM every process of the task, SIGKILL after the grace period; result via on_exit.
 
         False (and nothing happens) if the task is unknown or its shell has already exited; its
         result, if any, is then already on its way to on_exit.
@@ -485,29 +380,77 @@ class Executor:
 
     def _terminate(self, t: _Task) -> None:
         if t.grace is None:
-            _signal_group(t.pgid, signal.SIGTERM)
+            procfs.signal_group(t.pgid, signal.SIGTERM)
             t.grace = asyncio.ensure_future(self._escalate(t))
 
     async def _escalate(self, t: _Task) -> None:
+        if t.container is not None:  # the processes that left the group
+            await asyncio.to_thread(t.container.signal_all, signal.SIGTERM)
         await self._sleep(self.kill_grace)
-        _signal_group(t.pgid, signal.SIGKILL)
+        await self._kill_everything(t)
 
-    async def _reap_group(self, t: _Task) -> None:
-        """After the shell exits: stragglers in its group get what is left of the grace."""
-        # Usually the group died with its shell: kill(0) says so at once, no /proc scan.
-        alive = _group_exists(t.pgid) and await asyncio.to_thread(_group_alive, t.pgid)
+    async def _kill_everything(self, t: _Task) -> None:
+        if not (t.exited and self._cgroups):  # once the leader is reaped its pgid may be
+            procfs.signal_group(t.pgid, signal.SIGKILL)  # reused: the cgroup holds the rest
+        if t.container is not None:
+            try:
+                await asyncio.to_thread(t.container.kill_all)
+            except IsolationError as e:
+                log.warning("task %s: could not kill all its processes: %s", t.task_id, e)
+
+    async def _wrap_up(self, t: _Task) -> str | None:
+        """After the shell exits: end what is left of the task, take its final usage, release
+        its container; the limit it broke, if any."""
+        c = t.container
+        if c is None:
+            return None
+        rusage = self._watcher.pop_rusage(t.pgid) if self._watcher else None
+        if self._cgroups:
+            if t.grace is not None and not t.grace.done():
+                if c.pids():
+                    await t.grace  # killed, and something is still there: it has its grace
+                t.grace.cancel()  # never signal its pgid again: it may be reused
+            return await asyncio.to_thread(self._release, t, c, rusage)
+        # Without cgroups: usually the group died with its shell (kill(0) says so at once).
+        alive = procfs.group_exists(t.pgid) and await asyncio.to_thread(procfs.group_alive,
+                                                                        t.pgid)
         if t.grace is None:
             if alive:
-                _signal_group(t.pgid, signal.SIGKILL)
+                procfs.signal_group(t.pgid, signal.SIGKILL)
         elif alive:
             await t.grace
         else:
             t.grace.cancel()  # the group is gone; its pgid may be reused, never signal it again
+        if t.kill_reason is not None:  # killed: also what left the group, found by its env
+            await asyncio.to_thread(c.kill_all)
+        self._final_usage(t, c.final_usage(rusage))
+        return None
+
+    def _release(self, t: _Task, c: Container, rusage: Any) -> str | None:
+        """In a worker thread: the cgroup's verdict and final usage, then kill and remove it."""
+        try:
+            violation = c.violation()
+            self._final_usage(t, c.final_usage(rusage))
+            c.destroy()
+        except IsolationError as e:
+            log.warning("task %s: could not release its cgroup: %s", t.task_id, e)
+            return None
+        return violation
+
+    @staticmethod
+    def _final_usage(t: _Task, final: Usage | None) -> None:
+        last = t.usage
+        if final is None or last is None:
+            t.usage = final or last
+        else:  # memory "now" is the last figure seen while it ran
+            t.usage = Usage(max(final.cpu_seconds, last.cpu_seconds), last.mem_mib,
+                            max(final.mem_peak_mib, last.mem_peak_mib), final.source,
+                            final.timestamp)
 
     async def shutdown(self) -> None:
         """Kill every running task (SIGTERM, SIGKILL after grace) and wait for their results.
 
-        Later launches raise RuntimeError.
+        Later launches raise RuntimeError. Releases the isolator's own cgroups at the end.
         """
         self._closed = True
         for task_id in list(self._tasks):
@@ -516,35 +459,89 @@ class Executor:
             await asyncio.gather(*self._runs, return_exceptions=True)
         if self._watcher is not None:
             self._watcher.close_if_idle()
-        if self._journal >= 0 and not self._tasks:
-            os.close(self._journal)
-            self._journal = -1
+        if not self._tasks:
+            self._journal.close()
+            await asyncio.to_thread(self.isolator.close)
 
     async def kill_orphans(self) -> list[str]:
-        """`kill_orphans(self.work_dir)`, sparing the tasks this executor runs; then compacts
-        the journal (the slave calls this once, at start-up).
+        """Clean up after an earlier slave on this work dir (the slave calls this once, at
+        start-up): its task cgroups (killed and removed), then the process groups its journal
+        proves it started, sparing the tasks this executor runs; then compacts the journal.
+        Returns the cgroups' and tasks' names.
         """
         mine = {t.pgid for t in self._tasks.values() if t.pgid}
+        keep = {t.container.name for t in self._tasks.values() if t.container}
         # Only the journal as it is now: whatever we append while it is read is ours.
-        if self._journal >= 0:
-            known = self._journal_size
-        else:
-            try:
-                known = os.stat(os.path.join(self._work_dir, JOURNAL)).st_size
-            except OSError:
-                known = 0
+        known = self._journal.known_size()
         self._orphan_scans += 1  # it reads the first `known` bytes of this very file
         try:
-            killed = await _kill_orphans(self.work_dir, frozenset(mine), self.kill_grace,
-                                         self._sleep, known)
+            self._recovering = True
+            try:
+                cleaned = await asyncio.to_thread(self.isolator.recover, keep)
+            finally:
+                self._recovering = False
+                if self._spawn_queue and not self._pump_armed:
+                    self._pump_armed = True
+                    asyncio.get_running_loop().call_soon(self._pump)
+            killed = await kill_orphans(self.work_dir, exclude_pgids=mine,
+                                        grace=self.kill_grace, sleep=self._sleep,
+                                        journal_bytes=known)
         finally:
             self._orphan_scans -= 1
-        if not self._orphan_scans and os.path.exists(os.path.join(self._work_dir, JOURNAL)):
-            try:
-                self._compact_journal()
-            except OSError as e:
-                log.warning("could not compact the task journal: %s", e)
-        return killed
+        if not self._orphan_scans and self._journal.exists():
+            self._journal.compact(t.record for t in self._tasks.values() if t.record)
+        return cleaned + killed
+
+    # -- usage, limits -----------------------------------------------------------------------
+
+    async def sample_usage(self) -> None:
+        """Sample every running task's usage (in a worker thread) and end, FAILED, those
+        over a limit. Call once per progress interval; a call while one runs does nothing."""
+        live = [t for t in self._tasks.values() if t.container is not None and not t.exited]
+        if self._sampling or not live:
+            return
+        self._sampling = True
+        try:
+            usages, violations = await asyncio.to_thread(self._sample, live)
+        finally:
+            self._sampling = False
+        for t in live:
+            assert t.container is not None
+            t.usage = usages.get(t.container.name, t.usage)
+        for t, message in violations:
+            if not t.exited and t.kill_reason is None:
+                log.info("task %s: %s: killing it", t.task_id, message)
+                t.kill_reason, t.limit_message = "limit", message
+                asyncio.ensure_future(self._kill_everything(t))
+
+    def _sample(self, live: Collection[_Task]) -> tuple[dict[str, Usage], list[tuple[_Task, str]]]:
+        containers = [t.container for t in live if t.container is not None]
+        usages = self.isolator.sample(containers)
+        violations = []
+        if self._cgroups:
+            for t in live:
+                message = t.container.violation() if t.container else None
+                if message:
+                    violations.append((t, message))
+        return usages, violations
+
+    def poll_usage(self) -> dict[str, Usage]:
+        """{task_id: usage} of the running tasks whose usage changed since the last poll."""
+        changed = {}
+        for t in self._tasks.values():
+            u, last = t.usage, t.reported_usage
+            if u is not None and not t.exited and (
+                    last is None or round(u.cpu_seconds, 2) != round(last.cpu_seconds, 2)
+                    or round(u.mem_mib, 1) != round(last.mem_mib, 1)):
+                t.reported_usage = changed[t.task_id] = u
+        return changed
+
+    def monitor(self) -> list[dict[str, Any]]:
+        """The running tasks' limits and last usage, for GET /slave(N)/monitor."""
+        return [{"id": t.task_id, "attempt": t.attempt, "name": t.name,
+                 "limits": {**t.limits.to_json(), "cpu_limit": self.isolator.cpu_limit},
+                 "usage": None if t.usage is None else t.usage.to_json()}
+                for t in self._tasks.values()]
 
     # -- progress, logs, counters ----------------------------------------------------------
 
@@ -557,38 +554,19 @@ class Executor:
         for t in self._tasks.values():
             if t.exited:
                 continue
-            self._scan(t)
-            if t.scanner.last is not None and t.scanner.last != t.reported:
-                t.reported = changed[t.task_id] = t.scanner.last
+            t.tail.scan(t.task_id)
+            last = t.tail.scanner.last
+            if last is not None and last != t.reported:
+                t.reported = changed[t.task_id] = last
         return changed
 
     def progress(self) -> dict[str, float]:
         """{task_id: last progress seen} for every running task (0.0 before any); no I/O."""
-        return {tid: t.scanner.last or 0.0 for tid, t in self._tasks.items()}
+        return {tid: t.tail.scanner.last or 0.0 for tid, t in self._tasks.items()}
 
     def running(self) -> list[RunningTask]:
         """Snapshots of the running tasks (launched, result not yet reported)."""
         return [t.snapshot() for t in self._tasks.values()]
-
-    def _scan(self, t: _Task) -> None:
-        if t.reader < 0:
-            return
-        try:
-            size = os.fstat(t.reader).st_size
-            if size < t.offset:  # the task truncated its own stdout
-                t.offset = 0
-                t.scanner.skip_to_next_line()
-            if size - t.offset > MAX_TAIL:
-                t.offset = size - MAX_TAIL
-                t.scanner.skip_to_next_line()
-            while t.offset < size:
-                data = os.pread(t.reader, size - t.offset, t.offset)
-                if not data:
-                    break
-                t.offset += len(data)
-                t.scanner.feed(data)
-        except OSError as e:
-            log.warning("task %s: cannot read stdout for progress: %s", t.task_id, e)
 
     def read_log(
         self, task_id: str, attempt: int, stream: Stream, offset: int = 0, limit: int = 65536
@@ -601,326 +579,11 @@ class Executor:
         Raises ValueError for a bad id (path traversal), stream, offset or limit, and
         FileNotFoundError when that attempt has no sandbox here.
         """
-        if stream not in ("stdout", "stderr"):
-            raise ValueError(f"stream {stream!r} must be 'stdout' or 'stderr'")
-        if type(offset) is not int or offset < 0 or type(limit) is not int or limit < 0:
-            raise ValueError(f"offset {offset!r} and limit {limit!r} must be non-negative ints")
-        path = os.path.join(_sandbox_dir(self._work_dir, task_id, attempt), stream)
         t = self._tasks.get(task_id)
         running = t is not None and t.attempt == attempt
-        try:
-            fd = os.open(path, _READ)
-        except FileNotFoundError:
-            if running:  # launched, sandbox not set up yet
-                return b"", offset, False
-            try:  # run by a slave from before the flat sandboxes/<id>@<attempt>/ layout?
-                fd = os.open(os.path.join(_legacy_sandbox_dir(self._work_dir, task_id, attempt),
-                                          stream), _READ)
-            except FileNotFoundError:
-                raise FileNotFoundError(
-                    f"no {stream} for task {task_id!r} attempt {attempt} in {self.work_dir}; "
-                    "check the task id and attempt, or ask the slave that ran it"
-                ) from None
-        try:
-            size = os.fstat(fd).st_size
-            data = os.pread(fd, min(limit, MAX_READ), offset) if offset < size else b""
-        finally:
-            os.close(fd)
-        new_offset = offset + len(data)
-        return data, new_offset, not running and new_offset >= size
+        return read_log(self._work_dir, task_id, attempt, stream, offset, limit, running)
 
     def counters(self) -> dict[str, int]:
-        """Counters for /vars: tasks_launched, _running, _finished, _failed, _killed."""
+        """Counters for /vars: tasks_launched, _running, _finished, _failed, _killed,
+        _limit_exceeded."""
         return {**self._counts, "tasks_running": len(self._tasks)}
-
-
-async def kill_orphans(
-    work_dir: str | os.PathLike[str],
-    *,
-    exclude_pgids: Collection[int] = (),
-    grace: float = 3.0,
-    sleep: Sleep = asyncio.sleep,
-) -> list[str]:
-    """Kill process groups left running in `work_dir`'s sandboxes by an earlier slave.
-
-    Call when a slave restarts on the same work dir, before launching. Uses the journal
-    (starts without an end; torn or garbled lines are skipped) and any sandbox's task.json
-    left by slaves before the journal; a recorded pid now owned by another process (pid
-    reuse, checked on Linux by start time) is left alone. SIGTERM, then SIGKILL after
-    `grace`. Returns the task ids whose groups were signalled. Does not rewrite the journal
-    (an executor may hold it open): `Executor.kill_orphans` does.
-    """
-    return await _kill_orphans(work_dir, frozenset(exclude_pgids), grace, sleep, None)
-
-
-async def _kill_orphans(work_dir: str | os.PathLike[str], exclude: frozenset[int],
-                        grace: float, sleep: Sleep, journal_bytes: int | None) -> list[str]:
-    found = await asyncio.to_thread(_find_orphans, Path(work_dir), exclude, journal_bytes)
-    hit = [(tid, pgid) for tid, pgid in found if _signal_group(pgid, signal.SIGTERM)]
-    alive = [pgid for _, pgid in hit]
-    for _ in range(10):  # poll, so that groups that exit promptly do not cost the whole grace
-        if not alive:
-            break
-        await sleep(grace / 10)
-        alive = await asyncio.to_thread(_alive_groups, alive)
-    for pgid in alive:
-        _signal_group(pgid, signal.SIGKILL)
-    return list(dict.fromkeys(tid for tid, _ in hit))
-
-
-# -- helpers (blocking ones run in a worker thread) ------------------------------------------
-
-
-def _describe(rc: int) -> str:
-    if rc < 0:
-        try:
-            return f"killed by signal {-rc} ({signal.Signals(-rc).name})"
-        except ValueError:
-            return f"killed by signal {-rc}"
-    return f"exited with code {rc}"
-
-
-def _task_env(base: Mapping[str, str]) -> dict[str, str]:
-    """`base` minus LIBPROCESS_*, with PYTHONUNBUFFERED=1 unless set."""
-    env = {k: v for k, v in base.items() if not k.startswith("LIBPROCESS_")}
-    env.setdefault("PYTHONUNBUFFERED", "1")  # else a Python task's PROGRESS lines lag
-    return env
-
-
-def _prepare_sandbox(sandbox: str) -> tuple[int, int, int]:
-    """Create the sandbox; open stdout/stderr for the child and stdout for tailing."""
-    try:
-        os.mkdir(sandbox)
-    except FileExistsError:  # a re-run of the same attempt
-        pass
-    except FileNotFoundError:  # no sandboxes/ yet
-        os.makedirs(os.path.dirname(sandbox), exist_ok=True)
-        try:
-            os.mkdir(sandbox)
-        except FileExistsError:
-            pass
-    fds: list[int] = []
-    try:
-        for name, flags in (("stdout", _WRITE), ("stderr", _WRITE), ("stdout", _READ)):
-            fds.append(os.open(os.path.join(sandbox, name), flags, 0o644))
-    except OSError:
-        for fd in fds:
-            os.close(fd)
-        raise
-    return fds[0], fds[1], fds[2]
-
-
-# -- watching children: pidfds in one epoll set on the loop, else a thread per child -------
-
-
-class _ChildWatcher:
-    """Reaps the executor's children on one loop and reports their returncodes.
-
-    Each child's pidfd goes into a private epoll set, which is itself a single reader on the
-    loop: one epoll_ctl per child instead of asyncio's add_reader/remove_reader (and no
-    thread per child, as asyncio's ThreadedChildWatcher has). Where pidfds are unavailable
-    (Linux < 5.3, seccomp, a loop without add_reader) a daemon thread per child waits instead.
-    A child is reaped whatever becomes of its future: cancelling it only drops the result.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self._epoll: select.epoll | None = None
-        self._children: dict[int, tuple[subprocess.Popen[bytes], asyncio.Future[int]]] = {}
-
-    def watch(self, proc: subprocess.Popen[bytes]) -> asyncio.Future[int]:
-        """A future for `proc`'s returncode (-N if killed by signal N), set on the loop."""
-        exit_code: asyncio.Future[int] = self.loop.create_future()
-        if not (_use_pidfd and self._watch_pidfd(proc, exit_code)):
-            threading.Thread(target=_wait_in_thread, args=(self.loop, proc, exit_code),
-                             name=f"wait-{proc.pid}", daemon=True).start()
-        return exit_code
-
-    def _watch_pidfd(self, proc: subprocess.Popen[bytes], exit_code: asyncio.Future[int]) -> bool:
-        global _use_pidfd
-        try:
-            pidfd = os.pidfd_open(proc.pid)
-        except OSError as e:
-            if e.errno in (errno.ENOSYS, errno.EPERM, errno.EINVAL):  # old kernel or seccomp
-                log.info("pidfd_open unavailable (%s): one waiting thread per task instead", e)
-                _use_pidfd = False
-            else:  # e.g. EMFILE: for this child only
-                log.warning("pidfd_open(%d) failed (%s): waiting in a thread", proc.pid, e)
-            return False
-        try:
-            if self._epoll is None:
-                epoll = select.epoll()
-                try:
-                    self.loop.add_reader(epoll.fileno(), self._ready)
-                except BaseException:
-                    epoll.close()
-                    raise
-                self._epoll = epoll
-            self._epoll.register(pidfd, select.EPOLLIN)
-        except (NotImplementedError, OSError, ValueError) as e:  # e.g. a loop without readers
-            os.close(pidfd)
-            log.info("cannot watch pidfds on this loop (%r): waiting in threads", e)
-            _use_pidfd = False
-            return False
-        self._children[pidfd] = (proc, exit_code)
-        return True
-
-    def _ready(self) -> None:
-        assert self._epoll is not None
-        for pidfd, _ in self._epoll.poll(0):
-            proc, exit_code = self._children[pidfd]
-            rc = proc.poll()  # waitpid(WNOHANG); sets proc.returncode
-            if rc is None:  # a readable pidfd means it exited: cannot happen
-                continue
-            del self._children[pidfd]
-            self._epoll.unregister(pidfd)
-            os.close(pidfd)
-            _set_exit(exit_code, rc)
-
-    def close_if_idle(self) -> None:
-        """Give the epoll set back unless children are still watched."""
-        if self._epoll is not None and not self._children:
-            self.loop.remove_reader(self._epoll.fileno())
-            self._epoll.close()
-            self._epoll = None
-
-
-def _wait_in_thread(loop: asyncio.AbstractEventLoop, proc: subprocess.Popen[bytes],
-                    exit_code: asyncio.Future[int]) -> None:
-    rc = proc.wait()
-    try:
-        loop.call_soon_threadsafe(_set_exit, exit_code, rc)
-    except RuntimeError:  # the loop is closed: nobody waits any more
-        pass
-
-
-def _set_exit(exit_code: asyncio.Future[int], rc: int) -> None:
-    if not exit_code.done():
-        exit_code.set_result(rc)
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> bool:
-    """Signal a process group; False if it is gone. Never group 0 or 1 (ours, init's)."""
-    if pgid <= 1:
-        return False
-    try:
-        os.killpg(pgid, sig)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError as e:
-        log.warning("cannot signal process group %d: %s", pgid, e)
-        return False
-
-
-def _proc_stat(pid: int | str) -> list[str] | None:
-    """Fields 3.. of /proc/<pid>/stat (state, ppid, pgrp, ...), or None if unavailable."""
-    try:
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        raw = os.read(fd, 4096)  # one read: the kernel renders the whole line at once
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return raw[raw.rfind(b")") + 2 :].decode().split()
-
-
-def _start_ticks(pid: int) -> int | None:
-    stat = _proc_stat(pid)
-    return int(stat[19]) if stat else None
-
-
-def _group_exists(pgid: int) -> bool:
-    """Does the group have any member, zombies included? One kill(0), no /proc scan."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _group_alive(pgid: int) -> bool:
-    """Does the group have a live member? Zombies do not count (they are already dead)."""
-    if not _group_exists(pgid):
-        return False
-    if not os.path.isdir("/proc/self"):
-        return True  # no /proc: trust kill(0), zombies included
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            stat = _proc_stat(entry.name)
-            if stat and stat[2] == str(pgid) and stat[0] not in ("Z", "X"):
-                return True
-    return False
-
-
-def _alive_groups(pgids: list[int]) -> list[int]:
-    return [pgid for pgid in pgids if _group_alive(pgid)]
-
-
-def _find_orphans(work_dir: Path, exclude: frozenset[int],
-                  journal_bytes: int | None = None) -> list[tuple[str, int]]:
-    candidates: dict[int, tuple[str, Any]] = {}  # pgid -> (task id, leader's start ticks)
-    for record in _unended_starts(work_dir / JOURNAL, journal_bytes):
-        candidates.setdefault(int(record["pgid"]), (str(record["task_id"]),
-                                                    record.get("start_ticks")))
-    for record_path in _legacy_records(work_dir / "sandboxes"):
-        try:
-            record = json.loads(record_path.read_text())
-            task_id, pgid = str(record["task_id"]), int(record["pgid"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if "finished_at" not in record:
-            candidates.setdefault(pgid, (task_id, record.get("start_ticks")))
-    found = []
-    for pgid, (task_id, ticks) in candidates.items():
-        if pgid <= 1 or pgid in exclude:
-            continue
-        now = _start_ticks(pgid)
-        if now is not None and ticks is not None and now != ticks:
-            continue  # the leader's pid belongs to another process now: its group is not ours
-        if _group_alive(pgid):
-            found.append((task_id, pgid))
-    return found
-
-
-def _legacy_records(sandboxes: Path) -> list[Path]:
-    """task.json files left by a slave from before the journal, upgraded while tasks ran:
-    `sandboxes/<id>/<attempt>/task.json` (sandboxes named `<id>@<attempt>` are not looked in).
-    """
-    try:
-        with os.scandir(sandboxes) as entries:
-            dirs = [e.name for e in entries if "@" not in e.name and e.is_dir()]
-    except OSError:
-        return []
-    return sorted(p for name in dirs for p in (sandboxes / name).glob("*/task.json"))
-
-
-def _unended_starts(journal: Path, size: int | None = None) -> list[dict[str, Any]]:
-    """The start records that no end record follows in the journal (its first `size` bytes,
-    or all of it), in order; skips torn and garbled lines."""
-    starts: dict[tuple[str, int, int], dict[str, Any]] = {}
-    try:
-        with open(journal, "rb") as f:
-            lines = f.read(-1 if size is None else size).split(b"\n")
-    except FileNotFoundError:
-        return []
-    except OSError as e:
-        log.warning("cannot read the task journal %s: %s", journal, e)
-        return []
-    for line in lines:
-        try:
-            record = json.loads(line)
-            key = (str(record["task_id"]), int(record["attempt"]), int(record["pgid"]))
-            event = record["event"]
-        except (ValueError, KeyError, TypeError):  # torn or garbled (UnicodeError too)
-            continue
-        if event == "start":
-            starts[key] = record
-        elif event == "end":
-            starts.pop(key, None)
-    return list(starts.values())

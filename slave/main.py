@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from pathlib import Path
 
 import libproc
 from libproc import UPID
+from slave.isolation import DEFAULT_TASK_PIDS_MAX, IsolationError, create_isolator
 from slave.process import Slave, SlaveConfig
 
 __all__ = ["run_slave", "master_upid"]
@@ -61,13 +63,31 @@ async def run_slave(
     advertise_port: int | None = None,
     secret: str | None = None,
     progress_interval: float = 1.0,
+    isolation: str = "auto",
+    cpu_limit: str = "soft",
+    task_pids_max: int = DEFAULT_TASK_PIDS_MAX,
 ) -> int:
+    """Run until SIGINT/SIGTERM; 0, or 2 (one clear line on stderr) when the isolation asked
+    for cannot be had here."""
     master_pid = master_upid(master)
     raise_fd_limit()
+    work_path = Path(work_dir).absolute()
+    try:
+        isolator, why = create_isolator(isolation, str(work_path), cpu_limit=cpu_limit,
+                                        pids_max=task_pids_max)
+    except (IsolationError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    if why:
+        log.warning("isolation: cgroups cannot be used here, so tasks run without isolation "
+                    "(cpus and mem are bookkeeping only): %s", why)
+    log.info("isolation: %s", " ".join(f"{k}={v}" for k, v in isolator.describe().items()))
     await libproc.start(host, port, advertise_host=advertise_host,
                         advertise_port=advertise_port)
-    config = SlaveConfig(master=master_pid, work_dir=Path(work_dir).absolute(), cpus=cpus,
-                         mem=mem, secret=secret, progress_interval=progress_interval)
+    config = SlaveConfig(master=master_pid, work_dir=work_path, cpus=cpus,
+                         mem=mem, secret=secret, progress_interval=progress_interval,
+                         isolation=isolation, cpu_limit=cpu_limit, task_pids_max=task_pids_max,
+                         isolator=isolator)
     slave = Slave(config)
     libproc.spawn(slave)
     print(f"slave {slave.pid} registering with {master_pid}", flush=True)

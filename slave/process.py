@@ -9,7 +9,12 @@
   takes more than a second; so an update is re-sent only `update_retry` after it was last
   sent, then at doubling intervals (capped at `max_backoff`), never in a blind sweep that
   would double the master's work just when it is busiest. (Re-)registering re-sends all.
-- Progress of all running tasks goes out as one ReportProgressMessage per interval.
+- Progress of all running tasks goes out as one ReportProgressMessage per interval, with the
+  usage of those whose usage changed (sampled in the background each interval, so a report
+  carries the sample of the interval before); a terminal status update carries the final one.
+- Isolation (`--isolation`, `slave.isolation`) is chosen once, at start: `auto` falls back to
+  none with one WARN line saying why. Its mode and cgroup version go into /vars, the
+  registration messages and GET /slave(N)/monitor (each running task's limits and usage).
 - Authentication (protos/auth.py): a registration answer counts only when it echoes the
   nonce of one of our own attempts; every later message from the master must come from its
   UPID and carry a valid MAC of the current session, and everything we send carries ours.
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -41,6 +47,7 @@ from libproc.metrics import metrics
 from protos import auth
 from protos import cluster_pb2 as pb
 from slave.executor import Executor, TaskResult
+from slave.isolation import DEFAULT_TASK_PIDS_MAX, Isolator, Limits, Usage, create_isolator
 
 __all__ = ["Slave", "SlaveConfig"]
 
@@ -61,6 +68,10 @@ class SlaveConfig:
     secret: str | None = None
     hostname: str = ""
     master_timeout: float = 15.0  # no word from the master this long -> re-register
+    isolation: str = "auto"  # auto | cgroups | none
+    cpu_limit: str = "soft"  # soft (shares/weight) | hard (CFS quota)
+    task_pids_max: int = DEFAULT_TASK_PIDS_MAX
+    isolator: Isolator | None = None  # already detected (run_slave does); else in initialize
 
 
 class Slave(ProtobufProcess):
@@ -94,8 +105,17 @@ class Slave(ProtobufProcess):
 
     def initialize(self) -> None:
         self.config.work_dir.mkdir(parents=True, exist_ok=True)
+        isolator = self.config.isolator
+        if isolator is None:  # IsolationError for `cgroups` when there are none
+            isolator, why = create_isolator(
+                self.config.isolation, str(self.config.work_dir),
+                cpu_limit=self.config.cpu_limit, pids_max=self.config.task_pids_max)
+            if why:
+                log.warning("isolation: cgroups cannot be used here, so tasks run without "
+                            "isolation (cpus and mem are bookkeeping only): %s", why)
         self.executor = Executor(self.config.work_dir, defer(self.pid, self._task_exited),
-                                 kill_grace=self.config.kill_grace, sleep=clock_sleep)
+                                 kill_grace=self.config.kill_grace, sleep=clock_sleep,
+                                 isolator=isolator)
         self._load_identity()
         self.install(pb.SlaveRegisteredMessage, self._registered)
         self.install(pb.SlaveReregisteredMessage, self._reregistered)
@@ -108,6 +128,7 @@ class Slave(ProtobufProcess):
         self.route("/vars", self._vars)
         self.route("/logs", self._logs)
         self.route("/tasks", self._tasks_json)
+        self.route("/monitor", self._monitor)
         libproc.future.as_future(self._kill_orphans())
         self._register()
         delay(self.config.progress_interval, self.pid, self._report_progress)
@@ -119,6 +140,12 @@ class Slave(ProtobufProcess):
         if killed:
             log.warning("killed %d task(s) left running by an earlier slave: %s",
                         len(killed), ", ".join(killed))
+
+    def finalize(self) -> None:
+        """The actor is gone (terminated, or libproc stopped): give back this slave's own
+        cgroups unless tasks still run in them (a restarted slave cleans those up)."""
+        if self.executor is not None and not self.executor.running():
+            self.executor.isolator.close()
 
     def _identity_file(self) -> Path:
         return self.config.work_dir / "slave.json"
@@ -181,11 +208,16 @@ class Slave(ProtobufProcess):
         self.link(master, relink=True)
         resources = pb.Resources(cpus=self.config.cpus, mem=self.config.mem)
         hostname = self.config.hostname or socket.gethostname()
+        assert self.executor is not None
+        iso = self.executor.isolator
+        isolation = pb.Isolation(mode=iso.mode, cgroup_version=iso.version,
+                                 cpu_limit=iso.cpu_limit, task_pids_max=iso.pids_max)
         nonce = auth.new_nonce()
         if self.slave_id is None or self.credential is None:
             self.slave_id = None
             msg: Any = pb.RegisterSlaveMessage(resources=resources, hostname=hostname,
-                                               version=VERSION, nonce=nonce)
+                                               version=VERSION, nonce=nonce,
+                                               isolation=isolation)
             if self.config.secret:
                 auth.seal(msg, auth.registration_key(self.config.secret),
                           auth.SLAVE_TO_MASTER, 1)
@@ -210,7 +242,7 @@ class Slave(ProtobufProcess):
             msg = pb.ReregisterSlaveMessage(
                 slave_id=pb.SlaveID(value=self.slave_id), resources=resources,
                 tasks=running, hostname=hostname, version=VERSION, nonce=nonce,
-                sequence=self.sequence)
+                sequence=self.sequence, isolation=isolation)
             auth.seal(msg, self.credential, auth.SLAVE_TO_MASTER, self.sequence)
             self._remember_attempt(nonce, "reregister")
         self.send(master, msg)
@@ -397,9 +429,12 @@ class Slave(ProtobufProcess):
             if tid in self.tasks:
                 continue  # a duplicate launch
             self.tasks[tid] = info
+            res = info.resources
+            limits = Limits(cpus=_limit(res.cpus, res.HasField("cpus"), 1e6),
+                            mem_mib=_limit(res.mem, res.HasField("mem"), 2.0**40))
             try:
                 self.executor.launch(tid, info.command, name=info.name, attempt=info.attempt,
-                                     timeout=info.timeout or None)
+                                     timeout=info.timeout or None, limits=limits)
             except (ValueError, RuntimeError) as exc:
                 self.tasks.pop(tid, None)
                 self._update(tid, info.attempt, pb.FAILED, message=f"could not start: {exc}")
@@ -425,11 +460,11 @@ class Slave(ProtobufProcess):
             return  # killed on the master's request after it declared the task lost
         state = {"FINISHED": pb.FINISHED, "KILLED": pb.KILLED}.get(result.state, pb.FAILED)
         self._update(result.task_id, result.attempt, state, exit_code=result.exit_code,
-                     message=result.message, progress=result.progress)
+                     message=result.message, progress=result.progress, usage=result.usage)
 
     def _update(self, task_id: str, attempt: int, state: pb.TaskState, *,
                 exit_code: int | None = None, message: str = "",
-                progress: float | None = None) -> None:
+                progress: float | None = None, usage: Usage | None = None) -> None:
         update = pb.StatusUpdate(task_id=pb.TaskID(value=task_id), state=state,
                                  uuid=uuid.uuid4().bytes, timestamp=time.time(),
                                  attempt=attempt, message=message)
@@ -439,6 +474,8 @@ class Slave(ProtobufProcess):
             update.exit_code = exit_code
         if progress is not None:
             update.progress = progress
+        if usage is not None:
+            update.usage.CopyFrom(_usage_pb(usage))
         self.unacked[update.uuid] = update
         if self.mode == "registered":
             self._send_update(update)
@@ -502,19 +539,25 @@ class Slave(ProtobufProcess):
         assert self.executor is not None
         if self.mode == "registered":
             changed = self.executor.poll_progress()
-            if changed:
+            usage = self.executor.poll_usage()
+            if changed or usage:
                 tasks = []
-                for tid, progress in changed.items():
+                progress_now = self.executor.progress() if usage else changed
+                for tid in {**changed, **usage}:
                     info = self.tasks.get(tid)
                     if info is None:
                         continue
-                    tasks.append(pb.Task(name=info.name, task_id=info.task_id,
-                                         progress=progress, state=pb.RUNNING,
-                                         attempt=info.attempt))
+                    task = pb.Task(name=info.name, task_id=info.task_id,
+                                   progress=changed.get(tid, progress_now.get(tid, 0.0)),
+                                   state=pb.RUNNING, attempt=info.attempt)
+                    if tid in usage:
+                        task.usage.CopyFrom(_usage_pb(usage[tid]))
+                    tasks.append(task)
                 if tasks:
                     self._counters["progress_reports_sent"] += 1
                     self._send_master(pb.ReportProgressMessage(
                         tasks=tasks, slave_id=pb.SlaveID(value=self.slave_id or "")))
+        libproc.future.as_future(self.executor.sample_usage())  # for the next report
 
     # -- HTTP -----------------------------------------------------------------------------
 
@@ -528,6 +571,7 @@ class Slave(ProtobufProcess):
                  ("unacked_updates", str(len(self.unacked)))]
         lines += [(k, str(v)) for k, v in self._counters.items()]
         lines += [(k, str(v)) for k, v in self.executor.counters().items()]
+        lines += list(self.executor.isolator.describe().items())
         return web.Response(text="".join(f"{k} {v}\n" for k, v in lines),
                             content_type="text/plain")
 
@@ -537,6 +581,12 @@ class Slave(ProtobufProcess):
         return web.json_response({"tasks": [
             {"id": tid, "name": info.name, "attempt": info.attempt,
              "progress": progress.get(tid, 0.0)} for tid, info in self.tasks.items()]})
+
+    def _monitor(self, request: web.BaseRequest) -> web.Response:
+        """Each running task's limits and last sampled usage (as Mesos's /monitor/statistics)."""
+        assert self.executor is not None
+        return web.json_response({"isolation": self.executor.isolator.describe(),
+                                  "tasks": self.executor.monitor()})
 
     def _logs(self, request: web.BaseRequest) -> web.Response:
         """`?task_id=&attempt=&stream=&offset=&limit=`: a log's bytes from `offset`, with
@@ -582,3 +632,14 @@ class Slave(ProtobufProcess):
         return self._stopped.future
 
 
+
+
+def _limit(value: float, given: bool, most: float) -> float | None:
+    """A launch's cpus or mem as a limit: None unless given, finite and in (0, most]."""
+    return value if given and math.isfinite(value) and 0 < value <= most else None
+
+
+def _usage_pb(usage: Usage) -> pb.ResourceUsage:
+    return pb.ResourceUsage(cpu_seconds=usage.cpu_seconds, mem_mib=usage.mem_mib,
+                            mem_peak_mib=usage.mem_peak_mib, source=usage.source,
+                            timestamp=usage.timestamp)

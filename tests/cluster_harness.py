@@ -9,7 +9,8 @@ Contract:
   (SIGTERM, then SIGKILL after a grace period), which the `cluster` fixtures call in a
   `finally`; should the harness die without clean-up, the kernel SIGKILLs its children
   (PR_SET_PDEATHSIG on Linux). Task process groups left behind by a SIGKILLed slave are
-  killed too (their sandboxes record their pgids; `slave.executor.kill_orphans` reads them).
+  killed too (their journal proves their pgids; `slave.orphans.kill_orphans` reads it), and
+  so are their cgroups (`slave.isolation`'s `recover`).
 - Every wait is bounded; `wait_for` raises AssertionError naming what it waited for and
   the last value it saw.
 - `MasterClient` is synchronous (urllib) and speaks only the master's public HTTP API.
@@ -70,7 +71,7 @@ logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 from slave.main import run_slave
 main = run_slave(master={master!r}, host='127.0.0.1', port={port!r}, cpus={cpus!r}, mem={mem!r},
                  work_dir={work_dir!r}, progress_interval={progress_interval!r},
-                 secret={secret!r})
+                 secret={secret!r}, {extra})
 {runner}
 """
 
@@ -468,8 +469,11 @@ class Cluster:
 
     def start_slave(self, *, cpus: float = 4.0, mem: float = 4096.0,
                     progress_interval: float | None = None, wait: bool = True,
-                    profile: Path | None = None, secret: str | None = None) -> Child:
-        """Start a slave with a fresh work dir; with `wait`, until the master lists it active.
+                    profile: Path | None = None, work_dir: Path | None = None,
+                    secret: str | None = None, **options: Any) -> Child:
+        """Start a slave with a fresh work dir (or `work_dir`, e.g. a killed slave's); with
+        `wait`, until the master lists it active. `options` go to `run_slave` (isolation,
+        cpu_limit, task_pids_max).
 
         `secret` defaults to the cluster's.
 
@@ -478,12 +482,13 @@ class Cluster:
         assert self.master_port, "start the master first"
         n = len(self.slaves) + 1
         port = free_port()
-        work_dir = self.root / f"slave{n}"
+        work_dir = work_dir or self.root / f"slave{n}"
         code = _SLAVE_CODE.format(
             level=self.log_level, master=f"127.0.0.1:{self.master_port}", port=port,
             cpus=float(cpus), mem=float(mem), work_dir=str(work_dir),
             progress_interval=progress_interval or self.progress_interval,
             secret=secret if secret is not None else self.secret,
+            extra=", ".join(f"{k}={v!r}" for k, v in options.items()),
             runner=_PROFILED.format(profile=str(profile)) if profile else _RUN)
         child = self._spawn(f"slave{n}", code, port, work_dir)
         self.slaves.append(child)
@@ -532,9 +537,17 @@ class Cluster:
 
 
 def _kill_orphans(work_dir: Path) -> None:
-    """Kill task process groups that outlived their slave (e.g. one killed with SIGKILL)."""
-    from slave.executor import kill_orphans
+    """Kill tasks that outlived their slave (e.g. one killed with SIGKILL): their cgroups,
+    then their process groups; and remove the slave's own cgroups."""
+    from slave.isolation import IsolationError, create_isolator
+    from slave.orphans import kill_orphans
 
+    try:
+        isolator, _ = create_isolator("auto", str(work_dir))
+        isolator.recover()
+        isolator.close()
+    except (IsolationError, OSError) as exc:
+        print(f"could not clean up the cgroups of {work_dir}: {exc!r}", file=sys.stderr)
     try:
         asyncio.run(kill_orphans(work_dir, grace=1.0))
     except Exception as exc:  # noqa: BLE001 - best effort in teardown

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import glob
+import os
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -20,3 +22,24 @@ async def runtime() -> AsyncIterator[UPID]:
     finally:
         await libproc.stop()
         Clock.reset()
+
+
+_SLAVE_CGROUPS = ("/sys/fs/cgroup/*/cluster-slave-*", "/sys/fs/cgroup/*/*/*/cluster-slave-*",
+                  "/sys/fs/cgroup/unified/cluster-slave-*", "/sys/fs/cgroup/cluster-slave-*")
+
+
+def _slave_cgroups() -> set[str]:
+    return {d for pattern in _SLAVE_CGROUPS for d in glob.glob(pattern)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_slave_cgroups_left() -> Iterator[None]:
+    """A slave killed with -9 by a test leaves its (empty) per-slave cgroups behind, as a
+    real one would until it restarts: remove those that this session created and emptied."""
+    before = _slave_cgroups()
+    yield
+    for d in sorted(_slave_cgroups() - before, key=len, reverse=True):
+        try:
+            os.rmdir(d)  # only an empty one: a cgroup with tasks or children stays
+        except OSError:
+            pass

@@ -320,7 +320,7 @@ async def test_injected_sleep_drives_timeout(tmp_path: Path) -> None:
 async def test_pidfd_watcher_reaps_with_exit_codes_and_signals() -> None:
     import subprocess
 
-    from slave.executor import _ChildWatcher
+    from slave.spawn import ChildWatcher as _ChildWatcher
 
     if not hasattr(os, "pidfd_open"):
         pytest.skip("no pidfds here")
@@ -343,7 +343,7 @@ async def test_pidfd_watcher_reaps_with_exit_codes_and_signals() -> None:
 async def test_cancelled_wait_still_reaps_the_child() -> None:
     import subprocess
 
-    from slave.executor import _ChildWatcher
+    from slave.spawn import ChildWatcher as _ChildWatcher
 
     watcher = _ChildWatcher(asyncio.get_running_loop())
     proc = subprocess.Popen(["sleep", "0.1"])
@@ -361,16 +361,16 @@ def no_pidfds(monkeypatch: pytest.MonkeyPatch) -> None:
         raise OSError(errno.ENOSYS, "Function not implemented")
 
     monkeypatch.setattr(os, "pidfd_open", enosys, raising=False)
-    monkeypatch.setattr("slave.executor._use_pidfd", True)
+    monkeypatch.setattr("slave.spawn._use_pidfd", True)
 
 
 async def test_without_pidfds_exit_codes_kills_and_timeouts_still_work(
     no_pidfds: None, ex: Executor
 ) -> None:
-    import slave.executor
+    import slave.spawn
 
     assert (await ex.launch("t1", "exit 3")).exit_code == 3
-    assert slave.executor._use_pidfd is False  # found out once, then threads straight away
+    assert slave.spawn._use_pidfd is False  # found out once, then threads straight away
     run = ex.launch("t2", "sleep 30 & echo $!; wait")
     stdout = sandbox_path(ex.work_dir, "t2", 0) / "stdout"
     await until(lambda: first_line(stdout))
@@ -387,7 +387,7 @@ async def test_pidfd_failure_for_one_child_falls_back_for_that_child_only(
 ) -> None:
     import errno
 
-    import slave.executor
+    import slave.spawn
 
     real = os.pidfd_open
     calls: list[int] = []
@@ -399,10 +399,10 @@ async def test_pidfd_failure_for_one_child_falls_back_for_that_child_only(
         return real(pid, flags)
 
     monkeypatch.setattr(os, "pidfd_open", emfile_once)
-    monkeypatch.setattr("slave.executor._use_pidfd", True)
+    monkeypatch.setattr("slave.spawn._use_pidfd", True)
     first, second = await asyncio.gather(ex.launch("t1", "exit 4"), ex.launch("t2", "exit 5"))
     assert (first.exit_code, second.exit_code) == (4, 5)
-    assert len(calls) == 2 and slave.executor._use_pidfd is True
+    assert len(calls) == 2 and slave.spawn._use_pidfd is True
 
 
 async def test_burst_is_spawned_in_fifo_batches_between_loop_turns(

@@ -4,6 +4,7 @@ process groups (started here, so that no slave has to be killed for them)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import subprocess
@@ -14,8 +15,9 @@ from typing import Any
 
 import pytest
 
-import slave.executor
-from slave.executor import Executor, TaskResult, _start_ticks, kill_orphans, sandbox_path
+import slave.journal
+from slave.executor import Executor, TaskResult, kill_orphans, sandbox_path
+from slave.procfs import start_ticks as _start_ticks
 
 
 def records(work_dir: Path) -> list[dict[str, Any]]:
@@ -30,8 +32,12 @@ def records(work_dir: Path) -> list[dict[str, Any]]:
 
 
 def start_record(task_id: str, pgid: int, attempt: int = 0, **extra: Any) -> dict[str, Any]:
+    """A start record as the executor writes it for the live group `pgid` (with its proof)."""
+    cmdline = Path(f"/proc/{pgid}/cmdline").read_bytes()
     return {"event": "start", "task_id": task_id, "attempt": attempt, "name": "",
-            "sandbox": "", "command": "sleep 30", "pid": pgid, "pgid": pgid,
+            "sandbox": "", "command": "sleep 30",
+            "command_sha256": hashlib.sha256(b"sleep 30").hexdigest(),
+            "cmdline_sha256": hashlib.sha256(cmdline).hexdigest(), "pid": pgid, "pgid": pgid,
             "start_ticks": _start_ticks(pgid), "started_at": time.time(), **extra}
 
 
@@ -65,11 +71,13 @@ def groups() -> Iterator[list[subprocess.Popen[bytes]]]:
             proc.wait()
 
 
-def sleeper(groups: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(["sleep", "30"], start_new_session=True)
+def sleeper(groups: list[subprocess.Popen[bytes]],
+            argv: tuple[str, ...] = ("sleep", "30")) -> subprocess.Popen[bytes]:
+    """A process group of its own running `argv`, once it has exec'd."""
+    proc = subprocess.Popen(argv, start_new_session=True)
     groups.append(proc)
     deadline = time.monotonic() + 5
-    while _start_ticks(proc.pid) is None or b"sleep" not in Path(
+    while _start_ticks(proc.pid) is None or argv[-1].encode() not in Path(
             f"/proc/{proc.pid}/cmdline").read_bytes():  # exec'd: its start time is final
         assert time.monotonic() < deadline
         time.sleep(0.01)
@@ -108,12 +116,15 @@ async def test_reused_pid_and_excluded_groups_are_spared(
 async def test_old_task_json_is_still_honoured(
     tmp_path: Path, groups: list[subprocess.Popen[bytes]]
 ) -> None:
-    old, finished = sleeper(groups), sleeper(groups)
+    # As the slave before the journal ran them: `/bin/sh -c COMMAND`, recorded in full.
+    command = "sleep 30; true"
+    old, finished = (sleeper(groups, ("/bin/sh", "-c", command)) for _ in range(2))
     for task_id, proc, done in (("old", old, False), ("done", finished, True)):
         box = tmp_path / "sandboxes" / task_id / "0"
         box.mkdir(parents=True)
         rec = {"task_id": task_id, "attempt": 0, "pid": proc.pid, "pgid": proc.pid,
-               "start_ticks": _start_ticks(proc.pid), "started_at": time.time()}
+               "command": command, "start_ticks": _start_ticks(proc.pid),
+               "started_at": time.time()}
         if done:
             rec.update(state="FINISHED", exit_code=0, finished_at=time.time())
         (box / "task.json").write_text(json.dumps(rec))
@@ -166,7 +177,7 @@ async def test_crashed_executors_task_is_killed_and_startup_compacts(tmp_path: P
 async def test_compaction_during_operation_keeps_running_tasks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(slave.executor, "JOURNAL_COMPACT_AT", 4096)
+    monkeypatch.setattr(slave.journal, "JOURNAL_COMPACT_AT", 4096)
     ex = Executor(tmp_path, lambda r: None, kill_grace=0.5)
     long = ex.launch("long", "sleep 30")
     for i in range(40):  # ~40 * 500 bytes: several compactions
@@ -215,7 +226,7 @@ async def test_three_inodes_per_task(tmp_path: Path) -> None:
 def test_records_appended_after_an_executors_scan_began_are_not_read(
     tmp_path: Path, groups: list[subprocess.Popen[bytes]]
 ) -> None:
-    from slave.executor import _find_orphans
+    from slave.orphans import find_orphans as _find_orphans
 
     early, late = sleeper(groups), sleeper(groups)
     journal = tmp_path / "tasks.journal"
