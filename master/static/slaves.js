@@ -3,7 +3,7 @@ import {bar, el, field, fmtAgo, fmtNum, fromTemplate, getJSON, setState, updateB
 
 function resource(used, total, unit, label, state) {
   const fraction = total > 0 ? used / total : 0;
-  return el('span', {class: 'bar-row'}, el('span', {class: 'label', text: label}),
+  return el('div', {class: 'bar-row'}, el('span', {class: 'label', text: label}),
     bar(fraction, `${label} used of offered`, state === 'active' ? null : state),
     el('span', {class: 'value', text: `${fmtNum(used)} / ${fmtNum(total)}${unit}`}));
 }
@@ -20,8 +20,9 @@ function renderCard(card, s, highlight) {
   field(card, 'pid').replaceChildren(el('code', {text: s.pid || '-'}));
   field(card, 'contact').textContent = fmtAgo(s.last_contact);
   field(card, 'contact').dataset.epoch = String(s.last_contact ?? '');
-  field(card, 'cpus').replaceChildren(resource(s.used_cpus || 0, s.cpus || 0, '', 'cpus', s.state));
-  field(card, 'mem').replaceChildren(resource(s.used_mem || 0, s.mem || 0, ' MiB', 'mem', s.state));
+  field(card, 'resources').replaceChildren(
+    resource(s.used_cpus || 0, s.cpus || 0, '', 'cpus', s.state),
+    resource(s.used_mem || 0, s.mem || 0, ' MiB', 'mem', s.state));
   const tasks = s.tasks || [];
   field(card, 'tasks').replaceChildren(tasks.length
     ? el('span', {class: 'task-links'}, ...tasks.slice(0, 100).map((id) => el('a', {href: `#/tasks/${encodeURIComponent(id)}`, text: id})),

@@ -141,7 +141,7 @@ export function mount(root, {params}) {
       // Newest first: before the first row with a smaller id.
       const n = Number(id);
       let before = null;
-      for (const r of rows.values()) { if (Number(r.task.id) < n) { before = r.tr; break; } }
+      for (const tr of tbody.children) { if (Number(tr.dataset.taskId) < n) { before = tr; break; } }
       addRow(t, before);
       while (rows.size > PAGE) {
         const lastId = tbody.lastElementChild.dataset.taskId;
