@@ -335,3 +335,37 @@ async def test_a_subscriber_that_stops_reading_is_dropped_and_others_get_everyth
         assert hub.subscribers == 1
         resp.close()
     slow.close()
+
+
+async def test_the_stream_works_behind_a_libproc_route(runtime: Any) -> None:
+    """As the master can mount it before its router moves to aiohttp: a route of a libproc
+    process whose handler returns the stream as a future (so the mailbox does not wait)."""
+    import libproc
+    from libproc.future import as_future
+
+    hub = EventHub(HubLimits(backlog=64, subscriber_buffer=16, max_subscribers=2), boot="lp")
+
+    class Events(libproc.Process):
+        def initialize(self) -> None:
+            self.route("/events", lambda request: as_future(hub.handle(request)))
+            self.route("/ping", lambda request: "pong")
+
+    proc = Events("eventsproc")
+    libproc.spawn(proc)
+    base = f"http://127.0.0.1:{runtime.port}/eventsproc"
+    try:
+        async with aiohttp.ClientSession() as session:
+            resp, reader = await _open(session, base + "/events")
+            assert resp.status == 200
+            await until(lambda: hub.subscribers == 1)
+            async with session.get(base + "/ping") as ping:  # the process is not blocked
+                assert await ping.text() == "pong"
+            hub.publish_task({"id": "1", "state": "RUNNING"})
+            event_id, payload = await reader.next()
+            assert event_id == "lp-1" and payload["task"]["id"] == "1"
+            resp.close()
+            await until(lambda: hub.subscribers == 0, timeout=15)  # the client left: noticed
+    finally:
+        hub.close()
+        libproc.terminate(proc.pid)
+        await libproc.wait(proc.pid)
