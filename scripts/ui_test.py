@@ -12,6 +12,8 @@ checks what a user relies on:
      shows KILLED;
   4. the state filter shows only tasks in that state;
   5. the Overview and Slaves pages show the slave and its resources;
+  6. the name filter; Tab walks the skip link and the page links, Enter follows them; no
+     page is wider than a 390px phone screen;
 and saves a screenshot of each page (`--out`, default `.ui-test/`; `--docs` also refreshes
 `docs/dashboard.png`, the one in the README).
 
@@ -336,6 +338,31 @@ def run_checks(cluster: Cluster, page: Page) -> None:
             raise Failure(f"the filter is not in the address: {page.d.current_url}")
         log(f"state filter {state}: only {state} rows")
     page.shot("tasks-filtered")
+    Select(page.one("#filter-state")).select_by_value("")
+    page.one("#filter-name").send_keys("ui-batch")
+    eventually("only the ui-batch tasks listed", lambda: sorted(
+        n.text for n in page.css("#tasks-table tbody td.name")) == ["ui-batch-1", "ui-batch-2"])
+    log("name filter: only the matching rows")
+
+    # Keyboard: Tab from the top reaches the skip link, then the page links, in order.
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    page.d.refresh()  # a fresh page: Tab starts from the top
+    eventually("the Tasks table after a reload", lambda: page.one("#tasks-table caption"))
+    reached = []
+    for _ in range(5):
+        ActionChains(page.d).send_keys(Keys.TAB).perform()
+        reached.append(page.d.execute_script(
+            "const a = document.activeElement; return a ? (a.textContent || a.id).trim() : ''"))
+    if reached[:1] != ["Skip to content"] or "Tasks" not in reached or "Slaves" not in reached:
+        raise Failure(f"Tab does not walk the skip link and the page links: {reached}")
+    page.nav("#/slaves")
+    eventually("the Slaves page", lambda: page.one("#slaves .slave"))
+    link = page.one(".top nav a[data-page='tasks']")
+    link.send_keys(Keys.ENTER)
+    eventually("Enter on the Tasks link opens Tasks", lambda: page.one("#tasks-table"))
+    log(f"keyboard: Tab reaches {reached[:4]}; Enter follows a link")
 
     # 5. Overview and Slaves.
     page.nav("#/")
@@ -352,6 +379,21 @@ def run_checks(cluster: Cluster, page: Page) -> None:
     if "cpus" not in card.text or "active" not in card.text:
         raise Failure(f"the slave card lacks its state or cpus: {card.text!r}")
     page.shot("slaves")
+
+    # A phone's width: nothing wider than the screen but the tables' own scrolling box.
+    page.d.set_window_size(390, 844)
+    for fragment, ready in (("#/tasks", "#tasks-table"), ("#/", "#ov-slaves"),
+                            ("#/slaves", "#slaves .slave"), (f"#/tasks/{tid}", "#log")):
+        page.nav(fragment)
+        eventually(f"{fragment} at phone width", lambda ready=ready: page.one(ready))
+        wide = page.d.execute_script(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        if wide > 0:
+            raise Failure(f"{fragment} is {wide}px wider than a 390px screen")
+    page.nav("#/tasks")
+    eventually("the tasks at phone width", lambda: page.one(f'tr[data-task-id="{tid}"]'))
+    page.shot("tasks-phone")
+    page.d.set_window_size(1280, 860)
     errors = page.js_errors()
     if errors:
         raise Failure(f"the browser console has errors: {errors[:5]}")

@@ -65,7 +65,7 @@ export function mount(root, {params}) {
         el('th', {scope: 'col', text: 'State'}),
         el('th', {scope: 'col', text: 'Progress'}),
         el('th', {scope: 'col', class: 'opt', text: 'Slave'}),
-        el('th', {scope: 'col', class: 'num', text: 'Duration'}),
+        el('th', {scope: 'col', class: 'num opt-narrow', text: 'Duration'}),
         el('th', {scope: 'col', class: 'num opt', text: 'Exit'}))),
       tbody)),
     el('div', {class: 'pager'}, newerBtn, pageText, older));
