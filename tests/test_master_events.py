@@ -369,3 +369,17 @@ async def test_the_stream_works_behind_a_libproc_route(runtime: Any) -> None:
         hub.close()
         libproc.terminate(proc.pid)
         await libproc.wait(proc.pid)
+
+
+@pytest.mark.timeout(120)
+def test_the_event_benchmark_stays_runnable() -> None:
+    """A tiny run of benchmarks/bench_events prints each figure beside its baseline."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "benchmarks.bench_events", "--events", "300",
+                          "--subscribers", "2", "--runs", "1"], capture_output=True, text=True,
+                         timeout=110, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "1.00x" in out.stdout and "no subscriber" in out.stdout
+    assert "served to 2 SSE subscribers" in out.stdout
