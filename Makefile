@@ -3,18 +3,24 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# Only what running needs (`make run`); $(STAMP) adds the test and lint tools on top.
+RUN_STAMP := $(VENV)/.runtime-stamp
 
 .PHONY: install run test lint bench protos clean
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/cluster up --slaves 2 --work-dir .cluster
 
 test: lint
@@ -32,7 +38,7 @@ protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py
 
 clean:
-	rm -rf $(VENV) .cluster .pytest_cache
+	rm -rf $(VENV) .cluster .pytest_cache .ui-test
 
 # `docker compose up` end to end on a real engine: scripts/docker-local.sh sets one up when
 # missing (root; Debian's docker.io, compose v2 from PyPI, a debootstrapped python:3.11-slim),
@@ -40,11 +46,27 @@ clean:
 # and always tears down (`down -v`). Never passes without having run.
 .PHONY: compose-test docker-setup
 
+# $(call prerequisite,TARGET,SCRIPT,WHY): run the set-up SCRIPT; when it fails, TARGET is
+# "NOT RUN" (a failure, never a pass), and "FAILED" under CI=true.
+prerequisite = @bash $(2) || { if [ "$$CI" = true ]; then echo "$(1) FAILED (CI=true): $(3)" >&2; \
+  else echo "$(1) NOT RUN: $(3)" >&2; fi; exit 1; }
+
 docker-setup:
 	bash scripts/docker-local.sh
 
 compose-test: $(STAMP)
-	@bash scripts/docker-local.sh || { \
-	  if [ "$$CI" = true ]; then echo "compose-test FAILED (CI=true): Docker could not be set up by scripts/docker-local.sh (see above)" >&2; \
-	  else echo "compose-test NOT RUN: Docker could not be set up by scripts/docker-local.sh (see above)" >&2; fi; exit 1; }
+	$(call prerequisite,compose-test,scripts/docker-local.sh,Docker could not be set up by scripts/docker-local.sh (see above))
 	$(BIN)/python scripts/compose_test.py
+
+# The web dashboard in a real browser: scripts/browser-local.sh installs Debian's chromium and
+# chromium-driver when missing (root), then scripts/ui_test.py starts a real master and slave
+# and drives headless Chromium through selenium (screenshots in .ui-test/). Never passes
+# without having run.
+.PHONY: ui-test browser-setup
+
+browser-setup:
+	bash scripts/browser-local.sh
+
+ui-test: $(STAMP)
+	$(call prerequisite,ui-test,scripts/browser-local.sh,no browser: scripts/browser-local.sh could not install chromium and chromium-driver (see above))
+	$(BIN)/python scripts/ui_test.py

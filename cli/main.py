@@ -2,9 +2,11 @@
 
 Names and options are a contract (DESIGN.md §3.4). Every failure the user can cause (a
 master that is not reachable, an unknown task id, bad resources, a busy port) ends as one
-`error: ...` line on stderr and exit code 1 (2 for a usage error), never a traceback: the
-boundary is `main()`. Heavy modules (rich tables, aiohttp, SQLAlchemy) are imported inside
-the commands, so `cluster --help` starts fast.
+`error: ...` line on stderr and exit code 1 (2 for a usage error or a refused value, 124 when
+`wait --timeout` runs out; see cli/options.py), never a traceback: the boundary is `main()`.
+Hints printed for pasting (`cluster wait 3`) repeat `--master` when it is not the default.
+Heavy modules (rich tables, aiohttp, SQLAlchemy) are imported inside the commands, so
+`cluster --help` starts fast.
 """
 
 from __future__ import annotations
@@ -18,14 +20,17 @@ import typer
 
 from cli import server_commands
 from cli.client import DEFAULT_MASTER, ClusterError
-from cli.options import JsonOpt, MasterOpt, SecretOpt, fail, positive
-
-try:  # typer >= 0.2x vendors click as typer._click; older releases depend on click itself
-    from typer._click import exceptions as click_exceptions
-except ImportError:  # pragma: no cover - depends on the installed typer
-    from click import (  # type: ignore[no-redef,import-not-found,unused-ignore]
-        exceptions as click_exceptions,
-    )
+from cli.options import (
+    JsonOpt,
+    MasterOpt,
+    SecretOpt,
+    again,
+    bad_value,
+    click_exceptions,
+    examples,
+    fail,
+    positive,
+)
 
 if TYPE_CHECKING:
     from cli.client import MasterClient
@@ -36,12 +41,13 @@ app = typer.Typer(
     name="cluster",
     help="A small Mesos-like cluster built on libproc: a master schedules shell commands "
     "onto slaves.\n\nStart a local cluster with 'cluster up', then 'cluster submit'.",
-    epilog="Quick start:\n\n"
-    "  cluster up                                  # in one terminal\n\n"
-    "  cluster submit --wait 'echo hello'          # in another\n\n"
-    "  cluster tasks; cluster logs 1\n\n"
-    "Client commands find the master with --master or CLUSTER_MASTER (default "
-    f"{DEFAULT_MASTER}). 'cluster COMMAND --help' shows each command's options and examples.",
+    epilog=examples(
+        ("cluster up", "in one terminal: a master and 2 slaves"),
+        ("cluster submit --wait 'echo hello'", "in another"),
+        "cluster tasks; cluster logs 1",
+        note="Client commands find the master with --master or CLUSTER_MASTER (default "
+        f"{DEFAULT_MASTER}). 'cluster COMMAND --help' shows each command's options and examples.",
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -52,6 +58,51 @@ app = typer.Typer(
 TERMINAL = ("FINISHED", "FAILED", "KILLED", "LOST")
 
 server_commands.register(app)  # master, slave, up
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("libproc-cluster")
+        except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+            version = "unknown (not installed)"
+        print(f"cluster {version}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _top(
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_version, help="Print the version."),
+    ] = False,
+) -> None:
+    """The `cluster` command (its help is the app's)."""
+
+
+def _plain_flags() -> None:
+    """typer 0.2x shows a type beside every parameter (`--wait <bool>`, `-v <int>`, `COMMAND
+    <list[str]>`); a flag takes no value and an argument is named already: show none."""
+    try:
+        from typer.core import TyperArgument, TyperOption
+    except ImportError:  # pragma: no cover - another typer
+        return
+    for cls, quiet in ((TyperOption, lambda p: p.is_flag or p.count), (TyperArgument, None)):
+        shown = getattr(cls, "display_type_rich", None)
+        if shown is None:  # pragma: no cover - another typer
+            continue
+
+        def display_type_rich(self: Any, ctx: Any, _shown: Any = shown, _quiet: Any = quiet) -> Any:
+            if _quiet is None or _quiet(self):
+                return None
+            return _shown(self, ctx)
+
+        cls.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_plain_flags()
 
 
 def _client(master: str, secret: str | None, timeout: float = 10.0) -> MasterClient:
@@ -70,13 +121,15 @@ def _is_tty() -> bool:
 
 
 @app.command(
-    epilog="Examples:\n\n"
-    "  cluster submit 'echo hello'\n\n"
-    "  cluster submit --cpus 1 --mem 512 --name build 'make -j1 all'\n\n"
-    "  cluster submit --count 5 --wait 'for i in $(seq 10); do echo PROGRESS "
-    "$((i*10)); sleep 1; done'\n\n"
-    "  cluster submit --json 'sleep 60' | jq -r '.ids[]'\n\n"
-    "A task reports progress by printing 'PROGRESS <percent>' lines on stdout."
+    epilog=examples(
+        ("cluster submit 'echo hello'", "one task"),
+        ("cluster submit --cpus 1 --mem 512 --name build 'make -j1 all'", "resources, a name"),
+        "cluster submit --count 5 --wait 'for i in $(seq 10); do echo PROGRESS $((i*10)); "
+        "sleep 1; done'",
+        ("cluster submit --json 'sleep 60' | jq -r '.ids[]'", "for scripts"),
+        note="A task reports progress by printing 'PROGRESS <percent>' lines on stdout. "
+        "With --wait: exit 0 if every task FINISHED, 1 if one did not, 130 on Ctrl-C.",
+    )
 )
 def submit(
     command: Annotated[
@@ -127,14 +180,14 @@ def submit(
     """Submit a shell command as a task (or --count N of them)."""
     text = " ".join(command)
     if not text.strip():
-        fail("COMMAND is empty: give a shell command, e.g. cluster submit 'echo hello'")
+        bad_value("COMMAND is empty: give a shell command, e.g. cluster submit 'echo hello'")
     positive("--cpus", cpus)
     positive("--mem", mem)
     positive("--timeout", timeout)
     if not 1 <= count <= 10_000:
-        fail(f"--count must be between 1 and 10000, got {count}")
+        bad_value(f"--count must be between 1 and 10000, got {count}")
     if retries < 0:
-        fail(f"--retries must be 0 or more, got {retries}")
+        bad_value(f"--retries must be 0 or more, got {retries}")
     specs: list[dict[str, Any]] = []
     for i in range(count):
         spec: dict[str, Any] = {"command": text, "retries": retries}
@@ -154,7 +207,7 @@ def submit(
         else:
             what = f"task {ids[0]}" if len(ids) == 1 else f"{len(ids)} tasks: {' '.join(ids)}"
             print(
-                f"submitted {what}\n  follow: cluster wait {' '.join(ids[:10])}"
+                f"submitted {what}\n  follow: cluster wait{again(master)} {' '.join(ids[:10])}"
                 + (" ..." if len(ids) > 10 else "")
             )
         return
@@ -178,7 +231,9 @@ def _wait_and_report(
         )
     except KeyboardInterrupt:
         print(
-            f"\ninterrupted; the tasks keep running: cluster wait {' '.join(ids[:10])}",
+            "\ninterrupted; the tasks keep running: "
+            f"cluster wait{again(client.master)} {' '.join(ids[:10])}"
+            + (" ..." if len(ids) > 10 else ""),
             file=sys.stderr,
         )
         raise typer.Exit(130) from None
@@ -186,12 +241,15 @@ def _wait_and_report(
         from cli.render import print_json
 
         print_json({"tasks": final})
-    raise typer.Exit(summarize(final, json_output=json_output))
+    raise typer.Exit(summarize(final, json_output=json_output, master=client.master))
 
 
 @app.command(
-    epilog="Examples:\n\n  cluster tasks\n\n  cluster tasks --state running,pending\n\n"
-    "  cluster tasks --json | jq '.tasks[] | select(.state==\"FAILED\") | .id'"
+    epilog=examples(
+        "cluster tasks",
+        "cluster tasks --state running,pending",
+        ("cluster tasks --json | jq '.tasks[] | select(.state==\"FAILED\") | .id'", "for scripts"),
+    )
 )
 def tasks(
     state: Annotated[
@@ -211,7 +269,7 @@ def tasks(
     """List tasks, oldest first."""
     states = ",".join(s.strip().upper() for s in state.split(",") if s.strip()) if state else None
     found = _client(master, secret).tasks(states)
-    from cli.render import print_json, stdout, tasks_table
+    from cli.render import print_json, print_table, tasks_table
 
     if json_output:
         print_json({"tasks": found})
@@ -221,32 +279,47 @@ def tasks(
             + (
                 f" in state {states}"
                 if states
-                else "; submit one with: cluster submit 'echo hello'"
+                else f"; submit one with: cluster submit{again(master)} 'echo hello'"
             )
         )
     else:
-        stdout.print(tasks_table(found))
+        print_table(tasks_table(found))
 
 
-@app.command(epilog="Examples:\n\n  cluster task 7\n\n  cluster task 7 --json | jq .exit_code")
+@app.command(
+    epilog=examples("cluster task 7", ("cluster task 7 --json | jq .exit_code", "for scripts"))
+)
 def task(
     task_id: Annotated[str, typer.Argument(metavar="ID", help="The task's id.")],
     json_output: JsonOpt = False,
     master: MasterOpt = DEFAULT_MASTER,
     secret: SecretOpt = None,
 ) -> None:
-    """Show one task: state, progress, exit code, timing, where it ran."""
-    found = _client(master, secret).task(task_id)
+    """Show one task: state, progress, exit code, timing, where it ran (or why it waits)."""
+    client = _client(master, secret)
+    found = client.task(task_id)
     from cli.render import print_json, stdout, task_details
 
     if json_output:
         print_json(found)
-    else:
-        stdout.print(task_details(found))
+        return
+    waiting = ""
+    if found.get("state") == "PENDING":
+        from cli.why import id_key, pending_reason
+
+        slaves_now = client.slaves()
+        ahead = 0
+        if slaves_now:
+            mine = id_key(str(found.get("id")))
+            ahead = sum(1 for t in client.tasks("PENDING") if id_key(str(t.get("id"))) < mine)
+        waiting = pending_reason(found, slaves_now, ahead, master=client.master)
+    stdout.print(task_details(found, waiting=waiting))
 
 
 @app.command(
-    epilog="Examples:\n\n  cluster slaves\n\n  cluster slaves --json | jq '.slaves | length'"
+    epilog=examples(
+        "cluster slaves", ("cluster slaves --json | jq '.slaves | length'", "for scripts")
+    )
 )
 def slaves(
     json_output: JsonOpt = False,
@@ -255,17 +328,17 @@ def slaves(
 ) -> None:
     """List the slaves the master knows: state, resources used and offered, tasks."""
     found = _client(master, secret).slaves()
-    from cli.render import print_json, slaves_table, stdout
+    from cli.render import print_json, print_table, slaves_table
 
     if json_output:
         print_json({"slaves": found})
     elif not found:
-        print("no slaves registered; start one with: cluster slave --master HOST:PORT")
+        print(f"no slaves registered; start one with: cluster slave --master {master}")
     else:
-        stdout.print(slaves_table(found))
+        print_table(slaves_table(found))
 
 
-@app.command(epilog="Examples:\n\n  cluster kill 7\n\n  cluster kill 7 8 9")
+@app.command(epilog=examples("cluster kill 7", ("cluster kill 7 8 9", "several at once")))
 def kill(
     task_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Task id(s) to kill.")],
     master: MasterOpt = DEFAULT_MASTER,
@@ -274,6 +347,7 @@ def kill(
     """Kill tasks: SIGTERM to the command's process group, SIGKILL after a grace period."""
     client = _client(master, secret)
     errors = []
+    task_ids = list(dict.fromkeys(task_ids))  # each once
     for tid in task_ids:
         try:
             answer = client.kill(tid)
@@ -285,14 +359,24 @@ def kill(
         if answer.get("state") == "KILLED":
             print(f"task {tid} KILLED")
         else:
-            print(f"task {tid}: kill sent to its slave (cluster wait {tid} to see it end)")
+            print(
+                f"task {tid}: kill sent to its slave (cluster wait{again(master)} {tid} to "
+                "see it end)"
+            )
     if errors:
-        fail("could not kill " + "; ".join(errors))
+        done = len(task_ids) - len(errors)
+        fail(
+            f"could not kill {len(errors)} of {len(task_ids)} task(s) ({done} killed or "
+            "being killed): " + "; ".join(errors)
+        )
 
 
 @app.command(
-    epilog="Examples:\n\n  cluster logs 7\n\n  cluster logs 7 -f\n\n"
-    "  cluster logs 7 --stderr | tail"
+    epilog=examples(
+        "cluster logs 7",
+        ("cluster logs 7 -f", "follow until the task ends"),
+        ("cluster logs 7 --stderr --tail 20", "the last 20 lines of stderr"),
+    )
 )
 def logs(
     task_id: Annotated[str, typer.Argument(metavar="ID", help="The task's id.")],
@@ -302,14 +386,30 @@ def logs(
     stderr_stream: Annotated[
         bool, typer.Option("--stderr", help="Show the task's stderr instead of its stdout.")
     ] = False,
+    tail: Annotated[
+        int | None,
+        typer.Option(
+            "--tail",
+            "-n",
+            metavar="N",
+            show_default=False,
+            help="Only the last N lines (then follow, with -f).",
+        ),
+    ] = None,
     master: MasterOpt = DEFAULT_MASTER,
     secret: SecretOpt = None,
 ) -> None:
     """Print a task's stdout (or --stderr), read through the master from its slave."""
+    if tail is not None and tail < 0:
+        bad_value(f"--tail must be 0 or more, got {tail}")
     client = _client(master, secret)
     stream = "stderr" if stderr_stream else "stdout"
     out = sys.stdout.buffer
     offset = 0
+    if tail is not None:
+        offset = _print_tail(client, task_id, stream, tail, out)
+        if not follow:
+            return
     while True:
         try:
             chunk = client.logs(task_id, stream, offset)
@@ -335,9 +435,40 @@ def logs(
             time.sleep(0.5)
 
 
+def _print_tail(client: MasterClient, task_id: str, stream: str, lines: int, out: Any) -> int:
+    """Print the last `lines` lines of what the log holds now; the offset to follow from.
+
+    The master's log API reads forward from an offset, so the log is read through once,
+    keeping only the last lines (memory bounded by them, not by the log)."""
+    from collections import deque
+
+    kept: deque[bytes] = deque(maxlen=lines + 1)
+    offset, partial = 0, b""
+    while True:
+        chunk = client.logs(task_id, stream, offset, limit=1 << 20)
+        offset = chunk.next_offset
+        if chunk.data:
+            parts = (partial + chunk.data).split(b"\n")
+            partial = parts.pop()
+            kept.extend(p + b"\n" for p in parts)
+        if chunk.eof or not chunk.data:
+            break
+    if partial:
+        kept.append(partial)
+    text = b"".join(list(kept)[-lines:]) if lines else b""
+    out.write(text)
+    out.flush()
+    return offset
+
+
 @app.command(
-    epilog="Examples:\n\n  cluster wait 7\n\n  cluster wait 7 8 9 --timeout 600\n\n"
-    "  cluster submit --json 'make test' | jq -r '.ids[]' | xargs cluster wait"
+    epilog=examples(
+        "cluster wait 7",
+        ("cluster wait 7 8 9 --timeout 600", "exit 124 if they have not ended by then"),
+        "cluster submit --json 'make test' | jq -r '.ids[]' | xargs cluster wait",
+        note="Exit 0 if every task FINISHED, 1 if one did not, 124 when --timeout ran out "
+        "(the tasks keep running), 130 on Ctrl-C.",
+    )
 )
 def wait(
     task_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Task id(s).")],
@@ -345,7 +476,7 @@ def wait(
         float | None,
         typer.Option(
             show_default=False,
-            help="Give up after this many seconds (exit 1); the tasks keep running.",
+            help="Give up after this many seconds (exit 124); the tasks keep running.",
         ),
     ] = None,
     json_output: JsonOpt = False,
@@ -372,7 +503,7 @@ def main(argv: list[str] | None = None) -> None:
         code = app(args=args, prog_name="cluster", standalone_mode=False)
     except ClusterError as exc:
         print(f"error: {_one_line(str(exc))}", file=sys.stderr, flush=True)
-        code = 1
+        code = getattr(exc, "exit_code", 1)
     except click_exceptions.NoArgsIsHelpError as exc:
         help_text = exc.format_message()  # rich help already printed itself: this is ""
         if help_text.strip():

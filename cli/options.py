@@ -1,15 +1,30 @@
-"""Options and checks shared by the `cluster` commands (typer annotations, no heavy imports)."""
+"""Options and checks shared by the `cluster` commands (typer annotations, no heavy imports).
+
+Exit codes (the same for every command): 0 success; 1 an error (the master unreachable, a task
+that did not finish, ...); 2 a usage error: an unknown option or a value the command refuses
+(click's convention, for a bad number or a bad `--cpus` alike); 124 `wait --timeout` ran out
+(as coreutils' timeout); 130 interrupted.
+"""
 
 from __future__ import annotations
 
 import math
+import shlex
 from typing import Annotated, NoReturn
 
 import typer
 
-from cli.client import ClusterError
+from cli.client import DEFAULT_MASTER, ClusterError
+
+try:  # typer >= 0.2x vendors click as typer._click; older releases depend on click itself
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click import (  # type: ignore[no-redef,import-not-found,unused-ignore]
+        exceptions as click_exceptions,
+    )
 
 __all__ = [
+    "EXIT_TIMEOUT",
     "AdvertiseHostOpt",
     "AdvertisePortOpt",
     "HostOpt",
@@ -17,7 +32,11 @@ __all__ = [
     "MasterOpt",
     "SecretOpt",
     "VerboseOpt",
+    "again",
+    "bad_value",
+    "click_exceptions",
     "env_option",
+    "examples",
     "fail",
     "listen_port",
     "positive",
@@ -34,14 +53,30 @@ MasterOpt = Annotated[
         help="The master to talk to.",
     ),
 ]
+EXIT_TIMEOUT = 124  # `wait --timeout` ran out before the tasks ended
+
+
+def _secret(help: str) -> typer.models.OptionInfo:
+    option: typer.models.OptionInfo = typer.Option(
+        "--secret", envvar="CLUSTER_SECRET", metavar="SECRET", show_default=False, help=help
+    )
+    return option
+
+
 SecretOpt = Annotated[
     str | None,
-    typer.Option(
-        "--secret",
-        envvar="CLUSTER_SECRET",
-        show_default=False,
-        help="Shared secret, sent as 'Authorization: Bearer' (needed when the master has one).",
+    _secret("Shared secret, sent as 'Authorization: Bearer' (needed when the master has one)."),
+]
+MasterSecretOpt = Annotated[
+    str | None,
+    _secret(
+        "Require this secret of slaves registering and of clients that submit or kill "
+        "(give the same one to every slave and client)."
     ),
+]
+SlaveSecretOpt = Annotated[
+    str | None,
+    _secret("The cluster's secret, sent when registering (needed when the master has one)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts, not a table.")]
 VerboseOpt = Annotated[
@@ -51,6 +86,7 @@ VerboseOpt = Annotated[
         "-v",
         count=True,
         envvar="CLUSTER_VERBOSE",
+        show_default=False,
         help="Log more: -v INFO, -vv DEBUG (one logfmt line per record, on stderr).",
     ),
 ]
@@ -59,7 +95,10 @@ VerboseOpt = Annotated[
 def env_option(envvar: str, help: str, **kwargs: object) -> typer.models.OptionInfo:
     """An option read from `envvar` too, whose help text states its own default."""
     option: typer.models.OptionInfo = typer.Option(
-        envvar=envvar, show_default=False, help=help, **kwargs  # type: ignore[arg-type]
+        envvar=envvar,
+        show_default=False,
+        help=help,
+        **kwargs,  # type: ignore[arg-type]
     )
     return option
 
@@ -102,7 +141,35 @@ def fail(message: str) -> NoReturn:
     raise ClusterError(message)
 
 
+def bad_value(message: str) -> NoReturn:
+    """A value the command refuses: a usage error, `error: <message> (see '... --help')`,
+    exit 2, like an option click itself cannot parse."""
+    raise click_exceptions.UsageError(message)
+
+
 def positive(name: str, value: float | None) -> None:
     """A resource or duration given on the command line must be a finite number > 0."""
     if value is not None and (not math.isfinite(value) or value <= 0):
-        fail(f"{name} must be a number greater than 0, got {value:g}")
+        bad_value(f"{name} must be a number greater than 0, got {value:g}")
+
+
+def again(master: str) -> str:
+    """The options to repeat in a hint the user may paste (`cluster wait 3{again(m)}`), so it
+    reaches the same master: `--master` unless it is the default. Never the secret."""
+    if master.strip() == DEFAULT_MASTER:
+        return ""
+    return f" --master {shlex.quote(master.strip())}"
+
+
+def examples(*items: str | tuple[str, str], note: str = "") -> str:
+    """A command's epilog: 'Examples:' and one example a line, comments aligned, the same
+    layout for every command (each line is its own paragraph for typer's rich help)."""
+    rows = [(item, "") if isinstance(item, str) else item for item in items]
+    width = max(len(cmd) for cmd, comment in rows if comment) if any(c for _, c in rows) else 0
+    lines = [
+        f"  {cmd.ljust(width)}  # {comment}" if comment else f"  {cmd}" for cmd, comment in rows
+    ]
+    # The leading newline keeps the indentation: click cleans epilogs with inspect.cleandoc,
+    # which measures the margin from the second line on ("Examples:" sets it to 0 there).
+    text = "\nExamples:\n\n" + "\n\n".join(lines) + (f"\n\n{note}" if note else "")
+    return text.replace("[", "\\[")  # rich markup: a '[' is literal here

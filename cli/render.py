@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 from rich.text import Text
 
@@ -20,6 +20,7 @@ __all__ = [
     "STATE_STYLES",
     "duration",
     "print_json",
+    "print_table",
     "slaves_table",
     "stderr",
     "stdout",
@@ -43,7 +44,8 @@ STATE_STYLES = {
     "removed": "dim",
 }
 
-# Piped output is for grep and less: wide enough that tables are not cut at 80 columns.
+# Piped output is for grep and less: wide enough that nothing is wrapped at 80 columns
+# (tables are never cut when piped: see _table).
 stdout = Console(
     highlight=False, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
 )
@@ -87,41 +89,73 @@ def state_text(state: str) -> Text:
     return Text(state, style=STATE_STYLES.get(state, ""))
 
 
-def _table(columns: list[tuple[str, str, bool]], rows: list[list[Any]]) -> Table:
-    """columns: (header, justify, shrinkable). Columns that may not shrink keep the width of
-    their widest cell; when the console is too narrow, only the shrinkable ones (a command,
-    an address) are cut, with an ellipsis, in proportion to their width."""
-    cells = [[c if isinstance(c, Text) else Text(str(c)) for c in row] for row in rows]
-    widest = [
-        max([len(header)] + [len(row[i].plain) for row in cells])
-        for i, (header, _, _) in enumerate(columns)
-    ]
-    shrink = [i for i, (_, _, shrinkable) in enumerate(columns) if shrinkable]
-    avail = (
-        stdout.width
-        - 2 * (len(columns) - 1)
-        - sum(w for i, w in enumerate(widest) if i not in shrink)
-    )
-    need = sum(widest[i] for i in shrink)
-    widths = list(widest)
-    if need > avail:
-        for i in shrink:
-            widths[i] = max(min(4, widest[i]), widest[i] * max(avail, 0) // max(need, 1))
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for (header, justify, _), width in zip(columns, widths):
-        table.add_column(
-            header,
-            justify=justify,  # type: ignore[arg-type]
-            no_wrap=True,
-            overflow="ellipsis",
-            width=width,
-        )
-    for row in cells:
-        table.add_row(*row)
-    return table
+def _cell(value: Any) -> Text:
+    return value if isinstance(value, Text) else Text(str(value))
 
 
-def tasks_table(tasks: list[dict[str, Any]]) -> Table:
+class _Listing:
+    """Aligned columns, laid out when printed (so for the console it is printed on)."""
+
+    def __init__(
+        self, columns: list[tuple[str, str]], rows: list[list[Any]], shrink: int | None
+    ) -> None:
+        self.columns, self.shrink = columns, shrink
+        self.cells = [[_cell(c) for c in row] for row in rows]
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.layout(options.max_width if console.is_terminal else None)
+
+    def layout(self, width: int | None) -> Text:
+        headers = [Text(header, style="bold") for header, _ in self.columns]
+        widths = [
+            max([len(h.plain)] + [len(row[i].plain) for row in self.cells])
+            for i, h in enumerate(headers)
+        ]
+        if self.shrink is not None and width is not None:
+            excess = sum(widths) + 2 * (len(widths) - 1) - width
+            if excess > 0:
+                widths[self.shrink] = max(min(8, widths[self.shrink]), widths[self.shrink] - excess)
+        out = Text(no_wrap=True, overflow="ignore")
+        for n, row in enumerate([headers, *self.cells]):
+            line = Text()
+            last = len(row) - 1
+            for i, (cell, w) in enumerate(zip(row, widths)):
+                if len(cell.plain) > w:  # only the shrinkable column
+                    cell = cell.copy()
+                    cell.truncate(w, overflow="ellipsis")
+                pad = w - len(cell.plain)
+                if self.columns[i][1] == "right":
+                    line.append(" " * pad)
+                    line.append_text(cell)
+                else:
+                    line.append_text(cell)
+                    if i < last:
+                        line.append(" " * pad)
+                if i < last:
+                    line.append("  ")
+            line.rstrip()
+            if n:
+                out.append("\n")
+            out.append_text(line)
+        return out
+
+
+def _table(columns: list[tuple[str, str]], rows: list[list[Any]], shrink: int | None) -> _Listing:
+    """Aligned columns (header, justify): no trailing spaces, never wrapped.
+
+    Identifiers are never cut. On a terminal too narrow for the rows, only column `shrink`
+    (a command) gives way, down to a few characters, with an ellipsis; piped output is never
+    cut, so grep sees whole commands. Print it with `print_table`.
+    """
+    return _Listing(columns, rows, shrink)
+
+
+def print_table(table: _Listing) -> None:
+    """A table from `_table` on stdout, whole: no wrapping, no cropping."""
+    stdout.print(table, soft_wrap=True)
+
+
+def tasks_table(tasks: list[dict[str, Any]]) -> _Listing:
     now = time.time()
     rows = []
     for t in tasks:
@@ -140,16 +174,17 @@ def tasks_table(tasks: list[dict[str, Any]]) -> Table:
         )
     return _table(
         [
-            ("ID", "right", False),
-            ("NAME", "left", True),
-            ("STATE", "left", False),
-            ("PROGRESS", "right", False),
-            ("EXIT", "right", False),
-            ("RUNTIME", "right", False),
-            ("SLAVE", "left", True),
-            ("COMMAND", "left", True),
+            ("ID", "right"),
+            ("NAME", "left"),
+            ("STATE", "left"),
+            ("PROGRESS", "right"),
+            ("EXIT", "right"),
+            ("RUNTIME", "right"),
+            ("SLAVE", "left"),
+            ("COMMAND", "left"),
         ],
         rows,
+        shrink=7,
     )
 
 
@@ -159,7 +194,17 @@ def _when(epoch: Any) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(epoch)))
 
 
-def task_details(task: dict[str, Any]) -> Table:
+def _sandbox(task: dict[str, Any]) -> str:
+    """Where the slave keeps this attempt's files (slave/executor.py's layout)."""
+    slave = task.get("slave_id")
+    return (
+        f"sandboxes/{task.get('id')}@{task.get('attempts')} in slave {slave}'s --work-dir "
+        f"(with cluster up: WORK_DIR/slaves/{slave}/)"
+    )
+
+
+def task_details(task: dict[str, Any], waiting: str = "") -> Table:
+    """Every field for people; `waiting`: why a PENDING task has not started (cli/why.py)."""
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
@@ -169,6 +214,7 @@ def task_details(task: dict[str, Any]) -> Table:
         ("id", str(task.get("id"))),
         ("name", str(task.get("name") or "")),
         ("state", state_text(state)),
+        *([("waiting", Text(waiting, style="yellow"))] if waiting else []),
         ("progress", f"{100 * float(task.get('progress') or 0):.1f}%"),
         ("exit code", "-" if task.get("exit_code") is None else str(task["exit_code"])),
         ("message", str(task.get("message") or "-")),
@@ -177,6 +223,7 @@ def task_details(task: dict[str, Any]) -> Table:
         ("timeout", "-" if task.get("timeout") is None else duration(task["timeout"])),
         ("attempts", f"{attempts} (retries allowed: {retries})"),
         ("slave", str(task.get("slave_id") or "-")),
+        *([("sandbox", _sandbox(task))] if task.get("slave_id") and attempts else []),
         ("submitted", _when(task.get("submitted_at"))),
         ("started", _when(task.get("started_at"))),
         ("finished", _when(task.get("finished_at"))),
@@ -187,7 +234,7 @@ def task_details(task: dict[str, Any]) -> Table:
     return grid
 
 
-def slaves_table(slaves: list[dict[str, Any]]) -> Table:
+def slaves_table(slaves: list[dict[str, Any]]) -> _Listing:
     now = time.time()
     rows = []
     for s in slaves:
@@ -206,14 +253,15 @@ def slaves_table(slaves: list[dict[str, Any]]) -> Table:
         )
     return _table(
         [
-            ("ID", "left", False),
-            ("ADDRESS", "left", True),
-            ("HOSTNAME", "left", True),
-            ("STATE", "left", False),
-            ("CPUS", "right", False),
-            ("MEM MiB", "right", False),
-            ("TASKS", "right", False),
-            ("SEEN", "right", False),
+            ("ID", "left"),
+            ("ADDRESS", "left"),
+            ("HOSTNAME", "left"),
+            ("STATE", "left"),
+            ("CPUS", "right"),
+            ("MEM MiB", "right"),
+            ("TASKS", "right"),
+            ("SEEN", "right"),
         ],
         rows,
+        shrink=None,
     )

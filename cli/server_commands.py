@@ -14,9 +14,11 @@ from cli.options import (
     AdvertisePortOpt,
     HostOpt,
     MasterOpt,
-    SecretOpt,
+    MasterSecretOpt,
+    SlaveSecretOpt,
     VerboseOpt,
     env_option,
+    examples,
     listen_port,
     positive,
 )
@@ -31,11 +33,10 @@ def register(app: typer.Typer) -> None:
     app.command(epilog=UP_EXAMPLES)(up)
 
 
-MASTER_EXAMPLES = (
-    "Examples:\n\n"
-    "  cluster master                       # 127.0.0.1:5050, ./cluster.db\n\n"
-    "  cluster master --host 0.0.0.0 --secret s3cret --db /var/lib/cluster.db\n\n"
-    "  CLUSTER_PORT=6000 cluster master -v"
+MASTER_EXAMPLES = examples(
+    ("cluster master", "127.0.0.1:5050, ./cluster.db"),
+    ("cluster master --host 0.0.0.0 --secret s3cret --db /var/lib/cluster.db", "for a network"),
+    ("CLUSTER_PORT=6000 cluster master -v", "INFO logs on stderr"),
 )
 
 
@@ -47,7 +48,7 @@ def master(
     ] = "cluster.db",
     advertise_host: AdvertiseHostOpt = None,
     advertise_port: AdvertisePortOpt = None,
-    secret: SecretOpt = None,
+    secret: MasterSecretOpt = None,
     heartbeat_interval: Annotated[
         float | None,
         typer.Option(
@@ -80,14 +81,15 @@ def master(
     )
 
 
-SLAVE_EXAMPLES = (
-    "Examples:\n\n"
-    "  cluster slave --master 127.0.0.1:5050\n\n"
-    "  cluster slave --master 10.0.0.5:5050 --host 0.0.0.0 --advertise-host 10.0.0.7 "
-    "--cpus 8 --mem 16000\n\n"
-    "  CLUSTER_MASTER=master:5050 CLUSTER_WORK_DIR=/work cluster slave\n\n"
-    "  cluster slave --master 127.0.0.1:5050 --isolation cgroups --cpu-limit hard "
-    "--task-pids-max 256"
+SLAVE_EXAMPLES = examples(
+    ("cluster slave --master 127.0.0.1:5050", "sandboxes in ./slave-work"),
+    "cluster slave --master 10.0.0.5:5050 --host 0.0.0.0 --advertise-host 10.0.0.7 "
+    "--cpus 8 --mem 16000",
+    ("CLUSTER_MASTER=master:5050 CLUSTER_WORK_DIR=/work cluster slave", "from the environment"),
+    ("cluster slave --master 127.0.0.1:5050 --isolation cgroups --cpu-limit hard "
+     "--task-pids-max 256", "enforce cpus, mem and a process limit"),
+    note="A task's files are in WORK_DIR/sandboxes/<task id>@<attempt>/ (stdout, stderr); "
+    "WORK_DIR/slave.json names the slave id that 'cluster slaves' shows.",
 )
 
 
@@ -107,7 +109,7 @@ def slave(
     ] = "slave-work",
     advertise_host: AdvertiseHostOpt = None,
     advertise_port: AdvertisePortOpt = None,
-    secret: SecretOpt = None,
+    secret: SlaveSecretOpt = None,
     progress_interval: Annotated[
         float, typer.Option(min=0.05, help="Seconds between progress reports to the master.")
     ] = 1.0,
@@ -165,11 +167,12 @@ def choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
                                  param_hint=flag)
 
 
-UP_EXAMPLES = (
-    "Examples:\n\n"
-    "  cluster up                          # master on 127.0.0.1:5050 + 2 slaves\n\n"
-    "  cluster up --slaves 4 --port 6000 --work-dir /tmp/mycluster\n\n"
-    "  cluster up -v                       # every process logs to this terminal"
+UP_EXAMPLES = examples(
+    ("cluster up", "master on 127.0.0.1:5050 + 2 slaves"),
+    ("cluster up --slaves 4 --port 6000 --work-dir /tmp/mycluster", "more, elsewhere"),
+    ("cluster up -v", "every process logs to this terminal"),
+    note="WORK_DIR/slaves/<slave id> links to each slave's directory (slave-1, ...), whose "
+    "sandboxes/<task id>@<attempt>/ hold a task's stdout and stderr.",
 )
 
 
@@ -210,7 +213,7 @@ def up(
             "MiB each slave offers \\[default: this machine's, shared among the slaves].",
         ),
     ] = None,
-    secret: SecretOpt = None,
+    secret: MasterSecretOpt = None,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Start a master and N slaves on this machine, each its own process; Ctrl-C stops all."""

@@ -10,6 +10,10 @@ How the children are managed:
   configure the children.
 - Without --verbose each child's output goes to `<work-dir>/logs/<name>.log`; with it, to
   this terminal.
+- Slave N works in `<work-dir>/slave-N/`; once it has registered, `<work-dir>/slaves/<slave
+  id>` links there (the id is the one `cluster slaves` and `cluster task` show, read from the
+  slave's own `slave.json`), so a task's sandbox is `<work-dir>/slaves/<slave id>/sandboxes/
+  <task id>@<attempt>/`. The links follow re-registrations under a new id.
 - Stop (SIGINT, SIGTERM, SIGHUP): SIGTERM to the slaves first (they kill their tasks and
   unregister), then to the master; whatever is still alive after its grace period gets
   SIGKILL. A second Ctrl-C skips the grace periods. A master that dies stops everything
@@ -32,6 +36,7 @@ from cli.client import ClusterError, MasterClient
 
 __all__ = ["UpConfig", "run_up"]
 
+LINK_EVERY = 2.0  # seconds between refreshes of the slaves/<slave id> links
 SLAVE_GRACE = 10.0  # slaves SIGTERM their tasks and wait kill_grace (3 s) before SIGKILL
 MASTER_GRACE = 8.0
 START_TIMEOUT = 20.0
@@ -87,6 +92,7 @@ class Supervisor:
         self.stop_requested = 0
         self.exit_code = 0
         self.log_dir = config.work_dir / "logs"
+        self.link_warned = False
 
     # -- start ----------------------------------------------------------------------------
 
@@ -173,6 +179,7 @@ class Supervisor:
                 )
             )
         self._wait_slaves()
+        self.link_slave_dirs()
 
     def _log_path(self, name: str) -> Path | None:
         return None if self.config.verbose else self.log_dir / f"{name}.log"
@@ -248,9 +255,48 @@ class Supervisor:
                 raise ClusterError(f"{child.name} exited with code {code}{detail}")
 
     def serve(self) -> None:
+        linked = time.monotonic()
         while not self.stop_requested:
             self._check_children()
+            if time.monotonic() - linked >= LINK_EVERY:
+                self.link_slave_dirs()
+                linked = time.monotonic()
             time.sleep(0.2)
+
+    def link_slave_dirs(self) -> None:
+        """`<work-dir>/slaves/<slave id>` -> `../slave-N` for each slave that knows its id."""
+        links = self.config.work_dir / "slaves"
+        wanted: dict[str, str] = {}
+        for child in self.children:
+            if child.name == "master":
+                continue
+            slave_id = _slave_id(self.config.work_dir / child.name)
+            if slave_id:
+                wanted[slave_id] = f"../{child.name}"
+        if not wanted:
+            return
+        try:
+            links.mkdir(exist_ok=True)
+            for entry in links.iterdir():  # links of ids no longer in use by our slaves
+                if entry.is_symlink() and entry.name not in wanted:
+                    target = os.readlink(entry)
+                    if target in wanted.values():
+                        entry.unlink()
+            for slave_id, target in wanted.items():
+                path = links / slave_id
+                if path.is_symlink() and os.readlink(path) == target:
+                    continue
+                if path.is_symlink():
+                    path.unlink()
+                path.symlink_to(target, target_is_directory=True)
+        except OSError as exc:  # a read-only or odd work dir: the cluster runs on regardless
+            if not self.link_warned:
+                self.link_warned = True
+                print(
+                    f"warning: cannot link slave directories in {links}: {exc}",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     # -- stop -----------------------------------------------------------------------------
 
@@ -318,6 +364,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def _slave_id(work_dir: Path) -> str:
+    """The id a slave recorded in its `slave.json` ('' before it has registered)."""
+    import json
+
+    try:
+        value = json.loads((work_dir / "slave.json").read_text()).get("slave_id")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if not isinstance(value, str) or not value or "/" in value or value.startswith("."):
+        return ""
+    return value
+
+
 def _last_error(log_path: Path | None) -> str:
     """The child's own `error: ...` line (how the CLI reports a failure), if it wrote one."""
     if log_path is None:
@@ -349,6 +408,7 @@ def banner(config: UpConfig, log_dir: Path | None) -> str:
     ]
     if log_dir is not None:
         lines.append(f"  logs    {log_dir}/")
+    lines.append(f"  sandbox {config.work_dir}/slaves/<slave id>/sandboxes/<task id>@<attempt>/")
     if master_opt:
         lines.append(
             f"\nClients need the master's address: export CLUSTER_MASTER={host}:{config.port}"
