@@ -48,3 +48,18 @@ compose-test: $(STAMP)
 	  if [ "$$CI" = true ]; then echo "compose-test FAILED (CI=true): Docker could not be set up by scripts/docker-local.sh (see above)" >&2; \
 	  else echo "compose-test NOT RUN: Docker could not be set up by scripts/docker-local.sh (see above)" >&2; fi; exit 1; }
 	$(BIN)/python scripts/compose_test.py
+
+# High availability against real servers: scripts/ha-local.sh installs Debian's zookeeper and
+# postgresql when missing (root; their own services are kept stopped), then tests/ha/ starts a
+# private ZooKeeper and a private PostgreSQL (as the postgres user) on free loopback ports under
+# /tmp/libproc-ha-*, and removes them at the end. A missing prerequisite fails, never skips.
+.PHONY: ha-test ha-setup
+
+ha-setup:
+	bash scripts/ha-local.sh
+
+ha-test: $(STAMP)
+	@bash scripts/ha-local.sh || { \
+	  if [ "$$CI" = true ]; then echo "ha-test FAILED (CI=true): ZooKeeper/PostgreSQL could not be set up by scripts/ha-local.sh (see above)" >&2; \
+	  else echo "ha-test NOT RUN: ZooKeeper/PostgreSQL could not be set up by scripts/ha-local.sh (see above)" >&2; fi; exit 1; }
+	$(BIN)/python -m pytest -q tests/ha
