@@ -62,8 +62,9 @@ def _read_leader(client: KazooClient, url: ZkUrl, timeout: float,
         try:
             children = client.get_children_async(url.path, watch).get(timeout=timeout)
         except NoNodeError:
-            if watch is not None:  # tell us when the first master makes the path
-                client.exists_async(url.path, watch).get(timeout=timeout)
+            # Tell us when the first master makes the path; made meanwhile: list it again.
+            if watch is not None and client.exists_async(url.path, watch).get(timeout=timeout):
+                continue
             return Detected(None, None, f"no znode {url.path} (no master ever contended)")
         ordered = members(list(children))
         if not ordered:
@@ -113,7 +114,9 @@ class LeaderDetector(ZooKeeperWorker):
     that loop; `leader` may be read from any thread.
     """
 
-    _idle_interval = 2.0  # a periodic re-read, beside the watch, costs one request
+    # The watch tells of every change (and kazoo wakes us on every reconnect): the periodic
+    # re-read is only a safety net, kept rare since every slave and client does it.
+    _idle_interval = 30.0
 
     def __init__(self, url: ZkUrl | str, *,
                  session_timeout: float = DEFAULT_SESSION_TIMEOUT) -> None:

@@ -15,7 +15,8 @@ Contract:
 - ``start()`` returns only once the server answers (``srvr`` says standalone; a real
   ``SELECT 1`` through psycopg) and raises ``ServerError`` with the server's log tail when it
   does not within the timeout. ``stop()`` is a clean shutdown, ``kill()`` a SIGKILL of the
-  server's whole process group (a crash); ``start()`` again reuses the same port and data,
+  server and every process it started (a crash), ``freeze()``/``thaw()`` SIGSTOP/SIGCONT
+  them (a server cut off); ``start()`` again reuses the same port and data,
   so "restarted" and "lost, then back" can be tested. ``close()`` stops and deletes it all
   and is what the fixtures call, on failure too.
 - Servers are started through ``setpriv --pdeathsig``: if the test process dies without
@@ -42,8 +43,8 @@ from pathlib import Path
 from cluster_harness import free_port
 
 __all__ = [
-    "PostgresServer", "ServerError", "ZooKeeperServer", "group_members", "missing_prerequisites",
-    "sweep_stale",
+    "PostgresServer", "ServerError", "ZooKeeperServer", "missing_prerequisites", "process_tree",
+    "still_alive", "sweep_stale",
 ]
 
 TMP_PREFIX = "libproc-ha-"
@@ -128,17 +129,33 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of process group pgid, from /proc."""
-    members = []
+def _live_processes() -> dict[int, int]:
+    """pid -> parent pid of every process that is not a zombie, from /proc."""
+    found = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(stat.parent.name))
-    return members
+        if len(fields) > 1 and fields[0] != "Z":
+            found[int(stat.parent.name)] = int(fields[1])
+    return found
+
+
+def process_tree(root: int) -> list[int]:
+    """root and all its live descendants. (PostgreSQL's children each call setsid(), so
+    its process group holds only the postmaster: signals must go to every pid.)"""
+    parents = _live_processes()
+    tree = [root] if root in parents else []
+    for pid in tree:  # grows while iterated: breadth first
+        tree.extend(child for child, parent in parents.items() if parent == pid)
+    return tree
+
+
+def still_alive(pids: list[int]) -> list[int]:
+    """Those of pids that are still running (not exited, not zombies)."""
+    live = _live_processes()
+    return [pid for pid in pids if pid in live]
 
 
 def _log_tail(path: Path, lines: int = 25) -> str:
@@ -207,50 +224,43 @@ class _Server:
         self.kill()
         raise self._fail(f"did not answer within {timeout:g} s (last: {last!r})")
 
-    def _signal_and_wait(self, sig: int, timeout: float) -> bool:
-        """Send sig to the server's process group; True once the server has exited."""
-        if self.popen is None:
-            return True
-        if self.popen.poll() is None:
+    def _signal_tree(self, sig: int) -> list[int]:
+        """Send sig to the server and every process it started; returns their pids."""
+        pids = process_tree(self.popen.pid) if self.popen is not None else []
+        for pid in pids:
             try:
-                os.killpg(self.popen.pid, sig)
+                os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return False
-        return True
+        return pids
 
-    def kill(self) -> None:
-        """SIGKILL the server and everything in its process group: a crash."""
-        if self.popen is not None:
-            self._signal_and_wait(signal.SIGKILL, 30)
-            self._reap_group()
-            self.popen = None
-
-    def _reap_group(self) -> None:
-        """Wait (bounded) until no process of the server's group is left (e.g. backends)."""
-        if self.popen is None:
-            return
-        deadline = time.monotonic() + 15
-        while group_members(self.popen.pid):
+    def _wait_gone(self, pids: list[int], timeout: float = 15.0) -> None:
+        """Wait (bounded) until none of pids runs; SIGKILL the stragglers after that."""
+        deadline = time.monotonic() + timeout
+        while left := still_alive(pids):
             if time.monotonic() > deadline:
-                try:
-                    os.killpg(self.popen.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                for pid in left:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
                 return
             time.sleep(0.05)
 
-    def freeze(self) -> None:
-        """SIGSTOP the server: it holds its sockets open but answers nothing."""
+    def kill(self) -> None:
+        """SIGKILL the server and every process it started, at once: a crash."""
         if self.popen is not None:
-            os.killpg(self.popen.pid, signal.SIGSTOP)
+            pids = self._signal_tree(signal.SIGKILL)
+            self.popen.wait(30)
+            self._wait_gone(pids)
+            self.popen = None
+
+    def freeze(self) -> None:
+        """SIGSTOP the server and its children: sockets stay open, nothing answers."""
+        self._signal_tree(signal.SIGSTOP)
 
     def thaw(self) -> None:
-        if self.popen is not None:
-            os.killpg(self.popen.pid, signal.SIGCONT)
+        self._signal_tree(signal.SIGCONT)
 
     def close(self) -> None:
         """Stop the server (SIGKILL if a clean stop fails) and delete its directory."""
@@ -270,11 +280,15 @@ class _Server:
         stop within `timeout`, it is killed and ServerError raised."""
         if self.popen is None:
             return
-        if not self._signal_and_wait(self.stop_signal, timeout):
+        pids = process_tree(self.popen.pid)
+        self.popen.send_signal(self.stop_signal)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
             self.kill()
             raise self._fail(f"did not stop within {timeout:g} s of signal "
-                             f"{self.stop_signal} (killed)")
-        self._reap_group()
+                             f"{self.stop_signal} (killed)") from None
+        self._wait_gone(pids)
         self.popen = None
 
 

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from zk_helpers import client, eventually, expire_session, info, sole_leader
+from zk_helpers import client, eventually, expire_session, info, lose, restore, sole_leader
 
 from cluster_harness import free_port
 from conftest import SESSION_TIMEOUT
@@ -115,7 +115,7 @@ async def test_a_malformed_leader_znode_means_no_leader_until_it_goes(
             await contender.close()
 
 
-@pytest.mark.parametrize("how", ["stop", "kill"])
+@pytest.mark.parametrize("how", ["stop", "kill", "freeze"])
 async def test_zookeeper_lost_then_back_the_detector_recovers_by_itself(
         own_zookeeper: ZooKeeperServer, how: str) -> None:
     url = own_zookeeper.url("/cluster")
@@ -125,12 +125,12 @@ async def test_zookeeper_lost_then_back_the_detector_recovers_by_itself(
     try:
         leader = await sole_leader(made, SOON)
         assert await detector.wait_for(lambda found: found is not None, SOON) == leader.info
-        own_zookeeper.stop() if how == "stop" else own_zookeeper.kill()
+        lose(own_zookeeper, how)
         await eventually(lambda: not detector.connected, SOON, "the detector disconnected")
         # Only the connection is lost: the last leader is kept (it may still be there).
         assert detector.leader == leader.info
         await asyncio.sleep(SESSION_TIMEOUT)
-        own_zookeeper.start()
+        restore(own_zookeeper, how)
         again = await sole_leader(made, SOON + SESSION_TIMEOUT)
         assert await detector.wait_for(lambda found: found == again.info, SOON) == again.info
         # And it still follows changes: the new leader withdraws, the other is detected.

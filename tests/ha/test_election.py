@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 from contender_child import ChildContender
-from zk_helpers import client, eventually, expire_session, info, leaders, sole_leader
+from zk_helpers import (
+    client,
+    eventually,
+    expire_session,
+    info,
+    leaders,
+    lose,
+    restore,
+    sole_leader,
+)
 
 from conftest import SESSION_TIMEOUT
 from ha_servers import ZooKeeperServer
@@ -218,7 +227,7 @@ async def test_foreign_znodes_under_the_path_change_nothing(
         zk.stop()
 
 
-@pytest.mark.parametrize("how", ["stop", "kill"])
+@pytest.mark.parametrize("how", ["stop", "kill", "freeze"])
 async def test_zookeeper_lost_then_back_every_contender_recovers_by_itself(
         own_zookeeper: ZooKeeperServer, how: str) -> None:
     url = own_zookeeper.url("/cluster")
@@ -228,12 +237,12 @@ async def test_zookeeper_lost_then_back_every_contender_recovers_by_itself(
     try:
         leader = await sole_leader(made, SOON)
         term = leader.term
-        own_zookeeper.stop() if how == "stop" else own_zookeeper.kill()
+        lose(own_zookeeper, how)
         # Nobody may believe it leads once its lease is over.
         await eventually(lambda: not leaders(made), SESSION_TIMEOUT, "leadership lost")
         await asyncio.sleep(SESSION_TIMEOUT)  # down past the session timeout
         assert not leaders(made)
-        own_zookeeper.start()
+        restore(own_zookeeper, how)
         again = await sole_leader(made, SOON + SESSION_TIMEOUT)
         # A new term: the old leader's (its session survived: same member, same place), or
         # another's first.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from pathlib import Path
 
 import psycopg
@@ -11,7 +12,13 @@ import pytest
 import sqlalchemy as sa
 from zk_helpers import client
 
-from ha_servers import PostgresServer, ZooKeeperServer, group_members, missing_prerequisites
+from ha_servers import (
+    PostgresServer,
+    ZooKeeperServer,
+    missing_prerequisites,
+    process_tree,
+    still_alive,
+)
 
 
 def _refused(host: str, port: int) -> bool:
@@ -102,10 +109,39 @@ def test_postgres_restarts_on_its_port_with_its_data(
 
 def test_postgres_close_stops_every_process_and_removes_its_directory() -> None:
     server = PostgresServer().start()
-    base = server.base
     assert server.popen is not None
-    pgid = server.popen.pid
+    base, processes = server.base, process_tree(server.popen.pid)
+    assert len(processes) >= 4  # the postmaster, its checkpointer, writers, launcher...
     server.close()
     assert not base.exists()
     assert _refused("127.0.0.1", server.port)
-    assert group_members(pgid) == []
+    assert still_alive(processes) == []
+
+
+def test_a_killed_postgres_leaves_no_backend_behind(own_postgres: PostgresServer) -> None:
+    conn = psycopg.connect(own_postgres.conninfo(), autocommit=True)
+    try:
+        backend = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert backend is not None and own_postgres.popen is not None
+        processes = process_tree(own_postgres.popen.pid)
+        assert backend[0] in processes
+        own_postgres.kill()
+        assert still_alive(processes) == []
+    finally:
+        conn.close()
+
+
+def test_a_frozen_postgres_answers_nothing_until_thawed(own_postgres: PostgresServer) -> None:
+    answers: list[object] = []
+    with psycopg.connect(own_postgres.conninfo(), autocommit=True) as conn:
+        own_postgres.freeze()
+        try:
+            query = threading.Thread(target=lambda: answers.append(
+                conn.execute("SELECT 1").fetchone()))
+            query.start()
+            query.join(1.0)
+            assert query.is_alive() and answers == []  # sent, and no answer
+        finally:
+            own_postgres.thaw()
+        query.join(30)
+    assert answers == [(1,)]

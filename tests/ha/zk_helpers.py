@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from kazoo.client import KazooClient
 
+from ha_servers import ZooKeeperServer
 from master.election import LeaderContender
 from protos.leader_info import LeaderInfo
 from protos.zookeeper import ZooKeeperWorker
@@ -58,3 +59,14 @@ def expire_session(hosts: str, worker: ZooKeeperWorker) -> None:
     thief.start(timeout=30)
     thief.stop()
     thief.close()
+
+
+def lose(server: ZooKeeperServer, how: str) -> None:
+    """Take ZooKeeper away: a clean `stop`, a `kill` -9, or `freeze` (SIGSTOP: sockets stay
+    open and nothing answers, as when the network to it is cut)."""
+    {"stop": server.stop, "kill": server.kill, "freeze": server.freeze}[how]()
+
+
+def restore(server: ZooKeeperServer, how: str) -> None:
+    """Bring it back after `lose(server, how)`: the same port and data."""
+    server.thaw() if how == "freeze" else server.start()
