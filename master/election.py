@@ -149,6 +149,12 @@ class LeaderContender(ZooKeeperWorker):
             interval = min(interval, self._lease_until - time.monotonic())
         return interval
 
+    def _call_timeout(self) -> float:
+        """While leading, no request may outlast the lease: its end must be reported."""
+        if self._reported.leading:
+            return max(0.05, min(self.session_timeout, self._lease_until - time.monotonic()))
+        return self.session_timeout
+
     def _report(self, leading: bool, reason: str) -> None:
         with self._state_lock:
             if leading == self._reported.leading:
@@ -204,7 +210,7 @@ class LeaderContender(ZooKeeperWorker):
 
     def _call_ensure_path(self) -> None:
         try:
-            self._client.ensure_path(self.url.path)
+            self._call(self._client.ensure_path_async(self.url.path))
         except NodeExistsError:
             pass
 

@@ -310,8 +310,13 @@ class ZooKeeperWorker:
         return states
 
     def _call(self, result: Any) -> Any:
-        """Wait for a kazoo async result, at most one session timeout; raises its error."""
-        return result.get(timeout=self.session_timeout)
+        """Wait for a kazoo async result, at most `_call_timeout()`; raises its error (a
+        request made while reconnecting would otherwise wait for as long as that takes)."""
+        return result.get(timeout=self._call_timeout())
+
+    def _call_timeout(self) -> float:
+        """How long one ZooKeeper request may take; subclasses may shorten it."""
+        return self.session_timeout
 
     def _interval(self) -> float:
         """Seconds until the next `_step` when nothing happens; subclasses may shorten it."""

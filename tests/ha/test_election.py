@@ -237,11 +237,16 @@ async def test_zookeeper_lost_then_back_every_contender_recovers_by_itself(
     try:
         leader = await sole_leader(made, SOON)
         term = leader.term
+        told: list[Leadership] = []
+        leader.on_change(told.append)
         lose(own_zookeeper, how)
         # Nobody may believe it leads once its lease is over.
         await eventually(lambda: not leaders(made), SESSION_TIMEOUT, "leadership lost")
         await asyncio.sleep(SESSION_TIMEOUT)  # down past the session timeout
         assert not leaders(made)
+        # ...and the leader was told so while ZooKeeper was still away (no request of its
+        # own, hanging on a frozen server, held the news back).
+        assert [(c.leading, c.term) for c in told] == [(False, term)]
         restore(own_zookeeper, how)
         again = await sole_leader(made, SOON + SESSION_TIMEOUT)
         # A new term: the old leader's (its session survived: same member, same place), or
