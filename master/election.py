@@ -87,6 +87,8 @@ class LeaderContender(ZooKeeperWorker):
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Begin contending (connects in the background); call on the master's loop."""
+        if self._channel is not None:
+            raise RuntimeError("the contender was already started")
         self._channel = LoopChannel(loop or asyncio.get_running_loop(), self._reported)
         self._start_worker()
 
@@ -179,9 +181,10 @@ class LeaderContender(ZooKeeperWorker):
         if self._node is not None and session is not None and session != self._node_session:
             self._forget_member()
             self._report(False, "ZooKeeper session replaced")
+        if self._reported.leading and time.monotonic() >= self._lease_until:
+            # Whether or not kazoo has noticed yet (a frozen server: requests time out).
+            self._report(False, "no word from ZooKeeper within the lease")
         if not self.connected or session is None:
-            if self._reported.leading and time.monotonic() >= self._lease_until:
-                self._report(False, "no word from ZooKeeper within the lease")
             return
         sent = time.monotonic()
         children = self._children()

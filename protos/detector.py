@@ -126,6 +126,8 @@ class LeaderDetector(ZooKeeperWorker):
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Begin following (connects in the background); call on the loop."""
+        if self._channel is not None:
+            raise RuntimeError("the detector was already started")
         self._channel = LoopChannel(loop or asyncio.get_running_loop(), self._detected)
         self._start_worker()
 
