@@ -48,6 +48,10 @@ __all__ = [
 ]
 
 TMP_PREFIX = "libproc-ha-"
+# As root, under /tmp itself: the postgres user must be able to reach its data directory,
+# which a private $TMPDIR (mode 0700, root's) would not let it.
+TMP_ROOT = Path("/tmp") if os.geteuid() == 0 and Path("/tmp").is_dir() else Path(
+    tempfile.gettempdir())
 ZK_JAR = Path("/usr/share/java/zookeeper.jar")
 ZK_ENVIRONMENT = Path("/etc/zookeeper/conf_example/environment")  # the package's own settings
 SLF4J_SIMPLE = Path("/usr/share/java/slf4j-simple.jar")  # a log binding, when present
@@ -112,7 +116,7 @@ def missing_prerequisites() -> list[str]:
 
 def sweep_stale() -> None:
     """Remove directories of earlier runs whose test process is gone (a killed run)."""
-    for path in Path(tempfile.gettempdir()).glob(TMP_PREFIX + "*"):
+    for path in TMP_ROOT.glob(TMP_PREFIX + "*"):
         match = re.match(re.escape(TMP_PREFIX) + r"(\d+)-", path.name)
         if match is None or _alive(int(match.group(1))):
             continue
@@ -174,7 +178,8 @@ class _Server:
     def __init__(self, *, port: int | None = None, base: Path | None = None) -> None:
         sweep_stale()
         self.port = port or free_port()
-        self.base = base or Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-"))
+        self.base = base or Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-",
+                                                  dir=TMP_ROOT))
         self.log = self.base / f"{self.name}.log"
         self.popen: subprocess.Popen[bytes] | None = None
         self.starts = 0
