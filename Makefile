@@ -70,3 +70,16 @@ browser-setup:
 ui-test: $(STAMP)
 	$(call prerequisite,ui-test,scripts/browser-local.sh,no browser: scripts/browser-local.sh could not install chromium and chromium-driver (see above))
 	$(BIN)/python scripts/ui_test.py
+
+# High availability against real servers: scripts/ha-local.sh installs Debian's zookeeper and
+# postgresql when missing (root; their own services are kept stopped), then tests/ha/ starts a
+# private ZooKeeper and a private PostgreSQL (as the postgres user) on free loopback ports under
+# /tmp/libproc-ha-*, and removes them at the end. A missing prerequisite fails, never skips.
+.PHONY: ha-test ha-setup
+
+ha-setup:
+	bash scripts/ha-local.sh
+
+ha-test: $(STAMP)
+	$(call prerequisite,ha-test,scripts/ha-local.sh,ZooKeeper/PostgreSQL could not be set up by scripts/ha-local.sh (see above))
+	$(BIN)/python -m pytest -q tests/ha

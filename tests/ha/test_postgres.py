@@ -1,0 +1,123 @@
+"""SQLAlchemy + psycopg 3 against the private PostgreSQL, restarted under load."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import sqlalchemy as sa
+
+from ha_servers import PostgresServer
+from master.store import Store, StoreError
+from master.tasks import TaskRecord
+
+ROWS_PER_PHASE = 50
+WAIT = 60.0
+
+
+def test_sqlalchemy_with_psycopg3_reads_and_writes(pg_url: str) -> None:
+    assert pg_url.startswith("postgresql+psycopg://")
+    engine = sa.create_engine(pg_url)
+    try:
+        assert engine.dialect.driver == "psycopg"
+        with engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE t (id integer PRIMARY KEY, name text)"))
+            conn.execute(sa.text("INSERT INTO t VALUES (:id, :name)"),
+                         [{"id": i, "name": f"n{i}"} for i in range(100)])
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*), max(name) FROM t")).one() == (100, "n99")
+    finally:
+        engine.dispose()
+
+
+class _Writer(threading.Thread):
+    """Insert rows one transaction each, for ever; remember those whose commit returned."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.engine = sa.create_engine(url, pool_pre_ping=True)
+        with self.engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE rows (id integer PRIMARY KEY)"))
+        self.committed: list[int] = []
+        self.failures = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        attempt = 0
+        while not self.stop.is_set() and attempt < 200_000:
+            attempt += 1  # a failed attempt's id is never reused: its outcome is unknown
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(sa.text("INSERT INTO rows VALUES (:id)"), {"id": attempt})
+                self.committed.append(attempt)
+            except sa.exc.DBAPIError:
+                self.failures += 1
+                time.sleep(0.05)
+
+    def wait_more(self, n: int) -> None:
+        target = len(self.committed) + n
+        deadline = time.monotonic() + WAIT
+        while len(self.committed) < target:
+            assert time.monotonic() < deadline, f"the writer is stuck at {len(self.committed)}"
+            assert self.is_alive(), "the writer thread died"
+            time.sleep(0.02)
+
+
+def test_restarted_and_killed_under_load_every_committed_row_is_kept(
+        own_postgres: PostgresServer) -> None:
+    writer = _Writer(own_postgres.create_database("load"))
+    writer.start()
+    try:
+        writer.wait_more(ROWS_PER_PHASE)
+        own_postgres.stop()  # fast shutdown: open transactions are rolled back
+        own_postgres.start()
+        writer.wait_more(ROWS_PER_PHASE)
+        own_postgres.kill()  # a crash: recovery from the WAL at start
+        own_postgres.start()
+        writer.wait_more(ROWS_PER_PHASE)
+    finally:
+        writer.stop.set()
+        writer.join(WAIT)
+    assert writer.failures >= 2  # it did write through both outages
+    with writer.engine.connect() as conn:
+        stored = set(conn.scalars(sa.text("SELECT id FROM rows")))
+    writer.engine.dispose()
+    assert set(writer.committed) <= stored
+    assert len(writer.committed) >= 3 * ROWS_PER_PHASE
+
+
+def _task(i: int) -> TaskRecord:
+    return TaskRecord.new(str(i), command=f"echo {i}", cpus=0.1, mem=16, now=float(i), retries=0)
+
+
+async def test_the_store_on_postgres_keeps_every_acknowledged_save_across_a_restart(
+        own_postgres: PostgresServer) -> None:
+    store = Store.open(own_postgres.create_database("store"))
+    acknowledged: list[str] = []
+    try:
+        for i in range(1, 21):
+            await store.save(_task(i))
+            acknowledged.append(str(i))
+        own_postgres.stop()
+        try:
+            await store.save(_task(21))  # PostgreSQL is down: this save must not be acked
+        except StoreError as exc:
+            assert "database write failed" in str(exc)
+        else:
+            raise AssertionError("a save succeeded with PostgreSQL stopped")
+        own_postgres.start()
+        # The writer thread carries on by itself once the server is back.
+        deadline = time.monotonic() + WAIT
+        i = 22
+        while len(acknowledged) < 40:
+            assert time.monotonic() < deadline, f"saves keep failing: {store.stats()}"
+            try:
+                await store.save(_task(i))
+                acknowledged.append(str(i))
+            except StoreError:
+                pass
+            i += 1
+        stored = {t.id for t in await store.load_tasks()}
+        assert set(acknowledged) <= stored
+    finally:
+        await store.close()
