@@ -27,28 +27,23 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hmac
-import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
-
-from aiohttp import web
 
 import libproc
 from libproc import UPID, ProtobufProcess, defer, delay
 from libproc.future import as_future
-from libproc.metrics import metrics
-from master import registry, scheduler
+from master import scheduler
 from master.api import TaskSpec, shown
+from master.events import EventHub
+from master.http_api import MasterHttp
+from master.registrar import Registrar
 from master.registry import SlaveInfo
 from master.store import RecordRefused, Store, StoreError
-from master.task_http import TaskHttp, error
 from master.task_index import TaskIndex, task_key
 from master.tasks import ACTIVE_STATES, STATES, TERMINAL_STATES, TaskRecord
-from protos import auth
 from protos import cluster_pb2 as pb
 
 __all__ = ["Master", "MasterConfig", "VERSION"]
@@ -87,25 +82,18 @@ class Master(ProtobufProcess):
         self.tasks: dict[str, TaskRecord] = {}
         self.slaves: dict[str, SlaveInfo] = {}
         self._by_pid: dict[UPID, str] = {}
-        # Credential and last re-registration sequence of every slave id we answered
-        # (persisted as meta `slave.<id>`, never published).
-        self._credentials: dict[str, tuple[bytes, int]] = {}
-        self._pending = registry.Pending(ttl=max(10.0, 2 * self.config.slave_timeout))
-        self._refusals = auth.Refusals()
-        self._registration_key = (auth.registration_key(self.config.secret)
-                                  if self.config.secret else None)
-        self._slave_seq = 0
+        self.registrar = Registrar(self)  # who may be a slave; every message authenticated
         self._launch_seq = 0
         self._last_save: dict[str, asyncio.Future[None]] = {}
         self._dirty: set[str] = set()
-        self.http = TaskHttp(self)  # /master/tasks...
+        self.events = EventHub()  # GET /master/events
+        self.http = MasterHttp(self)  # every HTTP endpoint, on aiohttp's router
         self._started = time.time()
         self._counters = {"status_updates": 0, "status_updates_ignored": 0,
                           "progress_reports": 0, "launches": 0, "registrations_refused": 0,
                           "messages_refused": 0, "scheduling_passes": 0,
                           "slaves_forgotten": 0, "records_refused": 0}
         self._recovering_until: float | None = None
-        self._credentials_loaded_at: float | None = None
         self._index = TaskIndex()  # the PENDING queue and launched tasks
         self._schedule_queued = False
         self._schedule_deferred = False  # a pass skipped for a store fault: retried later
@@ -113,19 +101,15 @@ class Master(ProtobufProcess):
     # -- lifecycle ---------------------------------------------------------------------
 
     def initialize(self) -> None:
-        self.install(pb.RegisterSlaveMessage, self._register)
-        self.install(pb.ReregisterSlaveMessage, self._reregister)
+        self.install(pb.RegisterSlaveMessage, self.registrar.register)
+        self.install(pb.ReregisterSlaveMessage, self.registrar.reregister)
         self.install(pb.StatusUpdateMessage, self._status_update)
         self.install(pb.ReportProgressMessage, self._report_progress)
         self.install(pb.PongSlaveMessage, self._pong)
         self.install(pb.UnregisterSlaveMessage, self._unregister)
-        self.route("/vars", self._vars)
-        self.route("/state", self._state_json)
-        self.route("/slaves", self._slaves_json)
-        self.route("/tasks", self.http.handle)
-        self.route("/", self._not_found)
+        self.route("/", self.http.handle)
         libproc.add_health_check(f"{self.id}.store", self.store.fault)
-        self._load_credentials()
+        self.registrar.load()
         for record in self.store.load_tasks_blocking():
             self.tasks[record.id] = record
             self._index.note(record)
@@ -141,6 +125,7 @@ class Master(ProtobufProcess):
 
     async def finalize(self) -> None:
         libproc.remove_health_check(f"{self.id}.store")
+        self.events.close()
         try:
             await self.store.flush()
         except StoreError as exc:
@@ -148,170 +133,18 @@ class Master(ProtobufProcess):
 
     # -- slaves --------------------------------------------------------------------------
 
-    def _load_credentials(self) -> None:
-        for key, value in self.store.load_meta_blocking("slave.").items():
-            try:
-                data = json.loads(value)
-                self._credentials[key[len("slave."):]] = (bytes.fromhex(data["key"]),
-                                                          int(data["seq"]))
-            except (ValueError, KeyError, TypeError):
-                log.warning("ignoring a garbled slave credential (%s) in the database", key)
-        self._credentials_loaded_at = _now()
-
-    def _remember_credential(self, slave_id: str, credential: bytes, seq: int) -> None:
-        self._credentials[slave_id] = (credential, seq)
-        self.store.put_meta(f"slave.{slave_id}", json.dumps(
-            {"key": credential.hex(), "seq": seq})).add_done_callback(_log_meta_failure)
-
-    def _forget_slave(self, slave_id: str) -> None:
-        """Drop a lost slave from the table and its credential (it must register anew)."""
-        slave = self.slaves.pop(slave_id, None)
-        if slave is not None and self._by_pid.get(slave.pid) == slave_id:
-            del self._by_pid[slave.pid]
-        if self._credentials.pop(slave_id, None) is not None:
-            self.store.delete_meta(f"slave.{slave_id}").add_done_callback(_log_meta_failure)
-        self._counters["slaves_forgotten"] += 1
-
-    def _refuse(self, sender: UPID, what: str, why: str) -> None:
-        self._counters["messages_refused"] += 1
-        metrics.inc("master/messages_refused")
-        if self._refusals.refuse(str(sender), _now()):
-            log.warning("refused %s from %s: %s (further refusals from this sender are "
-                        "logged at most once a minute)", what, sender, why)
-
-    def _refuse_registration(self, sender: UPID, nonce: bytes, why: str, *,
-                             unknown: bool = False) -> None:
-        self._counters["registrations_refused"] += 1
-        self._refuse(sender, "registration", why)
-        self.send(sender, pb.RegistrationRefusedMessage(reason=why, nonce=nonce,
-                                                        unknown_slave=unknown))
-
-    def _registration_problem(self, resources: pb.Resources, hostname: str,
-                              nonce: bytes) -> str | None:
-        if len(nonce) < auth.NONCE_BYTES:
-            return "no registration nonce: the slave is older than this master; upgrade it"
-        if len(hostname) > 255 or "\0" in hostname:
-            return "hostname must be at most 255 characters without NUL"
-        return registry.check_resources(resources.cpus, resources.mem)
-
     def _send_slave(self, slave: SlaveInfo, msg: Any) -> None:
         """Every message to a slave goes signed by its session, to its registered UPID."""
         slave.session.seal(msg)
         self.send(slave.pid, msg)
 
-    def _register(self, sender: UPID, msg: pb.RegisterSlaveMessage) -> None:
-        why = self._registration_problem(msg.resources, msg.hostname, msg.nonce)
-        if why is None and self._registration_key is not None and auth.verify(
-                msg, self._registration_key, auth.SLAVE_TO_MASTER) is None:
-            why = "wrong or missing secret: start the slave with the cluster's --secret"
-        if why is not None:
-            self._refuse_registration(sender, msg.nonce, why)
-            return
-        self._slave_seq += 1
-        slave_id = f"{uuid.uuid4().hex[:8]}-S{self._slave_seq}"
-        answer = pb.SlaveRegisteredMessage(
-            slave_id=pb.SlaveID(value=slave_id), nonce=msg.nonce,
-            master_nonce=auth.new_nonce(), heartbeat_interval=self.config.heartbeat_interval)
-        if self.config.secret:
-            answer.salt = auth.new_nonce()
-            credential = auth.slave_key(self.config.secret, slave_id, answer.salt)
-        else:
-            credential = answer.key = auth.new_key()
+    def _adopt_tasks(self, slave: SlaveInfo, tasks: list[pb.RunningTask]) -> list[str]:
+        """A slave re-registered reporting `tasks`: take back those we still want, declare
+        lost ours it no longer has; the ids it must kill."""
         now = _now()
-        slave = SlaveInfo(slave_id, sender, msg.resources.cpus, msg.resources.mem,
-                          credential, self._session(credential, msg.nonce, answer.master_nonce),
-                          msg.hostname, registered_at=now, last_contact=now)
-        # Trusted only once it answers with a signed message (see `_authenticate`).
-        self._pending.add(slave)
-        self._send_slave(slave, answer)
-
-    @staticmethod
-    def _session(credential: bytes, slave_nonce: bytes, master_nonce: bytes) -> auth.Session:
-        return auth.Session(auth.session_key(credential, slave_nonce, master_nonce),
-                            auth.MASTER_TO_SLAVE)
-
-    def _admit(self, slave: SlaveInfo) -> bool:
-        """Put a slave into the table, forgetting the oldest lost ones when it is full."""
-        if slave.id not in self.slaves:
-            room = registry.make_room(self.slaves, self.config.max_slaves)
-            if room is None:
-                self._refuse(slave.pid, "registration", f"the slave table is full "
-                             f"({self.config.max_slaves} slaves that are not lost)")
-                return False
-            for old in room:
-                self._forget_slave(old)
-        old_slave = self.slaves.get(slave.id)
-        if old_slave is not None and self._by_pid.get(old_slave.pid) == slave.id:
-            del self._by_pid[old_slave.pid]
-        self.slaves[slave.id] = slave
-        self._by_pid[slave.pid] = slave.id
-        self.link(slave.pid)
-        return True
-
-    def _confirm(self, slave: SlaveInfo) -> bool:
-        self._pending.pop(slave.id)
-        if not self._admit(slave):
-            return False
-        self._remember_credential(slave.id, slave.credential, 0)
-        log.info("slave %s registered at %s (%g cpus, %g MiB)", slave.id, slave.pid,
-                 slave.cpus, slave.mem)
-        self._schedule()
-        return True
-
-    def _authenticate(self, sender: UPID, slave_id: str, msg: Any,
-                      what: str) -> SlaveInfo | None:
-        """The registered slave that signed `msg`, marked as just heard from; None (and
-        the message counted as refused) when no slave's current session signed it."""
-        slave = self.slaves.get(slave_id)
-        pending = None
-        if slave is None:
-            slave = pending = self._pending.get(slave_id)
-        if slave is None or slave.pid != sender or not slave.session.open(msg):
-            self._refuse(sender, what, "not signed by the session of a registered slave "
-                         "at that UPID")
-            if slave is None and not isinstance(msg, pb.UnregisterSlaveMessage):
-                # Maybe a slave of ours from before a restart: tell it to re-register.
-                # Unsigned, so it only ever triggers an (authenticated) re-registration.
-                self.send(sender, pb.PingSlaveMessage(connected=False))
-            return None
-        if pending is not None and not self._confirm(pending):
-            return None
-        slave.last_contact = _now()
-        if slave.state == "disconnected":
-            slave.state, slave.disconnected_at = "active", None
-        return slave
-
-    def _reregister(self, sender: UPID, msg: pb.ReregisterSlaveMessage) -> None:
-        slave_id = msg.slave_id.value
-        known = self._credentials.get(slave_id)
-        why = self._registration_problem(msg.resources, msg.hostname, msg.nonce)
-        if why is not None:
-            self._refuse_registration(sender, msg.nonce, why)
-            return
-        if known is None:
-            why = f"unknown slave id {slave_id!r} (removed, or from another master): register anew"
-        elif auth.verify(msg, known[0], auth.SLAVE_TO_MASTER) != msg.sequence:
-            why = f"re-registration of {slave_id} is not signed with its credential"
-        elif msg.sequence <= known[1]:
-            why = (f"re-registration of {slave_id} is stale or replayed (sequence "
-                   f"{msg.sequence}, last {known[1]})")
-        if why is not None or known is None:
-            self._refuse_registration(sender, msg.nonce, why or "", unknown=True)
-            return
-        credential = known[0]
-        answer = pb.SlaveReregisteredMessage(
-            slave_id=pb.SlaveID(value=slave_id), nonce=msg.nonce, master_nonce=auth.new_nonce(),
-            heartbeat_interval=self.config.heartbeat_interval)
-        now = _now()
-        slave = SlaveInfo(slave_id, sender, msg.resources.cpus, msg.resources.mem, credential,
-                          self._session(credential, msg.nonce, answer.master_nonce),
-                          msg.hostname, registered_at=now, last_contact=now)
-        if not self._admit(slave):
-            return
-        self._remember_credential(slave_id, credential, msg.sequence)
         kill: list[str] = []
         reported = set()
-        for running in msg.tasks:
+        for running in tasks:
             tid = running.task.task_id.value
             attempt = running.task.attempt
             reported.add(tid)
@@ -319,7 +152,7 @@ class Master(ProtobufProcess):
             if running.state in (pb.FINISHED, pb.FAILED, pb.KILLED, pb.LOST):
                 continue  # ended while we were away; its status update follows
             if rec is None or rec.is_terminal or rec.attempts != attempt or (
-                    rec.slave_id not in (None, slave_id)):
+                    rec.slave_id not in (None, slave.id)):
                 kill.append(tid)  # the master no longer wants it (e.g. declared LOST)
                 continue
             if rec.slave_id is None:
@@ -332,15 +165,11 @@ class Master(ProtobufProcess):
         # Tasks the master placed on this slave that it no longer reports are gone,
         # unless a terminal status update for them is still on its way (it is retried).
         for rec in self._index.active(self.tasks):
-            if rec.slave_id == slave_id and rec.id not in reported:
-                self._task_lost(rec, f"slave {slave_id} re-registered without task {rec.id}",
+            if rec.slave_id == slave.id and rec.id not in reported:
+                self._task_lost(rec, f"slave {slave.id} re-registered without task {rec.id}",
                                 now)
-        log.info("slave %s re-registered at %s with %d tasks (%d to kill)", slave_id, sender,
-                 len(msg.tasks), len(kill))
         self._maybe_end_recovery()
-        answer.kill_tasks.extend(pb.TaskID(value=t) for t in kill)
-        self._send_slave(slave, answer)
-        self._schedule()
+        return kill
 
     def _maybe_end_recovery(self) -> None:
         """Recovery ends early once every slave that holds a task is back (no need to wait)."""
@@ -370,12 +199,12 @@ class Master(ProtobufProcess):
                                                    slave_id=pb.SlaveID(value=slave.id)))
 
     def _pong(self, sender: UPID, msg: pb.PongSlaveMessage) -> None:
-        slave = self._authenticate(sender, msg.slave_id.value, msg, "pong")
+        slave = self.registrar.authenticate(sender, msg.slave_id.value, msg, "pong")
         if slave is not None and slave.state in ("lost", "removed"):
             self._send_slave(slave, pb.PingSlaveMessage(connected=False))
 
     def _unregister(self, sender: UPID, msg: pb.UnregisterSlaveMessage) -> None:
-        slave = self._authenticate(sender, msg.slave_id.value, msg, "unregister")
+        slave = self.registrar.authenticate(sender, msg.slave_id.value, msg, "unregister")
         if slave is None or slave.state in ("lost", "removed"):
             return
         log.info("slave %s shut down", slave.id)
@@ -387,6 +216,7 @@ class Master(ProtobufProcess):
         if slave is not None and slave.state == "active":
             log.info("slave %s disconnected (%s)", slave.id, pid)
             slave.state, slave.disconnected_at = "disconnected", _now()
+            self._slave_changed(slave)
 
     def _slave_gone(self, slave: SlaveInfo, state: str, reason: str) -> None:
         slave.state = state
@@ -398,6 +228,7 @@ class Master(ProtobufProcess):
                 self._task_lost(rec, reason, now)
         slave.tasks.clear()
         slave.used_cpus = slave.used_mem = 0.0
+        self._slave_changed(slave)
         self._schedule()
 
     def _task_lost(self, rec: TaskRecord, reason: str, now: float) -> None:
@@ -433,16 +264,7 @@ class Master(ProtobufProcess):
                 # A stopped slave that resumes learns at once that it must re-register
                 # (and then kill the tasks we declared LOST).
                 self._send_slave(slave, pb.PingSlaveMessage(connected=False))
-        self._pending.expire(now)
-        for slave_id in registry.expired(self.slaves.values(), now,
-                                         self.config.slave_retention):
-            self._forget_slave(slave_id)
-        if (self._credentials_loaded_at is not None
-                and now - self._credentials_loaded_at > self.config.slave_retention):
-            # Credentials from before a restart whose slaves never came back.
-            self._credentials_loaded_at = None
-            for slave_id in [i for i in self._credentials if i not in self.slaves]:
-                self._forget_slave(slave_id)
+        self.registrar.expire(now)
         if self._recovering_until is not None and now >= self._recovering_until:
             self._recovering_until = None
             known = {s.id for s in self.slaves.values() if s.state == "active"}
@@ -530,12 +352,18 @@ class Master(ProtobufProcess):
             return
         self._launch_seq += 1
         self._counters["launches"] += len(infos)
+        if log.isEnabledFor(logging.INFO):
+            for info in infos:
+                log.info("task %s launched on slave %s (attempt %d): %s", info.task_id.value,
+                         slave_id, info.attempt, shown(info.command, 60))
         self._send_slave(slave, pb.LaunchTasksMessage(
             id=self._launch_seq & 0x7FFFFFFF, tasks=infos, slave_id=pb.SlaveID(value=slave_id)))
 
     def _save(self, rec: TaskRecord) -> asyncio.Future[None]:
-        # Every state change is saved, so this is where the indexes learn of it.
+        # Every state change is saved, so this is where the indexes and the event stream
+        # learn of it.
         self._index.note(rec)
+        self.events.publish_task(rec.to_json())
         fut = self.store.save(rec)
         self._last_save[rec.id] = fut
         fut.add_done_callback(functools.partial(self._forget_save, rec.id))
@@ -572,7 +400,7 @@ class Master(ProtobufProcess):
 
     def _status_update(self, sender: UPID, msg: pb.StatusUpdateMessage) -> None:
         update = msg.update
-        slave = self._authenticate(sender, update.slave_id.value, msg, "status update")
+        slave = self.registrar.authenticate(sender, update.slave_id.value, msg, "status update")
         if slave is None:
             return
         self._counters["status_updates"] += 1
@@ -603,6 +431,11 @@ class Master(ProtobufProcess):
         if applied:
             log.debug("task %s -> %s", tid, state)
             if state in TERMINAL_STATES:
+                if log.isEnabledFor(logging.INFO):
+                    ran = (now - rec.started_at) if rec.started_at else 0.0
+                    log.info("task %s %s on slave %s after %.1fs (exit %s)%s", tid, state,
+                             slave.id, ran, rec.exit_code,
+                             f": {shown(rec.message, 80)}" if rec.message else "")
                 self._release(rec)
                 if state in ("FAILED", "LOST") and rec.requeue(now):
                     log.info("task %s %s (%s); re-queued, attempt %d of %d", tid, state,
@@ -630,7 +463,7 @@ class Master(ProtobufProcess):
             self._send_slave(current, ack)
 
     def _report_progress(self, sender: UPID, msg: pb.ReportProgressMessage) -> None:
-        slave = self._authenticate(sender, msg.slave_id.value, msg, "progress report")
+        slave = self.registrar.authenticate(sender, msg.slave_id.value, msg, "progress report")
         if slave is None or slave.state in ("lost", "removed"):
             return
         self._counters["progress_reports"] += 1
@@ -645,6 +478,7 @@ class Master(ProtobufProcess):
                 self._save(rec)
             if rec.set_progress(_progress(task.progress), now, attempt=attempt):
                 self.store.save_progress(rec.id, rec.progress, now)
+                self.events.publish_progress(rec.id, rec.progress, now)
 
     # -- HTTP -----------------------------------------------------------------------------
 
@@ -660,7 +494,8 @@ class Master(ProtobufProcess):
             counts[s.state] += 1
         return counts
 
-    def _vars(self, request: web.BaseRequest) -> web.Response:
+    def vars_text(self) -> str:
+        """`/master/vars`: one `key value` per line (in the mailbox)."""
         now = time.time()
         lines = [("version", VERSION), ("pid", str(self.pid)),
                  ("uptime_secs", f"{now - self._started:.3f}")]
@@ -679,45 +514,30 @@ class Master(ProtobufProcess):
         for key, stat in self.store.stats().items():
             lines.append((f"store_{key}", f"{stat:g}" if isinstance(stat, float) else str(stat)))
         lines.append(("store_fault", " ".join((self.store.fault() or "-").split())))
-        text = "".join(f"{k} {v}\n" for k, v in lines)
-        return web.Response(text=text, content_type="text/plain")
+        lines += [(k, str(v)) for k, v in self.events.stats().items()]
+        return "".join(f"{k} {v}\n" for k, v in lines)
 
-    def _state_json(self, request: web.BaseRequest) -> web.Response:
+    def state_json(self) -> dict[str, Any]:
+        """`/master/state` (in the mailbox)."""
         fault = self.store.fault()
-        return web.json_response({
+        return {
             "version": VERSION, "pid": str(self.pid), "started_at": self._started,
             "uptime_secs": time.time() - self._started,
-            "slaves": [s.to_json() for s in self.slaves.values()],
+            "slaves": self.slaves_json(),
             "task_counts": self._counts(), "slave_counts": self._slave_counts(),
             "store": {"healthy": fault is None, "fault": fault},
-        })
+        }
 
-    def _slaves_json(self, request: web.BaseRequest) -> web.Response:
-        return web.json_response({"slaves": [s.to_json() for s in self.slaves.values()]})
-
-    def _not_found(self, request: web.BaseRequest) -> web.Response:
-        return _error(404, f"no endpoint {request.method} {shown(request.path, 80)}; see "
-                      "/master/state, /master/tasks, /master/slaves, /master/vars")
+    def slaves_json(self) -> list[dict[str, Any]]:
+        return [s.to_json() for s in self.slaves.values()]
 
     async def submit(self, specs: list[TaskSpec]) -> list[TaskRecord]:
         """Create tasks atomically and durably (see TaskHttp.submit); from outside the
         mailbox, on the loop's thread. Raises ApiError (422, 503) leaving no task."""
-        return await self.http.submit(specs)
+        return await self.http.tasks.submit(specs)
 
-    def _authorized(self, request: web.BaseRequest) -> bool:
-        """The API secret, when set, as `Authorization: Bearer …` or `X-Cluster-Secret`;
-        compared in constant time (on bytes: headers may carry any byte)."""
-        if self.config.secret is None:
-            return True
-        header = request.headers.get("Authorization", "")
-        token = header[7:] if header.startswith("Bearer ") else request.headers.get(
-            "X-Cluster-Secret", "")
-        return hmac.compare_digest(token.encode("utf-8", "surrogateescape"),
-                                   self.config.secret.encode("utf-8", "surrogateescape"))
-
-def _log_meta_failure(fut: asyncio.Future[None]) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        log.error("could not persist a slave credential: %s", fut.exception())
+    def _slave_changed(self, slave: SlaveInfo) -> None:
+        self.events.publish_slave(slave.to_json())
 
 
 def _done_future() -> asyncio.Future[None]:
@@ -725,5 +545,3 @@ def _done_future() -> asyncio.Future[None]:
     fut.set_result(None)
     return fut
 
-
-_error = error

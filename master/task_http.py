@@ -4,9 +4,10 @@
     GET  /master/tasks/<id>             POST /master/tasks/<id>/kill
     GET  /master/tasks/<id>/logs[?stream=&offset=&limit=]
 
-`TaskHttp(master)` serves them for a `Master`. Its route handler runs inside the master's
-mailbox, as libproc routes do; whatever waits (a request body, the database, a slave's log)
-runs outside it, in an asyncio task, and comes back through `dispatch`. Contract:
+`TaskHttp(master)` serves them for a `Master`, mounted on its router by `master/http_api.py`
+(which checks methods, the secret and cross-site writes). The endpoints run outside the
+master's mailbox; what reads or changes the master's state runs inside it, through
+`dispatch`. Contract:
 
 - Every input problem is a 4xx `{"error": ...}` (validation in `master.api`), never a 500.
 - Submits are atomic: the ids are allocated and the rows inserted in one transaction, from
@@ -25,9 +26,8 @@ import asyncio
 import dataclasses
 import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
 from aiohttp import ClientSession, ClientTimeout, web
 
@@ -69,64 +69,80 @@ class TaskHttp:
         self.master = master
         self._kills: dict[str, asyncio.Future[str | None]] = {}  # kills being committed
 
-    def handle(self, request: web.BaseRequest) -> Any:
-        """The `/tasks` route, in the master's mailbox."""
-        m = self.master
-        method = request.method
-        # Segments of the raw path, each percent-decoded once (request.path is decoded
-        # already: decoding it again would turn %2531 into 1).
-        segments = [unquote(p) for p in request.raw_path.split("?", 1)[0].split("/")][1:]
-        if segments and segments[0] == m.id:
-            segments = segments[1:]
-        parts = [p for p in segments[1:] if p]  # after "tasks"
-        if not parts:
-            if method == "GET":
-                return self._list(request)
-            if method == "POST":
-                if not m._authorized(request):
-                    log.warning("refused submit from %s: wrong or missing secret",
-                                request.remote)
-                    return error(401, "wrong or missing secret (set CLUSTER_SECRET)")
-                return as_future(self._submit_http(request))
-            return error(405, f"{method} not allowed on /master/tasks; use GET or POST")
-        try:
-            tid = parse_task_id(parts[0])
-        except ApiError as exc:
-            return error(exc.status, str(exc))
-        rec = m.tasks.get(tid)
-        if rec is None:
-            return error(404, f"no task with id {shown(tid)}")
-        if len(parts) == 1:
-            if method != "GET":
-                return error(405, f"{method} not allowed on a task; use GET (or POST "
-                             f"/master/tasks/{tid}/kill)")
-            return web.json_response(rec.to_json())
-        if len(parts) == 2 and parts[1] == "kill":
-            if method != "POST":
-                return error(405, "use POST to kill a task")
-            if not m._authorized(request):
-                return error(401, "wrong or missing secret (set CLUSTER_SECRET)")
-            return self._kill(rec)
-        if len(parts) == 2 and parts[1] == "logs":
-            if method != "GET":
-                return error(405, "use GET to read a task's logs")
-            return as_future(self._proxy_logs(request, rec))
-        return error(404, f"no endpoint {method} {shown(request.path, 80)}")
+    # -- endpoints (outside the mailbox; see master/http_api.py) ------------------------
 
-    def _list(self, request: web.BaseRequest) -> web.Response:
+    async def list_tasks(self, request: web.BaseRequest, match: Mapping[str, str]) -> web.Response:
         try:
             wanted = parse_states(request.query.get("state"))
         except ApiError as exc:
             return error(exc.status, str(exc))
+        tasks: list[dict[str, Any]] = await libproc.dispatch(self.master.pid, self._listed,
+                                                             wanted)
+        return web.json_response({"tasks": tasks})
+
+    async def get_task(self, request: web.BaseRequest, match: Mapping[str, str]) -> web.Response:
+        try:
+            tid = parse_task_id(match["id"])
+        except ApiError as exc:
+            return error(exc.status, str(exc))
+        task: dict[str, Any] | None = await libproc.dispatch(self.master.pid, self._task, tid)
+        if task is None:
+            return error(404, f"no task with id {shown(tid)}")
+        return web.json_response(task)
+
+    async def kill_task(self, request: web.BaseRequest, match: Mapping[str, str]) -> web.Response:
+        try:
+            tid = parse_task_id(match["id"])
+        except ApiError as exc:
+            return error(exc.status, str(exc))
+        answer: web.Response = await libproc.dispatch(self.master.pid, self._kill_id, tid)
+        return answer
+
+    async def task_logs(self, request: web.BaseRequest, match: Mapping[str, str]) -> web.Response:
+        try:
+            tid = parse_task_id(match["id"])
+            params = parse_log_query(request.query)
+        except ApiError as exc:
+            return error(exc.status, str(exc))
+        source: tuple[str, str, int] | str = await libproc.dispatch(
+            self.master.pid, self._log_source, tid)
+        if isinstance(source, str):
+            return error(404, source)
+        return await _proxy_logs(tid, source, params)
+
+    # -- in the mailbox ------------------------------------------------------------------
+
+    def _listed(self, wanted: frozenset[str] | None) -> list[dict[str, Any]]:
         tasks: Iterable[TaskRecord] = self.master.tasks.values()
         if wanted is not None:
             tasks = [t for t in tasks if t.state in wanted]
-        ordered = sorted(tasks, key=lambda t: task_key(t.id))
-        return web.json_response({"tasks": [t.to_json() for t in ordered]})
+        return [t.to_json() for t in sorted(tasks, key=lambda t: task_key(t.id))]
+
+    def _task(self, tid: str) -> dict[str, Any] | None:
+        rec = self.master.tasks.get(tid)
+        return None if rec is None else rec.to_json()
+
+    def _kill_id(self, tid: str) -> Any:
+        rec = self.master.tasks.get(tid)
+        if rec is None:
+            return error(404, f"no task with id {shown(tid)}")
+        return self._kill(rec)
+
+    def _log_source(self, tid: str) -> tuple[str, str, int] | str:
+        """(slave id, its /logs URL, attempt) of a task, or why there is none."""
+        rec = self.master.tasks.get(tid)
+        if rec is None:
+            return f"no task with id {shown(tid)}"
+        slave = self.master.slaves.get(rec.slave_id or "")
+        if slave is None:
+            return f"task {rec.id} has no slave to read logs from (state {rec.state})"
+        return (slave.id, f"http://{slave.pid.host}:{slave.pid.port}/{slave.pid.id}/logs",
+                max(rec.attempts, 1))
 
     # -- submit --------------------------------------------------------------------------
 
-    async def _submit_http(self, request: web.BaseRequest) -> web.Response:
+    async def submit_http(self, request: web.BaseRequest,
+                          match: Mapping[str, str]) -> web.Response:
         """POST /master/tasks, outside the mailbox: read, validate, create durably, answer."""
         try:
             specs = parse_submit(decode_json(await _read_body(request)))
@@ -184,6 +200,7 @@ class TaskHttp:
         for rec in records:
             m.tasks[rec.id] = rec
             m._index.note(rec)
+            m.events.publish_task(rec.to_json())
         m._schedule()
 
     # -- kill ----------------------------------------------------------------------------
@@ -234,32 +251,21 @@ class TaskHttp:
         if not outcome.done():
             outcome.set_result(None if exc is None else str(exc))
 
-    # -- logs ----------------------------------------------------------------------------
-
-    async def _proxy_logs(self, request: web.BaseRequest, rec: TaskRecord) -> web.Response:
-        """Read a task's log through the master, so clients need to reach only the master."""
-        slave = self.master.slaves.get(rec.slave_id or "")
-        if slave is None:
-            return error(404, f"task {rec.id} has no slave to read logs from (state "
-                         f"{rec.state})")
-        try:
-            params = parse_log_query(request.query)
-        except ApiError as exc:
-            return error(exc.status, str(exc))
-        params["task_id"] = rec.id
-        params["attempt"] = str(max(rec.attempts, 1))
-        url = f"http://{slave.pid.host}:{slave.pid.port}/{slave.pid.id}/logs"
-        try:
-            async with ClientSession(timeout=ClientTimeout(total=10)) as session:
-                async with session.get(url, params=params) as resp:
-                    body = await resp.read()
-                    headers = {k: v for k, v in resp.headers.items()
-                               if k.lower().startswith("x-log-")}
-                    return web.Response(body=body, status=resp.status, headers=headers,
-                                        content_type=resp.content_type)
-        except Exception as exc:  # noqa: BLE001 - slave unreachable
-            return error(502, f"could not read logs from slave {slave.id} at "
-                         f"{slave.pid.host}:{slave.pid.port}: {exc}")
+async def _proxy_logs(tid: str, source: tuple[str, str, int],
+                      params: dict[str, str]) -> web.Response:
+    """Read a task's log through the master, so clients need to reach only the master."""
+    slave_id, url, attempt = source
+    params = {**params, "task_id": tid, "attempt": str(attempt)}
+    try:
+        async with ClientSession(timeout=ClientTimeout(total=10)) as session:
+            async with session.get(url, params=params) as resp:
+                body = await resp.read()
+                headers = {k: v for k, v in resp.headers.items()
+                           if k.lower().startswith("x-log-")}
+                return web.Response(body=body, status=resp.status, headers=headers,
+                                    content_type=resp.content_type)
+    except Exception as exc:  # noqa: BLE001 - slave unreachable
+        return error(502, f"could not read logs from slave {slave_id} at {url}: {exc}")
 
 
 async def _kill_answer(tid: str, outcome: asyncio.Future[str | None]) -> web.Response:

@@ -17,10 +17,6 @@ checks what a user relies on:
 and saves a screenshot of each page (`--out`, default `.ui-test/`; `--docs` also refreshes
 `docs/dashboard.png`, the one in the README).
 
-Where the master does not serve the dashboard itself yet (`GET /` is not HTML, or there is no
-`/master/events`), the browser goes through scripts/ui_standin.py instead: the real
-dashboard files and the real event hub in front of the same real master. The run says which.
-
 Exits 0 only when every check passed; a missing browser, driver or selenium is a failure
 (`ui-test NOT RUN: ...`, or `FAILED (CI=true)` under CI), never a pass.
 """
@@ -411,23 +407,15 @@ def main() -> int:
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="ui-test-"))
     cluster = Cluster(work)
-    standin = None
     driver = None
     ok = False
     try:
         cluster.start()
         base = cluster.url
-        if cluster.serves_dashboard():
-            log(f"the master serves the dashboard itself: {base}/")
-        else:
-            sys.path.insert(0, str(REPO / "scripts"))
-            from ui_standin import StandIn
-
-            standin = StandIn(cluster.url)
-            base = standin.start()
-            log(f"the master does not serve GET / and /master/events yet: using the stand-in "
-                f"wiring (scripts/ui_standin.py) at {base} in front of the master at "
-                f"{cluster.url}")
+        if not cluster.serves_dashboard():
+            raise Failure(f"the master at {base} does not serve the dashboard (GET / as HTML "
+                          "and GET /master/events as text/event-stream)")
+        log(f"the master serves the dashboard: {base}/")
         driver = open_browser(chromium, chromedriver, work / "profile")
         page = Page(driver, base, args.out)
         run_checks(cluster, page)
@@ -448,8 +436,6 @@ def main() -> int:
     finally:
         if driver is not None:
             driver.quit()
-        if standin is not None:
-            standin.stop()
         cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
     took = time.monotonic() - started

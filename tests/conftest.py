@@ -33,13 +33,19 @@ def _slave_cgroups() -> set[str]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def no_slave_cgroups_left() -> Iterator[None]:
+def no_slave_cgroups_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """A slave killed with -9 by a test leaves its (empty) per-slave cgroups behind, as a
-    real one would until it restarts: remove those that this session created and emptied."""
-    before = _slave_cgroups()
+    real one would until it restarts: remove those of this session's slaves (named for work
+    dirs under this session's temporary directory), never another run's or a real slave's."""
+    from slave.isolation.cgroupfs import slave_dir_name
+
     yield
-    for d in sorted(_slave_cgroups() - before, key=len, reverse=True):
-        try:
-            os.rmdir(d)  # only an empty one: a cgroup with tasks or children stays
-        except OSError:
-            pass
+    base = tmp_path_factory.getbasetemp()
+    ours = {slave_dir_name(str(p.parent)) for name in ("slave.json", "isolation.json")
+            for p in base.rglob(name)}
+    for d in sorted(_slave_cgroups(), key=len, reverse=True):
+        if os.path.basename(d) in ours:
+            try:
+                os.rmdir(d)  # only an empty one: a cgroup with tasks or children stays
+            except OSError:
+                pass

@@ -227,14 +227,14 @@ async def test_a_registration_flood_is_bounded(setup: Setup) -> None:
         await forge(master.pid, pb.RegisterSlaveMessage(
             resources=pb.Resources(cpus=8, mem=8192), nonce=auth.new_nonce()),
             UPID(f"fake({i})", ATTACKER, 9), copies=500)
-    await until(lambda: master._slave_seq == 1 + 2000)  # every one was answered
-    assert len(master._pending) <= 4  # one per claimed UPID
+    await until(lambda: master.registrar.slave_seq == 1 + 2000)  # every one was answered
+    assert len(master.registrar.pending) <= 4  # one per claimed UPID
     assert list(master.slaves) == [setup.victim.slave_id]
     assert nowhere.id not in master.slaves
     for _ in range(12):
         Clock.advance(1.0)
         await Clock.settle()
-    assert len(master._pending) == 0
+    assert len(master.registrar.pending) == 0
 
 
 async def test_lost_slaves_leave_the_table_and_the_table_is_bounded(setup: Setup) -> None:
