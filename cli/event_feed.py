@@ -19,10 +19,12 @@ Contract:
   ended for good.
 - On a dropped connection the thread reconnects at once with `Last-Event-ID`, then with a
   short backoff (`RECONNECT_DELAYS`, at most `RECONNECT_WINDOW` seconds in all); a master
-  that answers "no stream" or stays away ends the feed (`Gone`). A stream silent past
-  `idle_timeout` (the master sends a keep-alive every 15 s) counts as dropped. `close()`
-  ends the thread and its connection. The thread never raises: whatever goes wrong in it
-  ends as `Gone` with a reason.
+  that answers "no stream" or stays away ends the feed (`Gone`). A reconnection with no id
+  to resume from (no event had come yet), or after an unreadable stream, is followed by a
+  `Reset`, queued once the new subscription stands: what changed in between is fetched.
+  A stream silent past `idle_timeout` (the master sends a keep-alive every 15 s) counts as
+  dropped. `close()` ends the thread and its connection. The thread never raises: whatever
+  goes wrong in it ends as `Gone` with a reason.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ __all__ = ["EVENTS_PATH", "Event", "EventFeed", "Gone", "Item", "Refusal", "Rese
 EVENTS_PATH = "/master/events"
 RECONNECT_DELAYS = (0.0, 0.5, 1.0, 2.0, 4.0)  # seconds before each reconnection attempt
 RECONNECT_WINDOW = 12.0  # seconds after a drop during which reconnecting is tried
+CONNECT_TIMEOUT = 5.0  # seconds for a subscription's answer (then: poll, which says why)
 IDLE_TIMEOUT = 45.0  # seconds without a byte: the connection is dead (keep-alives: 15 s)
 _READ = 65536
 _MAX_ERROR_BODY = 65536
@@ -67,9 +70,11 @@ class Reset:
 
 @dataclass(frozen=True)
 class Gone:
-    """The stream ended and could not be resumed: poll from now on."""
+    """The stream ended and could not be resumed: poll from now on (`transient`: it may
+    come back, so subscribing again later may help)."""
 
     reason: str
+    transient: bool = True
 
 
 Item = Event | Reset | Gone
@@ -159,25 +164,25 @@ class EventFeed:
 
     def _run(self) -> None:
         try:
-            why = self._follow()
+            gone = self._follow()
         except Exception as exc:  # noqa: BLE001 - a thread must not die with a traceback
-            why = f"the event stream failed ({type(exc).__name__}: {exc})"
+            gone = Gone(f"the event stream failed ({type(exc).__name__}: {exc})")
         self._hang_up()
         if not self._stop.is_set():
-            self._queue.put(Gone(why))
+            self._queue.put(gone)
 
-    def _follow(self) -> str:
+    def _follow(self) -> Gone:
         """Read, and reconnect after each drop, until stopped or refused; why it ended."""
         while True:
             why, lost = self._read_until_dropped()
             if self._stop.is_set():
-                return "closed"
+                return Gone("closed", transient=False)
             # With no id to resume from, the master cannot tell what was missed meanwhile.
             lost = lost or not self._parser.last_id
             try:
                 self._reconnect()
             except _Refused as exc:
-                return f"{why}; {exc.refusal.reason}"
+                return Gone(f"{why}; {exc.refusal.reason}", exc.refusal.transient)
             if lost:  # resubscribed from now: only now may the state be fetched again
                 self._queue.put(Reset(why))
 
@@ -229,7 +234,9 @@ class EventFeed:
         if self.client.secret:
             headers["Authorization"] = f"Bearer {self.client.secret}"
         conn = http.client.HTTPConnection(
-            parts.hostname or "127.0.0.1", parts.port or 80, timeout=self.client.timeout
+            parts.hostname or "127.0.0.1",
+            parts.port or 80,
+            timeout=min(self.client.timeout, CONNECT_TIMEOUT),
         )
         try:
             conn.request("GET", EVENTS_PATH, headers=headers)

@@ -100,10 +100,11 @@ class Follower:
                     self.activity += 1
                 elif isinstance(item, Reset):
                     self._refetch = True
-        if items and isinstance(items[-1], Gone):
+        gone = items[-1] if items else None
+        if isinstance(gone, Gone):
             self.feed.close()
             self.feed = None
-            self._refused(Refusal(items[-1].reason, transient=True))
+            self._refused(Refusal(gone.reason, gone.transient))
             self._fetch()  # what happened since the stream ended
             return
         now = time.monotonic()

@@ -72,6 +72,7 @@ class _Follower:
         self.client, self.task_id, self.stream, self.out = client, task_id, stream, out
         self.feed = feed
         self.final = False  # an event or a look at the task said it is final
+        self._looked_at = float("-inf")  # when the task was last looked at after a reset
 
     def run(self, offset: int, follow: bool) -> None:
         idle = IDLE_FIRST
@@ -108,7 +109,8 @@ class _Follower:
 
     def _wait(self, seconds: float) -> bool:
         """Wait up to `seconds` (without events: IDLE_FIRST); True when woken by news of
-        this task (its progress or state, or a reset)."""
+        this task (its progress or state, or a reset: then the task is looked at, at most
+        once a second however many resets come)."""
         if self.feed is None:
             time.sleep(IDLE_FIRST)
             return False
@@ -118,17 +120,20 @@ class _Follower:
             if left <= 0:
                 return False
             items = self.feed.next(left)
-            woke = False
+            woke = reset = False
             for item in items:
                 if isinstance(item, Event):
                     woke = self._about_us(item.payload) or woke
                 elif isinstance(item, Reset):
-                    woke = True  # a change may have been missed: read, and look at the task
-                    self.final = self.final or is_final(self.client.task(self.task_id))
+                    reset = True
                 elif isinstance(item, Gone):
                     self.feed.close()
                     self.feed = None
                     return True  # read once more, then poll
+            if reset and time.monotonic() >= self._looked_at + 1.0:
+                self._looked_at = time.monotonic()  # a change may have been missed
+                self.final = self.final or is_final(self.client.task(self.task_id))
+                woke = True
             if woke:
                 return True
 

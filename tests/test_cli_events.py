@@ -18,6 +18,7 @@ import pytest
 
 from cli.client import MasterClient
 from cli.event_feed import Event, EventFeed, Gone, Item, Refusal, Reset
+from cli.follow import Follower
 from test_cli_event_front import EventFront
 from test_cli_support import (
     CLUSTER,
@@ -152,6 +153,69 @@ def test_feed_drops_a_stream_with_an_endless_line_and_resubscribes_from_now() ->
         assert feed._thread is not None and not feed._thread.is_alive()
 
 
+# -- the follower (events, with polling as the fallback), in this process --------------------
+
+
+def _follow_until(follower: Follower, predicate: Any, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        follower.step(0.2)
+
+
+def test_follower_falls_back_to_polling_when_the_stream_goes_for_good() -> None:
+    with EventFront() as front:
+        front.set_task(_task("1", "RUNNING", 1.0), publish=False)
+        follower = Follower(MasterClient(front.address, timeout=5), ["1"], poll=0.1)
+        try:
+            assert follower.streaming
+            front.events = "absent"  # as a master restarted without the stream
+            front.drop_streams()
+            _follow_until(follower, lambda: not follower.streaming, "the fallback")
+            refusal = follower.refusal
+            assert refusal is not None and not refusal.transient  # not asked again every 30 s
+            assert "no endpoint GET /master/events" in refusal.reason
+            front.set_task(_task("1", "FINISHED", 9.0, 1.0), publish=False)  # seen by a poll
+            _follow_until(follower, lambda: follower.view.done, "the poll")
+        finally:
+            follower.close()
+
+
+def test_follower_tries_the_stream_again_after_a_transient_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("cli.follow.RESUBSCRIBE_EVERY", 0.3)
+    with EventFront(events="full") as front:
+        front.set_task(_task("1", "RUNNING", 1.0), publish=False)
+        follower = Follower(MasterClient(front.address, timeout=5), ["1"], poll=0.1)
+        try:
+            assert not follower.streaming and follower.refusal is not None
+            assert follower.refusal.transient
+            front.events = "on"
+            _follow_until(follower, lambda: follower.streaming, "a new subscription")
+            fetches = front.count("GET", "/master/tasks/1")
+            front.set_task(_task("1", "FINISHED", 9.0, 1.0))  # an event now, not a poll
+            _follow_until(follower, lambda: follower.view.done, "the event")
+            assert front.count("GET", "/master/tasks/1") == fetches
+        finally:
+            follower.close()
+
+
+def test_follower_fetches_now_and_then_in_case_a_change_was_not_published(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("cli.follow.SAFETY_REFETCH", 0.5)
+    with EventFront() as front:
+        front.set_task(_task("1", "RUNNING", 1.0), publish=False)
+        follower = Follower(MasterClient(front.address, timeout=5), ["1"])
+        try:
+            front.set_task(_task("1", "KILLED", 9.0), publish=False)
+            _follow_until(follower, lambda: follower.view.done, "the safety fetch")
+            assert follower.streaming and front.count("GET", "/master/tasks/1") == 2
+        finally:
+            follower.close()
+
+
 # -- `cluster` against the scripted front ---------------------------------------------------
 
 
@@ -283,6 +347,24 @@ def test_logs_follow_wakes_on_events_and_stops_at_the_final_state() -> None:
         finally:
             stop(following)
         assert following.stdout_text() == "first\nPROGRESS 50\nlast\n"
+
+
+def test_logs_follow_asks_once_for_a_flood_of_resets() -> None:
+    with EventFront(events="raw") as front:
+        front.set_task(_task("1", "RUNNING", 1.0), publish=False)
+        front.logs["1"] = (b"out\n", False)
+        front.raw = [b"data: junk\n\n" * 2000]  # 2,000 unreadable events: 2,000 resets
+        following = _start(front, "logs", "1", "-f")
+        try:
+            wait_until(lambda: "out" in following.stdout_text(), 20, "the log")
+            wait_until(lambda: front.count("GET", "/master/tasks/1", exact=True) >= 1, 20,
+                       "a look at the task after the resets")
+            front.call(front.logs.__setitem__, "1", (b"out\n", True))
+            assert following.proc.wait(30) == 0, following.stderr_text()
+        finally:
+            stop(following)
+        assert front.count("GET", "/master/tasks/1", exact=True) <= 2
+        assert following.stdout_text() == "out\n"
 
 
 def test_logs_follow_of_a_pending_task_waits_for_its_launch() -> None:
