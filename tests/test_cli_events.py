@@ -424,7 +424,7 @@ def test_submit_wait_on_a_terminal_draws_the_board_from_events(real: str) -> Non
 
 
 def test_submit_wait_polls_a_real_master_without_events(real: str) -> None:
-    with EventFront(real, events="proxy") as front:  # the master's own 404
+    with EventFront(real, events="absent") as front:  # as a master without the stream
         result = _cli(front, "submit", "--count", "12", "--wait", "sleep 1.5")
         assert result.returncode == 0, result.stderr
         kinds = front.summary()
@@ -435,13 +435,13 @@ def test_submit_wait_polls_a_real_master_without_events(real: str) -> None:
 def test_logs_follow_of_a_real_task_reads_less_with_events(real: str) -> None:
     script = "echo start; sleep 5; echo end"
     counts = {}
-    for mode in ("on", "proxy"):
+    for mode in ("on", "absent"):
         with EventFront(real, events=mode) as front:
             tid = json.loads(_cli(front, "submit", "--json", script).stdout)["ids"][0]
             result = _cli(front, "logs", tid, "-f")
             assert result.returncode == 0 and result.stdout == "start\nend\n", result.stderr
             counts[mode] = front.count("GET", f"/master/tasks/{tid}/logs")
-    assert counts["on"] < counts["proxy"], counts
+    assert counts["on"] < counts["absent"], counts
 
 
 def test_kill_while_waiting_ends_the_wait_through_events(real: str, tmp_path: Path) -> None:
@@ -457,3 +457,12 @@ def test_kill_while_waiting_ends_the_wait_through_events(real: str, tmp_path: Pa
         finally:
             stop(waiting)
         assert f"task {tid} KILLED" in waiting.stderr_text()
+
+
+def test_submit_wait_follows_the_real_masters_own_event_stream(real: str) -> None:
+    with EventFront(real, events="proxy") as front:  # /master/events from the real master
+        result = _cli(front, "submit", "--count", "12", "--wait", "sleep 1.5")
+        assert result.returncode == 0, result.stderr
+        kinds = front.summary()
+    assert kinds["GET /master/events"] == 1
+    assert kinds.get("GET /master/tasks", 0) <= 2  # the first fetch, no polling
