@@ -46,6 +46,8 @@ class Endpoints:
         lines += [(k, str(v)) for k, v in s._counters.items()]
         lines += [(k, str(v)) for k, v in s.executor.counters().items()]
         lines += list(s.executor.isolator.describe().items())
+        if s.gc is not None:
+            lines += s.gc.vars()
         return web.Response(text="".join(f"{k} {v}\n" for k, v in lines),
                             content_type="text/plain")
 
@@ -67,7 +69,8 @@ class Endpoints:
     def _logs(self, request: web.BaseRequest) -> web.Response:
         """`?task_id=&attempt=&stream=&offset=&limit=`: a log's bytes from `offset`, with
         `X-Log-Offset` (where to read next) and `X-Log-Eof`. Any bad parameter is a 400
-        saying which; a log that is not here (or cannot be opened) is a 404."""
+        saying which; a log whose sandbox the garbage collector removed is a 410 saying
+        when and why; one that is not here (or cannot be opened) is a 404."""
         s = self.slave
         assert s.executor is not None
         q = request.query
@@ -96,6 +99,11 @@ class Endpoints:
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
         except FileNotFoundError as exc:
+            gone = s.gc.collected(task_id, attempt) if s.gc is not None else None
+            if gone is not None:  # 410: it was here, and is no more
+                return web.json_response({"error": f"the {stream} of task {task_id!r} "
+                                          f"attempt {attempt} is gone: {gone}",
+                                          "collected": True}, status=410)
             return web.json_response({"error": str(exc)}, status=404)
         except OSError as exc:  # e.g. a name too long for the file system: not here either
             return web.json_response({"error": f"no readable {stream} for task "

@@ -25,7 +25,7 @@ import logging
 import math
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import libproc
@@ -35,7 +35,9 @@ from protos import auth
 from protos import cluster_pb2 as pb
 from slave.endpoints import Endpoints
 from slave.executor import Executor, TaskResult
+from slave.gc import GarbageCollector, GcConfig
 from slave.isolation import DEFAULT_TASK_PIDS_MAX, Isolator, Limits, Usage, create_isolator
+from slave.metrics import SlaveMetrics
 from slave.registration import VERSION, Registration
 
 __all__ = ["VERSION", "Slave", "SlaveConfig"]
@@ -60,6 +62,7 @@ class SlaveConfig:
     cpu_limit: str = "soft"  # soft (shares/weight) | hard (CFS quota)
     task_pids_max: int = DEFAULT_TASK_PIDS_MAX
     isolator: Isolator | None = None  # already detected (run_slave does); else in initialize
+    gc: GcConfig = field(default_factory=GcConfig)  # --gc-delay, --gc-disk-watermark, ...
 
 
 class Slave(ProtobufProcess):
@@ -76,12 +79,14 @@ class Slave(ProtobufProcess):
         self._resend_at: dict[bytes, tuple[float, float]] = {}  # uuid -> (due, interval)
         self._counters = {"registrations": 0, "status_updates_sent": 0,
                           "progress_reports_sent": 0, "launches_received": 0,
-                          "commands_refused": 0}
+                          "commands_refused": 0, "status_updates_resent": 0}
         self._started = time.time()
         self.executor: Executor | None = None
+        self.gc: GarbageCollector | None = None
         self._stopped: libproc.Promise[bool] = libproc.Promise()
         self.registration = Registration(self)
         self.endpoints = Endpoints(self)
+        self.metrics = SlaveMetrics(self)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -98,6 +103,8 @@ class Slave(ProtobufProcess):
         self.executor = Executor(self.config.work_dir, defer(self.pid, self._task_exited),
                                  kill_grace=self.config.kill_grace, sleep=clock_sleep,
                                  isolator=isolator)
+        self.gc = GarbageCollector(self.config.work_dir, self.config.gc, self.pid,
+                                   self.executor.sandboxes_in_use)
         self.registration.load_identity()
         self.registration.install()
         self.install(pb.LaunchTasksMessage, self._launch)
@@ -105,21 +112,29 @@ class Slave(ProtobufProcess):
         self.install(pb.StatusUpdateAcknowledgementMessage, self._acknowledged)
         self.install(pb.ShutdownSlaveMessage, self._shutdown_requested)
         self.endpoints.install()
+        self.metrics.install()
         libproc.future.as_future(self._kill_orphans())
         self.registration.register()
         delay(self.config.progress_interval, self.pid, self._report_progress)
         delay(self.config.update_retry, self.pid, self._retry_updates)
 
     async def _kill_orphans(self) -> None:
-        assert self.executor is not None
-        killed = await self.executor.kill_orphans()
-        if killed:
-            log.warning("killed %d task(s) left running by an earlier slave: %s",
-                        len(killed), ", ".join(killed))
+        """At start-up: end what an earlier slave left running, then start collecting."""
+        assert self.executor is not None and self.gc is not None
+        try:
+            killed = await self.executor.kill_orphans()
+            if killed:
+                log.warning("killed %d task(s) left running by an earlier slave: %s",
+                            len(killed), ", ".join(killed))
+        finally:
+            await self.gc.recover(self.executor.interrupted)
 
     def finalize(self) -> None:
         """The actor is gone (terminated, or libproc stopped): give back this slave's own
         cgroups unless tasks still run in them (a restarted slave cleans those up)."""
+        self.metrics.remove()
+        if self.gc is not None:
+            self.gc.close()
         if self.executor is not None and not self.executor.running():
             self.executor.isolator.close()
 
@@ -183,6 +198,9 @@ class Slave(ProtobufProcess):
             self._update(tid, 0, pb.KILLED, message="killed: the task was not running here")
 
     def _task_exited(self, result: TaskResult) -> None:
+        assert self.gc is not None
+        self.gc.ended(result.task_id, result.attempt)
+        self.metrics.ended(result)
         info = self.tasks.pop(result.task_id, None)
         if self.mode == "shutting_down":
             return  # the master is told by UnregisterSlaveMessage
@@ -237,6 +255,7 @@ class Slave(ProtobufProcess):
                 interval = min(last * 2, cap)
             if self.slave_id:
                 update.slave_id.value = self.slave_id
+            self._counters["status_updates_resent"] += 1
             self._send_update(update, interval)
 
     def _retry_updates(self) -> None:
