@@ -141,10 +141,9 @@ class GarbageCollector:
             found, records = await asyncio.to_thread(self._recover_files, names, now)
         except Exception:  # noqa: BLE001 - collect what ends from now on, at least
             log.exception("gc: could not look at the sandboxes on disk")
-            found, records = [], []
-        in_use = self._in_use()
-        self.queue.load((now if name in names else mtime, name) for mtime, name in found
-                        if name not in in_use)
+            found, records = GcQueue(), []
+        found.merge(self.queue)  # what ended meanwhile; a pass skips what runs again
+        self.queue = found
         self.tombstones.load(records)
         self._recovered = True
         if not self._closed:
@@ -172,8 +171,9 @@ class GarbageCollector:
     # -- passes ------------------------------------------------------------------------------
 
     def _recover_files(self, interrupted: set[str], now: float
-                       ) -> tuple[list[tuple[float, str]], list[tuple[str, float, str]]]:
-        """In a worker thread: delete old trash, mark interrupted sandboxes ended, list."""
+                       ) -> tuple[GcQueue, list[tuple[str, float, str]]]:
+        """In a worker thread: delete old trash, mark interrupted sandboxes ended, queue
+        what the disk holds, read the tombstones."""
         try:
             left = [os.path.join(self.trash, n) for n in os.listdir(self.trash)]
         except OSError:
@@ -187,7 +187,9 @@ class GarbageCollector:
                 os.utime(os.path.join(self.sandboxes, name), (now, now), follow_symlinks=False)
             except OSError:
                 pass
-        return scan_sandboxes(self.sandboxes), self.tombstones.read()
+        found = scan_sandboxes(self.sandboxes)
+        queue = GcQueue.of((now if name in interrupted else mtime, name) for mtime, name in found)
+        return queue, self.tombstones.read()
 
     def _arm(self, seconds: float | None = None) -> None:
         """The next pass after `seconds`, or when the next sandbox is due (at most

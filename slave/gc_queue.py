@@ -32,17 +32,22 @@ class GcQueue:
         self._ended[name] = ended_at
         heapq.heappush(self._heap, (ended_at, name))
 
-    def load(self, entries: Iterable[tuple[float, str]]) -> int:
-        """Add sandboxes found on disk (`(ended_at, name)`), keeping any end already pushed
-        (it is newer than what the disk says); the number added. O(n) for n in all."""
-        added = 0
+    @classmethod
+    def of(cls, entries: Iterable[tuple[float, str]]) -> GcQueue:
+        """A queue of `(ended_at, name)` entries (the sandboxes found on disk); O(n), so a
+        worker thread may build it while the loop goes on."""
+        queue = cls()
         for ended_at, name in entries:
-            if name not in self._ended:
-                self._ended[name] = ended_at
-                self._heap.append((ended_at, name))
-                added += 1
-        heapq.heapify(self._heap)
-        return added
+            queue._ended[name] = ended_at
+        queue._heap = [(ended_at, name) for name, ended_at in queue._ended.items()]
+        heapq.heapify(queue._heap)
+        return queue
+
+    def merge(self, newer: GcQueue) -> None:
+        """Take every end pushed to `newer` (since this one's entries were read from disk:
+        they win); O(k log n) for its k entries."""
+        for name, ended_at in newer._ended.items():
+            self.push(name, ended_at)
 
     def discard(self, name: str) -> None:
         """Forget `name` (its heap entry is skipped when it comes up)."""

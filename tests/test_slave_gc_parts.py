@@ -59,10 +59,13 @@ def test_queue_work_per_take_is_bounded_by_stale_entries_too() -> None:
     assert q.take(due_by=1000.0, everything=False, limit=2, skip=never) == [("same@1", 99.0)]
 
 
-def test_queue_load_keeps_ends_pushed_while_the_disk_was_read() -> None:
-    q = GcQueue()
-    q.push("a@1", 50.0)
-    assert q.load([(1.0, "a@1"), (2.0, "b@1"), (3.0, "c@1")]) == 2
+def test_queue_from_disk_takes_ends_pushed_while_the_disk_was_read() -> None:
+    pushed = GcQueue()
+    pushed.push("a@1", 50.0)
+    q = GcQueue.of([(1.0, "a@1"), (3.0, "c@1"), (2.0, "b@1")])
+    assert len(q) == 3 and q.oldest() == 1.0
+    q.merge(pushed)
+    assert len(q) == 3
     assert q.take(due_by=100.0, everything=False, limit=10, skip=never) == [
         ("b@1", 2.0), ("c@1", 3.0), ("a@1", 50.0)]
 
