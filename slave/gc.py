@@ -62,7 +62,7 @@ class GcConfig:
     delay: float = DAY  # --gc-delay: seconds from a task's end to its sandbox's removal
     watermark: float = 0.9  # --gc-disk-watermark: collect sooner past this fraction used
     interval: float = 60.0  # --gc-interval: the disk is checked at least this often
-    batch: int = 256  # most sandboxes taken per pass
+    batch: int = 128  # most sandboxes taken per pass (a rename each, on the loop)
     disk_batch: int = 8  # most taken per pass for disk space alone (then it is measured again)
 
 

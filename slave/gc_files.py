@@ -52,8 +52,9 @@ def disk_usage(path: str) -> DiskUsage | None:
 
 
 def scan_sandboxes(sandboxes: str) -> list[tuple[float, str]]:
-    """`(mtime, name)` of every sandbox directory, oldest first. The collector touches a
-    sandbox when its task ends, so its mtime says when it ended (as Mesos's agent does)."""
+    """`(mtime, name)` of every sandbox directory, in no order (a sort of them all would
+    hold the GIL). The collector touches a sandbox when its task ends, so its mtime says when
+    it ended (as Mesos's agent does)."""
     out: list[tuple[float, str]] = []
     try:
         with os.scandir(sandboxes) as entries:
@@ -71,7 +72,6 @@ def scan_sandboxes(sandboxes: str) -> list[tuple[float, str]]:
     except OSError as exc:
         log.warning("cannot list the sandboxes in %s: %s", sandboxes, exc)
         return []
-    out.sort()
     return out
 
 

@@ -34,13 +34,12 @@ class GcQueue:
 
     @classmethod
     def of(cls, entries: Iterable[tuple[float, str]]) -> GcQueue:
-        """A queue of `(ended_at, name)` entries (the sandboxes found on disk); O(n), so a
-        worker thread may build it while the loop goes on."""
+        """A queue of `(ended_at, name)` entries (the sandboxes found on disk), for a worker
+        thread to build while the loop goes on: one push at a time, since one C call over
+        all of them (heapify, sort) would hold the GIL, and so the loop, for its whole run."""
         queue = cls()
         for ended_at, name in entries:
-            queue._ended[name] = ended_at
-        queue._heap = [(ended_at, name) for name, ended_at in queue._ended.items()]
-        heapq.heapify(queue._heap)
+            queue.push(name, ended_at)
         return queue
 
     def merge(self, newer: GcQueue) -> None:

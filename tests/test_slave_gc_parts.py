@@ -104,14 +104,14 @@ def test_remove_trees_frees_what_it_deletes_and_follows_no_link(tmp_path: Path) 
     assert 150_000 <= freed < 300_000  # stdout and f, not the hard-linked file
 
 
-def test_scan_lists_sandbox_directories_oldest_first(tmp_path: Path) -> None:
+def test_scan_lists_sandbox_directories_with_their_mtimes(tmp_path: Path) -> None:
     boxes = tmp_path / "sandboxes"
     for name, mtime in (("b@1", 200), ("a@2", 100), ("legacy", 50)):
         (boxes / name).mkdir(parents=True)
         os.utime(boxes / name, (mtime, mtime))
     (boxes / "c@1").symlink_to(tmp_path)  # a link is no sandbox
     (boxes / "d@1").write_text("a file")
-    assert scan_sandboxes(str(boxes)) == [(100.0, "a@2"), (200.0, "b@1")]
+    assert sorted(scan_sandboxes(str(boxes))) == [(100.0, "a@2"), (200.0, "b@1")]
     assert scan_sandboxes(str(tmp_path / "none")) == []
 
 
