@@ -17,9 +17,11 @@ from cli.options import (
     MasterSecretOpt,
     SlaveSecretOpt,
     VerboseOpt,
+    duration,
     env_option,
     examples,
     listen_port,
+    percentage,
     positive,
 )
 
@@ -88,8 +90,11 @@ SLAVE_EXAMPLES = examples(
     ("CLUSTER_MASTER=master:5050 CLUSTER_WORK_DIR=/work cluster slave", "from the environment"),
     ("cluster slave --master 127.0.0.1:5050 --isolation cgroups --cpu-limit hard "
      "--task-pids-max 256", "enforce cpus, mem and a process limit"),
-    note="A task's files are in WORK_DIR/sandboxes/<task id>@<attempt>/ (stdout, stderr); "
-    "WORK_DIR/slave.json names the slave id that 'cluster slaves' shows.",
+    ("cluster slave --master 127.0.0.1:5050 --gc-delay 2h --gc-disk-watermark 80%",
+     "collect sooner"),
+    note="A task's files are in WORK_DIR/sandboxes/<task id>@<attempt>/ (stdout, stderr) "
+    "until --gc-delay after it ended; WORK_DIR/slave.json names the slave id that "
+    "'cluster slaves' shows.",
 )
 
 
@@ -132,6 +137,32 @@ def slave(
         int,
         typer.Option(min=0, help="Processes one task may have at once (0: no limit)."),
     ] = 1024,
+    gc_delay: Annotated[
+        float,
+        typer.Option(
+            parser=duration,
+            metavar="DURATION",
+            help="Delete an ended task's sandbox (its stdout, stderr, files) this long after "
+            "it ended: 90s, 30m, 12h, 1d, 2w.",
+        ),
+    ] = "1d",  # type: ignore[assignment]
+    gc_disk_watermark: Annotated[
+        float,
+        typer.Option(
+            parser=percentage,
+            metavar="PERCENT",
+            help="While the work dir's disk (blocks or inodes) is fuller than this, delete "
+            "ended sandboxes sooner, oldest first.",
+        ),
+    ] = "90%",  # type: ignore[assignment]
+    gc_interval: Annotated[
+        float,
+        typer.Option(
+            parser=duration,
+            metavar="DURATION",
+            help="How often the disk is checked against --gc-disk-watermark.",
+        ),
+    ] = "1m",  # type: ignore[assignment]
     verbose: VerboseOpt = 0,
 ) -> None:
     """Run a slave: registers with the master and runs the tasks it is given."""
@@ -157,6 +188,9 @@ def slave(
         isolation=isolation,
         cpu_limit=cpu_limit,
         task_pids_max=task_pids_max,
+        gc_delay=gc_delay,
+        gc_disk_watermark=gc_disk_watermark,
+        gc_interval=max(gc_interval, 0.1),
     )
 
 
