@@ -165,6 +165,15 @@ def submit(
     retries: Annotated[
         int, typer.Option(help="Launch again up to this many times if it FAILS or is LOST.")
     ] = 0,
+    retry_delay: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            show_default=False,
+            help="Wait this long before the first retry, twice as long before each next "
+            "one, at most 60 s (or this, if longer) \\[default: 1].",
+        ),
+    ] = None,
     wait: Annotated[
         bool,
         typer.Option(
@@ -188,12 +197,15 @@ def submit(
         bad_value(f"--count must be between 1 and 10000, got {count}")
     if retries < 0:
         bad_value(f"--retries must be 0 or more, got {retries}")
+    if retry_delay is not None and not 0 <= retry_delay <= 3600:  # NaN fails too
+        bad_value(f"--retry-delay must be from 0 to 3600 seconds, got {retry_delay:g}")
     specs: list[dict[str, Any]] = []
     for i in range(count):
         spec: dict[str, Any] = {"command": text, "retries": retries}
         if name:
             spec["name"] = name if count == 1 else f"{name}-{i + 1}"
-        for key, value in (("cpus", cpus), ("mem", mem), ("timeout", timeout)):
+        for key, value in (("cpus", cpus), ("mem", mem), ("timeout", timeout),
+                           ("retry_delay", retry_delay)):
             if value is not None:
                 spec[key] = value
         specs.append(spec)
@@ -295,7 +307,8 @@ def task(
     master: MasterOpt = DEFAULT_MASTER,
     secret: SecretOpt = None,
 ) -> None:
-    """Show one task: state, progress, exit code, timing, where it ran (or why it waits)."""
+    """Show one task: state, progress, exit code, timing, usage, where each attempt ran
+    (or why it waits)."""
     client = _client(master, secret)
     found = client.task(task_id)
     from cli.render import print_json, stdout, task_details
@@ -303,8 +316,8 @@ def task(
     if json_output:
         print_json(found)
         return
-    waiting = ""
-    if found.get("state") == "PENDING":
+    waiting = str(found.get("pending_reason") or "")  # the master's: a retry's backoff
+    if found.get("state") == "PENDING" and not waiting:
         from cli.why import id_key, pending_reason
 
         slaves_now = client.slaves()
@@ -376,6 +389,7 @@ def kill(
         "cluster logs 7",
         ("cluster logs 7 -f", "follow until the task ends"),
         ("cluster logs 7 --stderr --tail 20", "the last 20 lines of stderr"),
+        ("cluster logs 7 --attempt 1", "the output of its first attempt (after a retry)"),
     )
 )
 def logs(
@@ -396,23 +410,33 @@ def logs(
             help="Only the last N lines (then follow, with -f).",
         ),
     ] = None,
+    attempt: Annotated[
+        int | None,
+        typer.Option(
+            metavar="K",
+            show_default=False,
+            help="Read attempt K (1 is the first) \\[default: the latest].",
+        ),
+    ] = None,
     master: MasterOpt = DEFAULT_MASTER,
     secret: SecretOpt = None,
 ) -> None:
     """Print a task's stdout (or --stderr), read through the master from its slave."""
     if tail is not None and tail < 0:
         bad_value(f"--tail must be 0 or more, got {tail}")
+    if attempt is not None and attempt < 1:
+        bad_value(f"--attempt must be 1 or more (attempts count from 1), got {attempt}")
     client = _client(master, secret)
     stream = "stderr" if stderr_stream else "stdout"
     out = sys.stdout.buffer
     offset = 0
     if tail is not None:
-        offset = _print_tail(client, task_id, stream, tail, out)
+        offset = _print_tail(client, task_id, stream, tail, out, attempt)
         if not follow:
             return
     while True:
         try:
-            chunk = client.logs(task_id, stream, offset)
+            chunk = client.logs(task_id, stream, offset, attempt=attempt)
         except ClusterError as exc:
             if not follow or exc.status != 404:
                 raise
@@ -435,7 +459,9 @@ def logs(
             time.sleep(0.5)
 
 
-def _print_tail(client: MasterClient, task_id: str, stream: str, lines: int, out: Any) -> int:
+def _print_tail(
+    client: MasterClient, task_id: str, stream: str, lines: int, out: Any, attempt: int | None
+) -> int:
     """Print the last `lines` lines of what the log holds now; the offset to follow from.
 
     The master's log API reads forward from an offset, so the log is read through once,
@@ -445,7 +471,7 @@ def _print_tail(client: MasterClient, task_id: str, stream: str, lines: int, out
     kept: deque[bytes] = deque(maxlen=lines + 1)
     offset, partial = 0, b""
     while True:
-        chunk = client.logs(task_id, stream, offset, limit=1 << 20)
+        chunk = client.logs(task_id, stream, offset, limit=1 << 20, attempt=attempt)
         offset = chunk.next_offset
         if chunk.data:
             parts = (partial + chunk.data).split(b"\n")
