@@ -18,7 +18,8 @@ Contract:
   a save that failed is retried with its attempts when the record is re-saved.
 - Memory is bounded: the histories of tasks that are final (terminal, not re-queued) are kept
   for the ``keep_ended`` most recent ones; older ones are read from the database (``history``
-  answers None for them). Histories with rows not yet durable are never dropped.
+  answers None for them). Histories with rows not yet durable are kept longer, up to twice
+  ``keep_ended`` in all (a row the database refuses would otherwise stay for good).
 - Usage is untrusted input from slaves: ``clean_usage`` keeps a sample only when every figure
   is finite, non-negative and bounded, so nothing here can put NaN or 1e308 into JSON.
 - Retries wait ``backoff(retry_delay, n)`` after attempt ``n`` ended: ``retry_delay`` doubled
@@ -195,7 +196,8 @@ class AttemptLog:
         self._ended.move_to_end(rec.id)
         for _ in range(len(self._ended) - self.keep_ended):
             tid, oldest = next(iter(self._ended.items()))
-            if any(a.ended and a.row() != a.saved for a in oldest):
+            if len(self._ended) <= 2 * self.keep_ended and any(
+                    a.ended and a.row() != a.saved for a in oldest):
                 self._ended.move_to_end(tid)  # not durable yet: keep it a while longer
                 break
             del self._ended[tid]
@@ -271,6 +273,13 @@ class AttemptLog:
             a = by_number.get(row["number"])
             if a is not None:
                 a.saved = row
+
+    def remember(self, rec: TaskRecord, rows: list[dict[str, Any]]) -> None:
+        """Attempts of a final task read from the database: kept with the recent ones, so
+        asking again costs no read (unless memory already holds newer ones)."""
+        if rec.is_terminal and rec.id not in self._live and rec.id not in self._ended:
+            attempts = sorted((Attempt.from_row(r) for r in rows), key=lambda a: a.number)
+            self._place(rec, view(rec, attempts))
 
     def recover(self, rec: TaskRecord, rows: list[dict[str, Any]]) -> None:
         """A record loaded at start-up, with its attempts as the database holds them."""

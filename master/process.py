@@ -128,6 +128,7 @@ class Master(ProtobufProcess):
 
     async def finalize(self) -> None:
         libproc.remove_health_check(f"{self.id}.store")
+        self.attempts.close()
         self.events.close()
         try:
             await self.store.flush()

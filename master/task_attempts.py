@@ -142,6 +142,17 @@ class TaskAttempts:
         return (TaskRecord(**rec.to_json()), self.log.history(rec),
                 None if held is None else held[0])
 
+    def _remember(self, tid: str, rows: list[dict[str, Any]]) -> None:
+        rec = self.master.tasks.get(tid)
+        if rec is not None:
+            self.log.remember(rec, rows)
+
+    def close(self) -> None:
+        """The master stops: no retry timer may fire into its successor."""
+        for _, timer in self._held.values():
+            timer.cancel()
+        self._held.clear()
+
     def _slave_url(self, slave_id: str) -> str | None:
         slave = self.master.slaves.get(slave_id)
         if slave is None:
@@ -163,6 +174,8 @@ class TaskAttempts:
                 log.warning("could not read the attempts of task %s: %s", tid, exc)
                 rows = []
             attempts = at.view(rec, [Attempt.from_row(r) for r in rows])
+            if rows:
+                libproc.dispatch(self.master.pid, self._remember, tid, rows)
         return rec, attempts, held
 
     async def detail(self, tid: str) -> dict[str, Any] | None:

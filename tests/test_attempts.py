@@ -225,7 +225,7 @@ def test_view_merges_stored_rows_with_the_live_record() -> None:
     assert stored[0].state == LOST  # copies: the input is untouched
 
 
-def test_final_histories_are_bounded_but_never_before_they_are_durable() -> None:
+def test_final_histories_are_bounded_and_kept_longer_until_durable() -> None:
     log = AttemptLog(keep_ended=3)
     recs = []
     for i in range(10):
@@ -235,7 +235,7 @@ def test_final_histories_are_bounded_but_never_before_they_are_durable() -> None
         assert rec.transition(FINISHED, 101.0, attempt=1, exit_code=0)
         log.observe(rec)
         recs.append(rec)
-    assert len(log) == 10  # nothing durable yet: all kept
+    assert len(log) == 6  # nothing durable yet: kept past the bound, up to twice it
     for rec in recs:
         log.confirm(rec.id, log.rows(rec))
     extra = new("x", retries=0)
@@ -254,6 +254,23 @@ def test_final_histories_are_bounded_but_never_before_they_are_durable() -> None
     assert len(log) == 3
     assert log.history(recs[0]) is None  # forgotten: read it from the database
     assert log.history(new("never")) == []
+
+
+def test_a_history_read_from_the_database_is_remembered() -> None:
+    first = AttemptLog()
+    rec = new(retries=0)
+    assert not run_and_fail(first, rec, "s1", 100.0)
+    rows = first.rows(rec)
+    later = AttemptLog()
+    assert later.history(rec) is None  # not in memory: the caller reads the database
+    later.remember(rec, rows)
+    [attempt] = later.history(rec) or []
+    assert (attempt.slave_id, attempt.exit_code, attempt.launched_at) == ("s1", 1, 100.0)
+    assert later.rows(rec) == []  # nothing to write back
+    live = new("2")
+    assert live.launch("s1", 100.0)
+    later.remember(live, [{**rows[0], "task_id": "2"}])  # only final tasks: a live one's
+    assert later.history(live) is None  # history is the master's own, from its record
 
 
 def test_recover_rebuilds_a_waiting_task_from_its_rows() -> None:
