@@ -14,6 +14,8 @@ Guarantees it keeps:
   change nothing (the state machine refuses them).
 - A slave whose link breaks is `disconnected`; with no contact for `slave_timeout` seconds
   it is `lost`, and its tasks become LOST (re-queued while retries are left).
+- A task re-queued after a failed or lost attempt waits its retry backoff, then prefers
+  another slave (master/task_attempts.py); every attempt is kept and saved with the task.
 - Nothing a slave sends counts unless it is signed by the session of its current
   registration (protos/auth.py), and a status update counts only from the slave that holds
   the task's current attempt; everything we send a slave is signed. A first registration is
