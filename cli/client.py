@@ -99,8 +99,14 @@ class MasterClient:
     def kill(self, task_id: str) -> dict[str, Any]:
         return dict(self._json("POST", f"/master/tasks/{_quote(task_id)}/kill", {}))
 
-    def logs(self, task_id: str, stream: str, offset: int, limit: int = 65536) -> LogChunk:
-        query = urllib.parse.urlencode({"stream": stream, "offset": offset, "limit": limit})
+    def logs(self, task_id: str, stream: str, offset: int, limit: int = 65536,
+             attempt: int | None = None) -> LogChunk:
+        """A chunk of a task's log from `offset`; `attempt`: an earlier one (default: the
+        latest)."""
+        params: dict[str, Any] = {"stream": stream, "offset": offset, "limit": limit}
+        if attempt is not None:
+            params["attempt"] = attempt
+        query = urllib.parse.urlencode(params)
         status, headers, body = self._request(
             "GET", f"/master/tasks/{_quote(task_id)}/logs?{query}"
         )

@@ -42,8 +42,10 @@ def print_log(
     follow: bool = False,
     tail: int | None = None,
     use_events: bool = True,
+    attempt: int | None = None,
 ) -> None:
-    """Print the log (see the module); `tail`: only its last lines, then follow."""
+    """Print the log (see the module); `tail`: only its last lines, then follow;
+    `attempt`: an earlier attempt's (default: the latest)."""
     feed: EventFeed | None = None
     if follow and use_events:
         opened = EventFeed.open(client)  # before the first read: no change is missed
@@ -51,10 +53,10 @@ def print_log(
     try:
         offset = 0
         if tail is not None:
-            offset = print_tail(client, task_id, stream, tail, out)
+            offset = print_tail(client, task_id, stream, tail, out, attempt)
             if not follow:
                 return
-        _Follower(client, task_id, stream, out, feed).run(offset, follow)
+        _Follower(client, task_id, stream, out, feed, attempt).run(offset, follow)
     finally:
         if feed is not None:
             feed.close()
@@ -68,9 +70,11 @@ class _Follower:
         stream: str,
         out: BinaryIO,
         feed: EventFeed | None,
+        attempt: int | None = None,
     ) -> None:
         self.client, self.task_id, self.stream, self.out = client, task_id, stream, out
         self.feed = feed
+        self.attempt = attempt
         self.final = False  # an event or a look at the task said it is final
         self._looked_at = float("-inf")  # when the task was last looked at after a reset
 
@@ -78,7 +82,8 @@ class _Follower:
         idle = IDLE_FIRST
         while True:
             try:
-                chunk = self.client.logs(self.task_id, self.stream, offset, limit=CHUNK)
+                chunk = self.client.logs(self.task_id, self.stream, offset, limit=CHUNK,
+                                         attempt=self.attempt)
             except ClusterError as exc:
                 if not follow or exc.status != 404:
                     raise
@@ -154,7 +159,8 @@ class _Follower:
 
 
 def print_tail(
-    client: MasterClient, task_id: str, stream: str, lines: int, out: BinaryIO
+    client: MasterClient, task_id: str, stream: str, lines: int, out: BinaryIO,
+    attempt: int | None = None,
 ) -> int:
     """Print the last `lines` lines of what the log holds now; the offset to follow from.
 
@@ -163,7 +169,7 @@ def print_tail(
     kept: deque[bytes] = deque(maxlen=lines + 1)
     offset, partial = 0, b""
     while True:
-        chunk = client.logs(task_id, stream, offset, limit=1 << 20)
+        chunk = client.logs(task_id, stream, offset, limit=1 << 20, attempt=attempt)
         offset = chunk.next_offset
         if chunk.data:
             parts = (partial + chunk.data).split(b"\n")

@@ -162,6 +162,15 @@ def submit(
     retries: Annotated[
         int, typer.Option(help="Launch again up to this many times if it FAILS or is LOST.")
     ] = 0,
+    retry_delay: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            show_default=False,
+            help="Wait this long before the first retry, twice as long before each next "
+            "one, at most 60 s (or this, if longer) \\[default: 1].",
+        ),
+    ] = None,
     wait: Annotated[
         bool,
         typer.Option(
@@ -185,12 +194,15 @@ def submit(
         bad_value(f"--count must be between 1 and 10000, got {count}")
     if retries < 0:
         bad_value(f"--retries must be 0 or more, got {retries}")
+    if retry_delay is not None and not 0 <= retry_delay <= 3600:  # NaN fails too
+        bad_value(f"--retry-delay must be from 0 to 3600 seconds, got {retry_delay:g}")
     specs: list[dict[str, Any]] = []
     for i in range(count):
         spec: dict[str, Any] = {"command": text, "retries": retries}
         if name:
             spec["name"] = name if count == 1 else f"{name}-{i + 1}"
-        for key, value in (("cpus", cpus), ("mem", mem), ("timeout", timeout)):
+        for key, value in (("cpus", cpus), ("mem", mem), ("timeout", timeout),
+                           ("retry_delay", retry_delay)):
             if value is not None:
                 spec[key] = value
         specs.append(spec)
@@ -292,7 +304,8 @@ def task(
     master: MasterOpt = DEFAULT_MASTER,
     secret: SecretOpt = None,
 ) -> None:
-    """Show one task: state, progress, exit code, timing, where it ran (or why it waits)."""
+    """Show one task: state, progress, exit code, timing, usage, where each attempt ran
+    (or why it waits)."""
     client = _client(master, secret)
     found = client.task(task_id)
     from cli.render import print_json, stdout, task_details
@@ -300,8 +313,8 @@ def task(
     if json_output:
         print_json(found)
         return
-    waiting = ""
-    if found.get("state") == "PENDING":
+    waiting = str(found.get("pending_reason") or "")  # the master's: a retry's backoff
+    if found.get("state") == "PENDING" and not waiting:
         from cli.watch import why_pending
 
         waiting = why_pending(client, found)
@@ -368,6 +381,7 @@ def kill(
         "cluster logs 7",
         ("cluster logs 7 -f", "follow until the task ends"),
         ("cluster logs 7 --stderr --tail 20", "the last 20 lines of stderr"),
+        ("cluster logs 7 --attempt 1", "the output of its first attempt (after a retry)"),
     )
 )
 def logs(
@@ -388,16 +402,27 @@ def logs(
             help="Only the last N lines (then follow, with -f).",
         ),
     ] = None,
+    attempt: Annotated[
+        int | None,
+        typer.Option(
+            metavar="K",
+            show_default=False,
+            help="Read attempt K (1 is the first) \\[default: the latest].",
+        ),
+    ] = None,
     master: MasterOpt = DEFAULT_MASTER,
     secret: SecretOpt = None,
 ) -> None:
     """Print a task's stdout (or --stderr), read through the master from its slave."""
     if tail is not None and tail < 0:
         bad_value(f"--tail must be 0 or more, got {tail}")
+    if attempt is not None and attempt < 1:
+        bad_value(f"--attempt must be 1 or more (attempts count from 1), got {attempt}")
     from cli.logs import print_log
 
     stream = "stderr" if stderr_stream else "stdout"
-    print_log(_client(master, secret), task_id, stream, sys.stdout.buffer, follow=follow, tail=tail)
+    print_log(_client(master, secret), task_id, stream, sys.stdout.buffer, follow=follow,
+              tail=tail, attempt=attempt)
 
 
 @app.command(

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from rich.console import Console, ConsoleOptions, RenderResult
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.table import Table
 from rich.text import Text
 
@@ -25,6 +25,7 @@ __all__ = [
     "stderr",
     "stdout",
     "task_details",
+    "usage_text",
     "task_label",
     "tasks_table",
 ]
@@ -194,22 +195,77 @@ def _when(epoch: Any) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(epoch)))
 
 
-def _sandbox(task: dict[str, Any]) -> str:
+def _sandbox(task: dict[str, Any], attempt: Any) -> str:
     """Where the slave keeps this attempt's files (slave/executor.py's layout)."""
     slave = task.get("slave_id")
     return (
-        f"sandboxes/{task.get('id')}@{task.get('attempts')} in slave {slave}'s --work-dir "
+        f"sandboxes/{task.get('id')}@{attempt} in slave {slave}'s --work-dir "
         f"(with cluster up: WORK_DIR/slaves/{slave}/)"
     )
 
 
-def task_details(task: dict[str, Any], waiting: str = "") -> Table:
-    """Every field for people; `waiting`: why a PENDING task has not started (cli/why.py)."""
+def _mib(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.1f}"
+
+
+def usage_text(usage: Any) -> str:
+    """`1.25 cpu-s, 20.0 MiB (peak 22.0 MiB), from cgroups v2`, or `-` when none."""
+    if not isinstance(usage, dict):
+        return "-"
+    return (
+        f"{float(usage.get('cpu_seconds') or 0):.2f} cpu-s, {_mib(usage.get('mem_mib'))} MiB "
+        f"(peak {_mib(usage.get('mem_peak_mib'))} MiB), from {usage.get('source') or '?'}"
+    )
+
+
+def attempts_table(attempts: list[dict[str, Any]]) -> _Listing:
+    """One row per attempt: where it ran, when, how it ended, what it used."""
+    rows = []
+    for a in attempts:
+        u = a.get("usage") if isinstance(a.get("usage"), dict) else {}
+        code = a.get("exit_code")
+        rows.append(
+            [
+                str(a.get("attempt", "?")),
+                str(a.get("slave_id") or "-"),
+                state_text(str(a.get("state", ""))),
+                "-" if code is None else str(code),
+                _when(a.get("started_at") or a.get("launched_at")),
+                duration(runtime(a)),
+                "-" if not u else f"{float(u.get('cpu_seconds') or 0):.2f}",
+                _mib(u.get("mem_peak_mib")) if u else "-",
+                " ".join(str(a.get("message") or "-").split()),
+            ]
+        )
+    return _table(
+        [
+            ("ATTEMPT", "right"),
+            ("SLAVE", "left"),
+            ("STATE", "left"),
+            ("EXIT", "right"),
+            ("STARTED", "left"),
+            ("RUNTIME", "right"),
+            ("CPU-S", "right"),
+            ("PEAK MiB", "right"),
+            ("MESSAGE", "left"),
+        ],
+        rows,
+        shrink=8,
+    )
+
+
+def task_details(task: dict[str, Any], waiting: str = "") -> RenderableType:
+    """Every field for people, then every attempt; `waiting`: why a PENDING task has not
+    started (the master's retry backoff, or cli/why.py)."""
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
     state = str(task.get("state", ""))
-    attempts, retries = task.get("attempts", 0), task.get("retries", 0)
+    history = task.get("attempts") if isinstance(task.get("attempts"), list) else []
+    attempts = task.get("attempt") if "attempt" in task else task.get("attempts", 0)
+    retries = task.get("retries", 0)
+    delay = task.get("retry_delay")
+    retry_at = task.get("retry_at")
     rows: list[tuple[str, Any]] = [
         ("id", str(task.get("id"))),
         ("name", str(task.get("name") or "")),
@@ -221,9 +277,15 @@ def task_details(task: dict[str, Any], waiting: str = "") -> Table:
         ("command", Text(str(task.get("command", "")))),
         ("resources", f"{task.get('cpus')} cpus, {task.get('mem')} MiB"),
         ("timeout", "-" if task.get("timeout") is None else duration(task["timeout"])),
-        ("attempts", f"{attempts} (retries allowed: {retries})"),
+        (
+            "attempts",
+            f"{attempts} (retries allowed: {retries}"
+            + (f", {float(delay):g}s apart, doubling)" if retries and delay else ")"),
+        ),
+        *([("retry at", _when(retry_at))] if retry_at is not None else []),
+        ("usage", usage_text(task.get("usage"))),
         ("slave", str(task.get("slave_id") or "-")),
-        *([("sandbox", _sandbox(task))] if task.get("slave_id") and attempts else []),
+        *([("sandbox", _sandbox(task, attempts))] if task.get("slave_id") and attempts else []),
         ("submitted", _when(task.get("submitted_at"))),
         ("started", _when(task.get("started_at"))),
         ("finished", _when(task.get("finished_at"))),
@@ -231,7 +293,9 @@ def task_details(task: dict[str, Any], waiting: str = "") -> Table:
     ]
     for key, value in rows:
         grid.add_row(key, value)
-    return grid
+    if not history:
+        return grid
+    return Group(grid, Text(""), attempts_table(history))
 
 
 def slaves_table(slaves: list[dict[str, Any]]) -> _Listing:
@@ -249,6 +313,7 @@ def slaves_table(slaves: list[dict[str, Any]]) -> _Listing:
                 f"{float(s.get('used_mem') or 0):g}/{float(s.get('mem') or 0):g}",
                 str(len(s.get("tasks") or [])),
                 "-" if last is None else f"{duration(max(0.0, now - float(last)))} ago",
+                " ".join(str(s[k]) for k in ("isolation", "cgroup_version") if s.get(k)) or "-",
             ]
         )
     return _table(
@@ -261,6 +326,7 @@ def slaves_table(slaves: list[dict[str, Any]]) -> _Listing:
             ("MEM MiB", "right"),
             ("TASKS", "right"),
             ("SEEN", "right"),
+            ("ISOLATION", "left"),
         ],
         rows,
         shrink=None,

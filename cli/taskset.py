@@ -61,8 +61,17 @@ def is_final(task: dict[str, Any]) -> bool:
     if state not in TERMINAL:
         return False
     if state in _RETRYABLE:
-        return number(task.get("attempts")) > number(task.get("retries"))
+        return launches(task) > number(task.get("retries"))
     return True
+
+
+def launches(task: dict[str, Any]) -> float:
+    """How many times the task was launched: `attempt` in a task's own view (where
+    `attempts` is the list of them), `attempts` in listings and events."""
+    count = task.get("attempt") if "attempt" in task else task.get("attempts")
+    if isinstance(count, list):
+        return float(len(count))
+    return number(count)
 
 
 def shown_progress(task: dict[str, Any]) -> float:

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from master.tasks import STATES
+from master.tasks import DEFAULT_RETRY_DELAY, STATES
 
 __all__ = ["ApiError", "TaskSpec", "LIMITS", "decode_json", "parse_submit", "parse_task",
            "check_text", "parse_task_id", "parse_states", "parse_log_query", "shown"]
@@ -41,12 +41,13 @@ LIMITS = {
     "max_mem": 16 * 1024 * 1024.0,  # MiB
     "max_timeout": 30 * 24 * 3600.0,
     "max_retries": 100,
+    "max_retry_delay": 3600.0,  # seconds before the first retry (later ones double it)
     "max_log_offset": 2**63 - 1,
     "max_log_limit": 2**31 - 1,
 }
 DEFAULT_CPUS = 0.1
 DEFAULT_MEM = 32.0
-_FIELDS = {"command", "name", "cpus", "mem", "timeout", "retries"}
+_FIELDS = {"command", "name", "cpus", "mem", "timeout", "retries", "retry_delay"}
 LOG_STREAMS = ("stdout", "stderr")
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -71,6 +72,7 @@ class TaskSpec:
     mem: float
     timeout: float | None
     retries: int
+    retry_delay: float = DEFAULT_RETRY_DELAY
 
 
 def shown(value: object, limit: int = 40) -> str:
@@ -204,8 +206,15 @@ def parse_task(item: Any, where: str = "task") -> TaskSpec:
     if isinstance(retries, bool) or not isinstance(retries, int) or not (
             0 <= retries <= LIMITS["max_retries"]):
         raise ApiError(f"{where}: 'retries' must be an integer from 0 to {LIMITS['max_retries']}")
+    retry_delay = item.get("retry_delay")
+    if retry_delay is None:
+        retry_delay = DEFAULT_RETRY_DELAY
+    if isinstance(retry_delay, bool) or not isinstance(retry_delay, (int, float)) or not (
+            0 <= retry_delay <= LIMITS["max_retry_delay"]):  # NaN fails the comparison
+        raise ApiError(f"{where}: 'retry_delay' must be a number of seconds from 0 to "
+                       f"{LIMITS['max_retry_delay']:g}, got {shown(retry_delay, 24)}")
     assert cpus is not None and mem is not None
-    return TaskSpec(command, name, cpus, mem, timeout, retries)
+    return TaskSpec(command, name, cpus, mem, timeout, retries, float(retry_delay))
 
 
 def parse_submit(payload: Any) -> list[TaskSpec]:
@@ -256,7 +265,8 @@ def _count(query: Mapping[str, str], key: str, high: int) -> str | None:
 
 
 def parse_log_query(query: Mapping[str, str]) -> dict[str, str]:
-    """``stream``, ``offset`` and ``limit`` of a log read, checked, as query parameters."""
+    """``stream``, ``offset``, ``limit`` and ``attempt`` (1 or more; whether the task had
+    that attempt is the caller's to check) of a log read, checked, as query parameters."""
     out: dict[str, str] = {}
     stream = query.get("stream")
     if stream is not None:
@@ -267,4 +277,10 @@ def parse_log_query(query: Mapping[str, str]) -> dict[str, str]:
         value = _count(query, key, int(high))
         if value is not None:
             out[key] = value
+    attempt = _count(query, "attempt", int(LIMITS["max_retries"]) + 1)
+    if attempt is not None:
+        if int(attempt) < 1:
+            raise ApiError(f"'attempt' must be 1 or more (attempts count from 1), got "
+                           f"{shown(query['attempt'])}")
+        out["attempt"] = str(int(attempt))
     return out

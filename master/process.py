@@ -14,6 +14,8 @@ Guarantees it keeps:
   change nothing (the state machine refuses them).
 - A slave whose link breaks is `disconnected`; with no contact for `slave_timeout` seconds
   it is `lost`, and its tasks become LOST (re-queued while retries are left).
+- A task re-queued after a failed or lost attempt waits its retry backoff, then prefers
+  another slave (master/task_attempts.py); every attempt is kept and saved with the task.
 - Nothing a slave sends counts unless it is signed by the session of its current
   registration (protos/auth.py), and a status update counts only from the slave that holds
   the task's current attempt; everything we send a slave is signed. A first registration is
@@ -42,6 +44,7 @@ from master.http_api import MasterHttp
 from master.registrar import Registrar
 from master.registry import SlaveInfo
 from master.store import RecordRefused, Store, StoreError
+from master.task_attempts import TaskAttempts
 from master.task_index import TaskIndex, task_key
 from master.tasks import ACTIVE_STATES, STATES, TERMINAL_STATES, TaskRecord
 from protos import cluster_pb2 as pb
@@ -93,6 +96,7 @@ class Master(ProtobufProcess):
                           "progress_reports": 0, "launches": 0, "registrations_refused": 0,
                           "messages_refused": 0, "scheduling_passes": 0,
                           "slaves_forgotten": 0, "records_refused": 0}
+        self.attempts = TaskAttempts(self)  # attempt history, usage, retry backoff
         self._recovering_until: float | None = None
         self._index = TaskIndex()  # the PENDING queue and launched tasks
         self._schedule_queued = False
@@ -113,6 +117,7 @@ class Master(ProtobufProcess):
         for record in self.store.load_tasks_blocking():
             self.tasks[record.id] = record
             self._index.note(record)
+        self.attempts.recover(list(self.tasks.values()))
         active = self._index.active(self.tasks)
         if active:
             # Their slaves get a while to re-register before the tasks are LOST.
@@ -125,6 +130,7 @@ class Master(ProtobufProcess):
 
     async def finalize(self) -> None:
         libproc.remove_health_check(f"{self.id}.store")
+        self.attempts.close()
         self.events.close()
         try:
             await self.store.flush()
@@ -234,8 +240,9 @@ class Master(ProtobufProcess):
     def _task_lost(self, rec: TaskRecord, reason: str, now: float) -> None:
         self._release(rec)
         if rec.transition("LOST", now, message=reason):
-            if rec.requeue(now):
-                log.info("task %s lost (%s); re-queued", rec.id, reason)
+            if self.attempts.requeue(rec, now):
+                log.info("task %s lost (%s); re-queued, retry in %.1fs", rec.id, reason,
+                         self.attempts.retry_in(rec.id))
             self._save(rec)
 
     def _heartbeat(self) -> None:
@@ -300,14 +307,15 @@ class Master(ProtobufProcess):
         if self.store.fault() is not None:
             self._schedule_deferred = True  # nothing can be durably STAGING now
             return
-        pending = self._index.pending(self.tasks)
+        pending = self.attempts.ready(self._index.pending(self.tasks))
         if not pending:
             return
         free = [scheduler.FreeResources(s.id, s.cpus - s.used_cpus, s.mem - s.used_mem)
                 for s in self.slaves.values() if s.state == "active"]
         if not free:
             return
-        assignments = scheduler.schedule(pending, free, spread=True)
+        assignments = scheduler.schedule(pending, free, spread=True,
+                                         avoid=self.attempts.avoid(pending))
         if not assignments:
             return
         now = _now()
@@ -337,6 +345,7 @@ class Master(ProtobufProcess):
                 if rec is not None and rec.state == "STAGING" and rec.attempts == attempt:
                     self._release(rec)
                     rec.unlaunch(now)
+                    self.attempts.observe(rec)
                     self._index.note(rec)
             return
         infos = []
@@ -364,9 +373,12 @@ class Master(ProtobufProcess):
         # learn of it.
         self._index.note(rec)
         self.events.publish_task(rec.to_json())
-        fut = self.store.save(rec)
+        rows = self.attempts.observe(rec)
+        fut = self.store.save(rec, rows)
         self._last_save[rec.id] = fut
         fut.add_done_callback(functools.partial(self._forget_save, rec.id))
+        if rows:
+            fut.add_done_callback(functools.partial(self.attempts.saved, rec.id, rows))
         return fut
 
     def _forget_save(self, tid: str, fut: asyncio.Future[None]) -> None:
@@ -430,6 +442,8 @@ class Master(ProtobufProcess):
             message=update.message if update.HasField("message") else None)
         if applied:
             log.debug("task %s -> %s", tid, state)
+            if update.HasField("usage"):
+                self.attempts.usage(rec, attempt, update.usage, slave.id)
             if state in TERMINAL_STATES:
                 if log.isEnabledFor(logging.INFO):
                     ran = (now - rec.started_at) if rec.started_at else 0.0
@@ -437,9 +451,10 @@ class Master(ProtobufProcess):
                              slave.id, ran, rec.exit_code,
                              f": {shown(rec.message, 80)}" if rec.message else "")
                 self._release(rec)
-                if state in ("FAILED", "LOST") and rec.requeue(now):
-                    log.info("task %s %s (%s); re-queued, attempt %d of %d", tid, state,
-                             rec.message, rec.attempts + 1, rec.retries + 1)
+                if state in ("FAILED", "LOST") and self.attempts.requeue(rec, now):
+                    log.info("task %s %s (%s); re-queued, attempt %d of %d in %.1fs", tid,
+                             state, rec.message, rec.attempts + 1, rec.retries + 1,
+                             self.attempts.retry_in(tid))
             saved: asyncio.Future[Any] = self._save(rec)
             if state in TERMINAL_STATES:
                 self._schedule()
@@ -476,6 +491,8 @@ class Master(ProtobufProcess):
             if rec.state == "STAGING" and task.state == pb.RUNNING and attempt == rec.attempts:
                 rec.transition("RUNNING", now, attempt=attempt)
                 self._save(rec)
+            if task.HasField("usage"):
+                self.attempts.usage(rec, attempt, task.usage, slave.id)
             if rec.set_progress(_progress(task.progress), now, attempt=attempt):
                 self.store.save_progress(rec.id, rec.progress, now)
                 self.events.publish_progress(rec.id, rec.progress, now)

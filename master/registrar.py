@@ -153,7 +153,8 @@ class Registrar:
         now = _now()
         slave = SlaveInfo(slave_id, sender, msg.resources.cpus, msg.resources.mem,
                           credential, self._session(credential, msg.nonce, answer.master_nonce),
-                          msg.hostname, registered_at=now, last_contact=now)
+                          msg.hostname, registered_at=now, last_contact=now,
+                          isolation=registry.isolation_of(msg))
         # Trusted only once it answers with a signed message (see `authenticate`).
         self.pending.add(slave)
         m._send_slave(slave, answer)
@@ -183,7 +184,8 @@ class Registrar:
         now = _now()
         slave = SlaveInfo(slave_id, sender, msg.resources.cpus, msg.resources.mem, credential,
                           self._session(credential, msg.nonce, answer.master_nonce),
-                          msg.hostname, registered_at=now, last_contact=now)
+                          msg.hostname, registered_at=now, last_contact=now,
+                          isolation=registry.isolation_of(msg))
         if not self._admit(slave):
             return
         self._remember(slave_id, credential, msg.sequence)
@@ -247,8 +249,10 @@ class Registrar:
         if not self._admit(slave):
             return False
         self._remember(slave.id, slave.credential, 0)
-        log.info("slave %s registered at %s (%g cpus, %g MiB)", slave.id, slave.pid,
-                 slave.cpus, slave.mem)
+        log.info("slave %s registered at %s (%g cpus, %g MiB, isolation %s%s)", slave.id,
+                 slave.pid, slave.cpus, slave.mem, slave.isolation.get("isolation") or "?",
+                 f" {slave.isolation['cgroup_version']}"
+                 if slave.isolation.get("cgroup_version") else "")
         m._slave_changed(slave)
         m._schedule()
         return True

@@ -1,6 +1,8 @@
 """The master's table of slaves — pure: no I/O, no clock (callers pass `now`).
 
-What a registration must offer (`check_resources`), what the master keeps of each slave
+What a registration must offer (`check_resources`), how it isolates tasks (`isolation_of`:
+untrusted strings, kept only when they are values a slave may send), what the master keeps
+of each slave
 (`SlaveInfo`, whose credential and session are never published: `to_json` leaves them
 out), the first registrations not yet confirmed by a signed message (`Pending`), and the
 bounds: lost and removed slaves leave the table `retention` seconds after they were lost
@@ -18,9 +20,10 @@ from typing import Any
 from libproc import UPID
 from master.task_index import task_key
 from protos import auth
+from protos import cluster_pb2 as pb
 
 __all__ = ["MAX_CPUS", "MAX_MEM", "Pending", "SlaveInfo", "check_resources", "expired",
-           "make_room"]
+           "isolation_of", "make_room"]
 
 MAX_CPUS = 65_536.0
 MAX_MEM = float(1 << 40)  # MiB
@@ -34,6 +37,29 @@ def check_resources(cpus: float, mem: float) -> str | None:
         if value > high:
             return f"{name} must be at most {high:g}, got {value:g}"
     return None
+
+
+_ISOLATION_VALUES = {"isolation": ("cgroups", "none"), "cgroup_version": ("v1", "v2"),
+                     "cpu_limit": ("soft", "hard")}
+MAX_TASK_PIDS = 1 << 22  # the kernel's largest pid_max
+
+
+def isolation_of(msg: pb.RegisterSlaveMessage | pb.ReregisterSlaveMessage) -> dict[str, Any]:
+    """How a registering slave isolates tasks, for /master/slaves: `isolation` ("cgroups",
+    "none"), `cgroup_version` ("v1", "v2", or None without cgroups), `cpu_limit`,
+    `task_pids_max`. A value a slave may not send becomes "unknown"; an older slave that
+    says nothing gets None for each."""
+    out: dict[str, Any] = dict.fromkeys((*_ISOLATION_VALUES, "task_pids_max"))
+    if not msg.HasField("isolation"):
+        return out
+    iso = msg.isolation
+    for key, value in (("isolation", iso.mode), ("cgroup_version", iso.cgroup_version),
+                       ("cpu_limit", iso.cpu_limit)):
+        if value:
+            out[key] = value if value in _ISOLATION_VALUES[key] else "unknown"
+    if iso.HasField("task_pids_max") and iso.task_pids_max <= MAX_TASK_PIDS:
+        out["task_pids_max"] = iso.task_pids_max
+    return out
 
 
 @dataclass
@@ -53,6 +79,7 @@ class SlaveInfo:
     used_cpus: float = 0.0
     used_mem: float = 0.0
     tasks: set[str] = field(default_factory=set)
+    isolation: dict[str, Any] = field(default_factory=dict)  # isolation_of(registration)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,6 +87,7 @@ class SlaveInfo:
             "cpus": self.cpus, "mem": self.mem, "used_cpus": round(self.used_cpus, 6),
             "used_mem": round(self.used_mem, 6), "registered_at": self.registered_at,
             "last_contact": self.last_contact, "tasks": sorted(self.tasks, key=task_key),
+            **self.isolation,
         }
 
 

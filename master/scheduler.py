@@ -11,7 +11,7 @@ Resource arithmetic allows ``EPSILON`` of float slack, so three 0.1-cpu tasks fi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -78,6 +78,7 @@ def schedule(
     *,
     strict_fifo: bool = False,
     spread: bool = False,
+    avoid: Mapping[str, str] | None = None,
 ) -> list[Assignment]:
     """Place as many pending tasks as fit, oldest first, each on the first slave with room.
 
@@ -93,6 +94,10 @@ def schedule(
     With ``spread=True`` each task goes to the slave with the most free cpus among those it
     fits on (ties: list order) instead of the first one, so a burst of small tasks is spread
     over every slave rather than packed onto the first (what the master uses).
+
+    ``avoid`` maps task ids to a slave each should go to only when no other slave has room
+    for it now (the master passes the slave a retried task's last attempt failed on): the
+    task is placed by the same rule among the other slaves, else on that one.
 
     Example:
         >>> schedule([PendingTask("1", 2, 512), PendingTask("2", 4, 512)],
@@ -113,14 +118,20 @@ Assignment(task_id='2', slave_id='s2', cpus=4, mem=512)]
             if strict_fifo:
                 break
             continue
-        chosen = -1
+        chosen = fallback = -1
+        shun = avoid.get(task.id) if avoid else None
         for i in range(len(names)):
             if task.cpus <= free_cpus[i] + EPSILON and task.mem <= free_mem[i] + EPSILON:
+                if shun is not None and names[i] == shun:
+                    fallback = i
+                    continue
                 if not spread:
                     chosen = i
                     break
                 if chosen < 0 or free_cpus[i] > free_cpus[chosen] + EPSILON:
                     chosen = i
+        if chosen < 0:
+            chosen = fallback
         if chosen < 0:
             if strict_fifo:
                 break

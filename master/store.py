@@ -32,7 +32,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +70,7 @@ class _Op:
 
     work: _Work | None = None
     save: dict[str, Any] | None = None
+    attempts: Sequence[dict[str, Any]] = ()  # attempt rows saved with `save`
     # (n, sequence, make): allocate n numbers; with make, insert make(numbers) as new tasks
     numbers: tuple[int, str, Callable[[list[int]], list[TaskRecord]] | None] | None = None
     solo: bool = False
@@ -190,8 +191,10 @@ class Store:
 
     # -- async API (event-loop thread only) ----------------------------------------------
 
-    def save(self, record: TaskRecord) -> asyncio.Future[None]:
-        """Upsert the whole record as it is now; the future resolves once it is committed.
+    def save(self, record: TaskRecord,
+             attempts: Sequence[dict[str, Any]] = ()) -> asyncio.Future[None]:
+        """Upsert the whole record as it is now, and with it `attempts` (rows of the
+        ``attempts`` table, in the same transaction); the future resolves once committed.
 
         Supersedes any queued ``save_progress`` for the task (the record carries its
         progress). Fails with ``StoreUnavailable`` (try again later) or ``RecordRefused``
@@ -201,7 +204,29 @@ class Store:
         with self._cond:
             self._check_open()
             self._progress.pop(record.id, None)
-        return self._submit(_Op(save=snapshot))
+        return self._submit(_Op(save=snapshot, attempts=tuple(attempts)))
+
+    def load_attempts(self, task_id: str) -> asyncio.Future[list[dict[str, Any]]]:
+        """The stored attempt rows of one task, oldest first (a read, in queue order)."""
+
+        def work(session: Session) -> list[dict[str, Any]]:
+            return schema.load_attempts(session, [task_id]).get(task_id, [])
+
+        return self._submit(_Op(work=work, solo=True))
+
+    def load_attempts_blocking(self, task_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """``load_attempts`` of many tasks for start-up code not yet on the loop."""
+
+        def work(session: Session) -> dict[str, list[dict[str, Any]]]:
+            return schema.load_attempts(session, task_ids)
+
+        try:
+            result: dict[str, list[dict[str, Any]]] = self._submit_blocking(
+                _Op(work=work, solo=True))
+        except Exception as exc:  # noqa: BLE001 - any driver error becomes a StoreError
+            raise StoreError(f"cannot read attempts from {self.url}: {db_message(exc)}"
+                             ) from None
+        return result
 
     def create_tasks(
         self, make: Callable[[list[int]], list[TaskRecord]], n: int, sequence: str = "task"
@@ -510,12 +535,15 @@ class Store:
     ) -> tuple[list[Any], int]:
         results: list[Any] = []
         saves: dict[str, dict[str, Any]] = {}
+        attempts: dict[tuple[str, int], dict[str, Any]] = {}
         last: dict[str, int] = {}  # sequence -> last number handed out in this transaction
         new: list[dict[str, Any]] = []
         for op in ops:
             result: Any = None
             if op.save is not None:
                 saves[op.save["id"]] = op.save
+                for row in op.attempts:
+                    attempts[(row["task_id"], row["number"])] = row
             elif op.numbers is not None:  # one read and one write per sequence and batch
                 n, sequence, make = op.numbers
                 first = last[sequence] if sequence in last else schema.last_number(
@@ -532,6 +560,8 @@ class Store:
             schema.set_last_number(session, sequence, number)
         schema.insert_new(session, new)
         rows = len(new) + (schema.upsert(session, list(saves.values())) if saves else 0)
+        if attempts:
+            rows += schema.upsert_attempts(session, list(attempts.values()))
         if progress:
             try:
                 # A savepoint: progress is best effort and must never sink the batch's saves.

@@ -45,6 +45,45 @@ class TaskRow(Base):
     started_at: Mapped[float | None] = mapped_column(sa.Float)
     finished_at: Mapped[float | None] = mapped_column(sa.Float)
     updated_at: Mapped[float | None] = mapped_column(sa.Float)
+    retry_delay: Mapped[float | None] = mapped_column(sa.Float)
+
+
+class AttemptRow(Base):
+    """One ended attempt of a task (master/attempts.py's ``Attempt.row()``); written in the
+    transaction that saves the task, keyed by task id and attempt number."""
+
+    __tablename__ = "attempts"
+
+    task_id: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    number: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    slave_id: Mapped[str | None] = mapped_column(sa.String(255))
+    state: Mapped[str] = mapped_column(sa.String(16))
+    launched_at: Mapped[float | None] = mapped_column(sa.Float)
+    started_at: Mapped[float | None] = mapped_column(sa.Float)
+    finished_at: Mapped[float | None] = mapped_column(sa.Float)
+    exit_code: Mapped[int | None] = mapped_column(sa.Integer)
+    message: Mapped[str] = mapped_column(sa.Text)
+    cpu_seconds: Mapped[float | None] = mapped_column(sa.Float)
+    mem_mib: Mapped[float | None] = mapped_column(sa.Float)
+    mem_peak_mib: Mapped[float | None] = mapped_column(sa.Float)
+    usage_source: Mapped[str | None] = mapped_column(sa.String(32))
+    usage_at: Mapped[float | None] = mapped_column(sa.Float)
+
+
+#: Columns added to existing tables since SCHEMA_VERSION 1, with their SQL type and default:
+#: a database made by an older master gets them at open (additive, so the version stays).
+_ADDED_COLUMNS: dict[str, list[tuple[str, str]]] = {
+    "tasks": [("retry_delay", "FLOAT DEFAULT 1.0")],
+}
+
+
+def _add_missing_columns(session: Session) -> None:
+    inspector = sa.inspect(session.connection())
+    for table, columns in _ADDED_COLUMNS.items():
+        have = {c["name"] for c in inspector.get_columns(table)}
+        for name, ddl in columns:
+            if name not in have:
+                session.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}"))
 
 
 class MetaRow(Base):
@@ -58,7 +97,8 @@ class MetaRow(Base):
 
 def initialize(session: Session) -> str:
     """Create the tables, check the schema version, write (proving we can), return master_id."""
-    Base.metadata.create_all(session.connection())
+    Base.metadata.create_all(session.connection())  # new tables (attempts) included
+    _add_missing_columns(session)
     version = session.get(MetaRow, "schema_version")
     if version is not None and version.value != SCHEMA_VERSION:
         raise StoreError(
@@ -82,7 +122,41 @@ def probe(session: Session) -> None:
 def load_tasks(session: Session) -> list[TaskRecord]:
     table = Base.metadata.tables["tasks"]
     stmt = sa.select(table).order_by(table.c.submitted_at, sa.func.length(table.c.id), table.c.id)
-    return [TaskRecord.from_json(dict(row)) for row in session.execute(stmt).mappings()]
+    return [TaskRecord.from_json({k: v for k, v in row.items() if v is not None or k
+                                  not in _NOT_NULL}) for row in session.execute(stmt).mappings()]
+
+
+_NOT_NULL = frozenset({"retry_delay"})  # a NULL here (a row of an older master): the default
+
+
+def upsert_attempts(session: Session, rows: list[dict[str, Any]]) -> int:
+    """Insert or update attempt rows by (task_id, number); portable, as ``upsert``."""
+    table = AttemptRow.__table__
+    ids = sorted({r["task_id"] for r in rows})
+    known: set[tuple[str, int]] = set()
+    for i in range(0, len(ids), 500):
+        stmt = sa.select(table.c.task_id, table.c.number).where(
+            table.c.task_id.in_(ids[i : i + 500]))
+        known.update((t, n) for t, n in session.execute(stmt))
+    new = [r for r in rows if (r["task_id"], r["number"]) not in known]
+    old = [r for r in rows if (r["task_id"], r["number"]) in known]
+    if new:
+        session.execute(sa.insert(AttemptRow), new)
+    if old:
+        session.execute(sa.update(AttemptRow), old)
+    return len(rows)
+
+
+def load_attempts(session: Session, task_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """The stored attempts of these tasks, by task id, oldest first."""
+    table = AttemptRow.__table__
+    out: dict[str, list[dict[str, Any]]] = {}
+    for i in range(0, len(task_ids), 500):
+        stmt = (sa.select(table).where(table.c.task_id.in_(task_ids[i : i + 500]))
+                .order_by(table.c.task_id, table.c.number))
+        for row in session.execute(stmt).mappings():
+            out.setdefault(row["task_id"], []).append(dict(row))
+    return out
 
 
 def last_number(session: Session, sequence: str) -> int:

@@ -2,7 +2,7 @@
 
     GET  /master/tasks[?state=A,B]      POST /master/tasks          (submit)
     GET  /master/tasks/<id>             POST /master/tasks/<id>/kill
-    GET  /master/tasks/<id>/logs[?stream=&offset=&limit=]
+    GET  /master/tasks/<id>/logs[?stream=&offset=&limit=&attempt=]
 
 `TaskHttp(master)` serves them for a `Master`, mounted on its router by `master/http_api.py`
 (which checks methods, the secret and cross-site writes). The endpoints run outside the
@@ -85,7 +85,7 @@ class TaskHttp:
             tid = parse_task_id(match["id"])
         except ApiError as exc:
             return error(exc.status, str(exc))
-        task: dict[str, Any] | None = await libproc.dispatch(self.master.pid, self._task, tid)
+        task = await self.master.attempts.detail(tid)  # with its attempts and usage
         if task is None:
             return error(404, f"no task with id {shown(tid)}")
         return web.json_response(task)
@@ -104,8 +104,8 @@ class TaskHttp:
             params = parse_log_query(request.query)
         except ApiError as exc:
             return error(exc.status, str(exc))
-        source: tuple[str, str, int] | str = await libproc.dispatch(
-            self.master.pid, self._log_source, tid)
+        attempt = params.pop("attempt", None)  # default: the latest attempt
+        source = await self.master.attempts.log_source(tid, int(attempt) if attempt else None)
         if isinstance(source, str):
             return error(404, source)
         return await _proxy_logs(tid, source, params)
@@ -118,26 +118,11 @@ class TaskHttp:
             tasks = [t for t in tasks if t.state in wanted]
         return [t.to_json() for t in sorted(tasks, key=lambda t: task_key(t.id))]
 
-    def _task(self, tid: str) -> dict[str, Any] | None:
-        rec = self.master.tasks.get(tid)
-        return None if rec is None else rec.to_json()
-
     def _kill_id(self, tid: str) -> Any:
         rec = self.master.tasks.get(tid)
         if rec is None:
             return error(404, f"no task with id {shown(tid)}")
         return self._kill(rec)
-
-    def _log_source(self, tid: str) -> tuple[str, str, int] | str:
-        """(slave id, its /logs URL, attempt) of a task, or why there is none."""
-        rec = self.master.tasks.get(tid)
-        if rec is None:
-            return f"no task with id {shown(tid)}"
-        slave = self.master.slaves.get(rec.slave_id or "")
-        if slave is None:
-            return f"task {rec.id} has no slave to read logs from (state {rec.state})"
-        return (slave.id, f"http://{slave.pid.host}:{slave.pid.port}/{slave.pid.id}/logs",
-                max(rec.attempts, 1))
 
     # -- submit --------------------------------------------------------------------------
 
@@ -294,5 +279,6 @@ async def _read_body(request: web.BaseRequest) -> bytes:
 def _new_tasks(specs: list[TaskSpec], now: float, numbers: list[int]) -> list[TaskRecord]:
     """The records of a submit, once the store has allocated their numbers (pure)."""
     return [TaskRecord.new(str(n), command=spec.command, cpus=spec.cpus, mem=spec.mem,
-                           now=now, name=spec.name, timeout=spec.timeout, retries=spec.retries)
+                           now=now, name=spec.name, timeout=spec.timeout, retries=spec.retries,
+                           retry_delay=spec.retry_delay)
             for n, spec in zip(numbers, specs, strict=True)]

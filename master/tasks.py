@@ -48,6 +48,9 @@ _ALLOWED: dict[str, frozenset[str]] = {
 
 RejectionKind = Literal["duplicate", "stale_attempt", "illegal"]
 
+#: Seconds between a failed attempt and the next by default (doubling; master/attempts.py).
+DEFAULT_RETRY_DELAY = 1.0
+
 
 @dataclass(frozen=True)
 class Rejection:
@@ -70,7 +73,8 @@ class TaskRecord:
 
     ``attempts`` counts launches so far (0 while never launched); slaves echo it as the
     ``attempt`` of their updates, which is how updates from an earlier run are told apart.
-    ``retries`` is how many *extra* launches are allowed after the first.
+    ``retries`` is how many *extra* launches are allowed after the first; ``retry_delay``
+    the seconds to wait before the first of them (doubling for each later one).
     """
 
     id: str
@@ -90,6 +94,7 @@ class TaskRecord:
     started_at: float | None = None
     finished_at: float | None = None
     updated_at: float | None = None
+    retry_delay: float = DEFAULT_RETRY_DELAY
 
     @classmethod
     def new(
@@ -103,6 +108,7 @@ class TaskRecord:
         name: str = "",
         timeout: float | None = None,
         retries: int = 0,
+        retry_delay: float = DEFAULT_RETRY_DELAY,
     ) -> TaskRecord:
         """A freshly submitted PENDING task; ``name`` defaults to the id."""
         return cls(
@@ -113,6 +119,7 @@ class TaskRecord:
             mem=float(mem),
             timeout=timeout,
             retries=retries,
+            retry_delay=retry_delay,
             submitted_at=now,
             updated_at=now,
         )

@@ -460,7 +460,7 @@ def lose_slave(c: Cluster, how: str, retries: int) -> float:
     )
     log(
         f"task {task_id}: {after['state']} on {after['slave_id'] or '-'} "
-        f"(attempt {after['attempts']}, {after['message'] or 'no message'}) "
+        f"(attempt {after['attempt']}, {after['message'] or 'no message'}) "
         f"{seconds:.1f}s after docker {how}"
     )
     if after["state"] != "LOST":  # leave nothing running on the remaining slaves

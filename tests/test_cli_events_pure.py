@@ -178,3 +178,15 @@ def test_a_board_of_ten_thousand_tasks_draws_twenty_rows_from_kept_totals() -> N
     assert len(text.splitlines()) == 22  # 20 rows, "+N more", total
     view.update(_task("9999", "FINISHED", 3.0, 1.0))
     assert view.rows(20) is not rows and view.done
+
+
+def test_a_task_is_final_by_its_launches_in_listings_and_in_its_own_view() -> None:
+    from cli.taskset import is_final
+
+    listed = {"id": "1", "state": "FAILED", "attempts": 1, "retries": 0}
+    detail = {"id": "1", "state": "FAILED", "attempt": 1, "retries": 0,
+              "attempts": [{"attempt": 1, "state": "FAILED"}]}
+    retrying = {**detail, "retries": 1}
+    assert is_final(listed) and is_final(detail)
+    assert not is_final(retrying)  # its retry comes
+    assert not is_final({**listed, "retries": 1})

@@ -306,10 +306,10 @@ def test_up_links_each_slave_directory_by_the_slave_id(up: tuple[str, Path]) -> 
     tid = _submit(master, "echo in-the-sandbox")
     assert run_cli("wait", tid, "--timeout", "20", master=master).returncode == 0
     task = run_json("task", tid, master=master)
-    sandbox = work / "slaves" / task["slave_id"] / "sandboxes" / f"{tid}@{task['attempts']}"
+    sandbox = work / "slaves" / task["slave_id"] / "sandboxes" / f"{tid}@{task['attempt']}"
     assert (sandbox / "stdout").read_text() == "in-the-sandbox\n"
     shown = run_cli("task", tid, master=master).stdout
-    assert f"sandboxes/{tid}@{task['attempts']}" in " ".join(shown.split())
+    assert f"sandboxes/{tid}@{task['attempt']}" in " ".join(shown.split())
 
 
 def test_piped_tasks_listing_has_no_padding_and_whole_ids(up: tuple[str, Path]) -> None:

@@ -43,10 +43,10 @@ def test_task_of_a_sigkilled_slave_is_retried_on_the_other_slave(cluster: Cluste
     api = cluster.api
     tid = api.submit_one("sleep 1.5; echo done-$TASK_ATTEMPT", retries=1)
     first = api.wait_state(tid, "RUNNING", timeout=5)
-    assert first["attempts"] == 1
+    assert first["attempt"] == 1
     victim = cluster.slave_on(first["slave_id"])
     victim.kill()
-    task = api.wait_task(tid, lambda t: t["state"] in TERMINAL and t["attempts"] == 2,
+    task = api.wait_task(tid, lambda t: t["state"] in TERMINAL and t["attempt"] == 2,
                          timeout=15, what="the second attempt to end")
     assert task["state"] == "FINISHED" and task["exit_code"] == 0, task
     assert task["slave_id"] != first["slave_id"]
@@ -66,9 +66,9 @@ def test_task_without_retries_is_not_rerun_after_its_slave_dies(cluster: Cluster
     first = api.wait_state(tid, "RUNNING", timeout=5)
     cluster.slave_on(first["slave_id"]).kill()
     task = api.wait_state(tid, TERMINAL, timeout=10)
-    assert (task["state"], task["attempts"]) == ("LOST", 1)
+    assert (task["state"], task["attempt"]) == ("LOST", 1)
     time.sleep(0.5)  # a wrong re-queue would launch it again by now
-    assert api.task(tid)["state"] == "LOST" and api.task(tid)["attempts"] == 1
+    assert api.task(tid)["state"] == "LOST" and api.task(tid)["attempt"] == 1
 
 
 def test_sigkilled_master_restarted_on_the_same_db_recovers_running_tasks(

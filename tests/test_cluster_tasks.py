@@ -73,7 +73,11 @@ def test_task_object_has_every_documented_key(cluster: Cluster) -> None:
     task = cluster.api.wait_state(tid, "FINISHED")
     assert set(task) == {"id", "name", "command", "cpus", "mem", "timeout", "retries", "state",
                          "progress", "exit_code", "message", "slave_id", "attempts",
-                         "submitted_at", "started_at", "finished_at", "updated_at"}
+                         "submitted_at", "started_at", "finished_at", "updated_at",
+                         "retry_delay", "attempt", "usage", "retry_at", "pending_reason"}
+    listed = {t["id"]: t for t in cluster.api.tasks()}[tid]  # the list: the record only
+    assert set(listed) == set(task) - {"usage", "attempt", "retry_at", "pending_reason"}
+    assert listed["attempts"] == task["attempt"] == len(task["attempts"]) == 1
     assert (task["id"], task["name"], task["command"]) == (tid, "keys", "true")
     assert (task["cpus"], task["mem"], task["timeout"], task["retries"]) == (0.5, 64, 30, 2)
 

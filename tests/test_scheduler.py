@@ -127,7 +127,8 @@ def test_spread_still_respects_memory_and_fifo() -> None:
 
 
 def _reference_schedule(pending: list[PendingTask], slaves: list[FreeResources],
-                        spread: bool) -> list[tuple[str, str]]:
+                        spread: bool, avoid: dict[str, str] | None = None
+                        ) -> list[tuple[str, str]]:
     """The placement rule written the slow, obvious way (no shortcuts), to compare against."""
     free = {s.slave_id: [s.cpus, s.mem] for s in slaves}
     out = []
@@ -136,6 +137,8 @@ def _reference_schedule(pending: list[PendingTask], slaves: list[FreeResources],
                    if t.cpus <= free[s.slave_id][0] + 1e-9 and t.mem <= free[s.slave_id][1] + 1e-9]
         if not fitting:
             continue
+        others = [sid for sid in fitting if sid != (avoid or {}).get(t.id)]
+        fitting = others or fitting  # the avoided slave only when no other has room
         chosen = fitting[0]
         if spread:
             for sid in fitting:
@@ -154,14 +157,34 @@ def _reference_schedule(pending: list[PendingTask], slaves: list[FreeResources],
                               st.sampled_from([0.0, 128.0, 512.0, 2048.0])),
                     min_size=1, max_size=4),
     spread=st.booleans(),
+    avoided=st.lists(st.tuples(st.integers(0, 39), st.integers(0, 4)), max_size=20),
 )
 def test_skipping_demands_that_already_failed_changes_no_placement(
         demands: list[tuple[float, float]], slaves: list[tuple[float, float]],
-        spread: bool) -> None:
+        spread: bool, avoided: list[tuple[int, int]]) -> None:
     pending = [PendingTask(str(i), c, m) for i, (c, m) in enumerate(demands)]
     free = [FreeResources(f"s{i}", c, m) for i, (c, m) in enumerate(slaves)]
+    avoid = {str(t): f"s{s}" for t, s in avoided}  # some name no slave, which is harmless
     assert placed(schedule(pending, free, spread=spread)) == _reference_schedule(
         pending, free, spread)
+    assert placed(schedule(pending, free, spread=spread, avoid=avoid)) == _reference_schedule(
+        pending, free, spread, avoid)
+
+
+def test_a_retried_task_goes_to_another_slave_when_one_has_room() -> None:
+    slaves = [FreeResources("s1", 4, 4096), FreeResources("s2", 1, 4096)]
+    retried = [PendingTask("7", 1, 64)]
+    assert placed(schedule(retried, slaves, spread=True)) == [("7", "s1")]
+    assert placed(schedule(retried, slaves, spread=True, avoid={"7": "s1"})) == [("7", "s2")]
+    assert placed(schedule(retried, slaves, avoid={"7": "s1"})) == [("7", "s2")]  # first fit
+
+
+def test_a_retried_task_goes_back_to_its_slave_when_no_other_has_room() -> None:
+    slaves = [FreeResources("s1", 4, 4096), FreeResources("s2", 0.5, 4096)]
+    pending = [PendingTask("7", 1, 64), PendingTask("8", 0.5, 64)]
+    # "7" fits only on s1, the one it failed on: placed there rather than left waiting.
+    result = schedule(pending, slaves, spread=True, avoid={"7": "s1", "8": "s2"})
+    assert placed(result) == [("7", "s1"), ("8", "s1")]
 
 
 def test_a_long_queue_of_tasks_that_cannot_fit_is_skipped_cheaply() -> None:

@@ -24,7 +24,7 @@ from protos import cluster_pb2
 API_KEYS = {
     "id", "name", "command", "cpus", "mem", "timeout", "retries", "state", "progress",
     "exit_code", "message", "slave_id", "attempts", "submitted_at", "started_at",
-    "finished_at", "updated_at",
+    "finished_at", "updated_at", "retry_delay",
 }  # fmt: skip
 
 

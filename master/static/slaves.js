@@ -20,6 +20,7 @@ function renderCard(card, s, highlight) {
   field(card, 'pid').replaceChildren(el('code', {text: s.pid || '-'}));
   field(card, 'contact').textContent = fmtAgo(s.last_contact);
   field(card, 'contact').dataset.epoch = String(s.last_contact ?? '');
+  field(card, 'isolation').textContent = [s.isolation, s.cgroup_version].filter(Boolean).join(' ') || '-';
   field(card, 'resources').replaceChildren(
     resource(s.used_cpus || 0, s.cpus || 0, '', 'cpus', s.state),
     resource(s.used_mem || 0, s.mem || 0, ' MiB', 'mem', s.state));

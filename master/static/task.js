@@ -6,7 +6,8 @@ import {newer} from './tasks.js';
 
 const LOG_CHUNK = 65536;
 const LOG_KEEP = 1 << 20;  // characters of log kept on the page (the start is trimmed)
-const TIME_FIELDS = new Set(['submitted_at', 'started_at', 'finished_at', 'updated_at']);
+const TIME_FIELDS = new Set(['submitted_at', 'started_at', 'finished_at', 'updated_at',
+  'launched_at', 'retry_at', 'timestamp']);
 
 function value(key, v, t) {
   if (v === null || v === undefined || v === '') return '-';
@@ -20,29 +21,43 @@ function value(key, v, t) {
   if (key === 'command') return el('code', {text: v});
   if (TIME_FIELDS.has(key)) return el('time', {datetime: new Date(v * 1000).toISOString(), text: fmtTime(v)});
   if (key === 'mem') return `${fmtNum(v)} MiB`;
-  if (key === 'timeout') return fmtDuration(v);
+  if (key === 'timeout' || key === 'retry_delay') return fmtDuration(v);
   if (typeof v === 'object') return el('code', {text: JSON.stringify(v)});
   return String(v);
 }
 
 function usageTable(usage) {
   const rows = Object.entries(usage).map(([k, v]) => el('tr', {},
-    el('th', {scope: 'row', text: k}),
-    el('td', {class: 'num', text: typeof v === 'number' ? fmtNum(v) : String(v)})));
-  return el('table', {class: 'usage'}, el('tbody', {}, ...rows));
+    el('th', {scope: 'row', text: k.replace(/_/g, ' ')}),
+    el('td', {class: 'num', text: v === null || v === undefined ? '-'
+      : TIME_FIELDS.has(k) && typeof v === 'number' ? fmtTime(v)
+        : typeof v === 'number' ? fmtNum(v) : String(v)})));
+  return el('table', {class: 'usage', id: 'task-usage'}, el('tbody', {}, ...rows));
 }
 
-function attemptsTable(attempts) {
+// One usage object (cpu_seconds, mem_mib, mem_peak_mib, source) in a few words.
+function usageText(u) {
+  if (!u || typeof u !== 'object') return '-';
+  return `${fmtNum(u.cpu_seconds ?? 0)} cpu-s, peak ${fmtNum(u.mem_peak_mib ?? 0)} MiB (${u.source ?? '?'})`;
+}
+
+// GET /master/tasks/<id>'s `attempts`: [{attempt, slave_id, state, launched_at, started_at,
+// finished_at, exit_code, message, usage}], each with a link to its own output.
+function attemptsTable(id, attempts) {
   const keys = [...new Set(attempts.flatMap((a) => Object.keys(a)))];
-  return el('div', {class: 'table-wrap'}, el('table', {},
+  return el('div', {class: 'table-wrap'}, el('table', {id: 'task-attempts'},
     el('caption', {text: `${attempts.length} attempt${attempts.length === 1 ? '' : 's'}`}),
-    el('thead', {}, el('tr', {}, ...keys.map((k) => el('th', {scope: 'col', text: k})))),
+    el('thead', {}, el('tr', {}, ...keys.map((k) => el('th', {scope: 'col', text: k.replace(/_/g, ' ')})),
+      el('th', {scope: 'col', text: 'output'}))),
     el('tbody', {}, ...attempts.map((a) => el('tr', {}, ...keys.map((k) => {
       const v = a[k];
       if (k === 'state' && v) return el('td', {}, stateBadge(v));
+      if (k === 'slave_id' && v) return el('td', {}, el('a', {href: `#/slaves/${encodeURIComponent(v)}`, text: v}));
+      if (k === 'usage') return el('td', {text: usageText(v)});
       if (TIME_FIELDS.has(k) && typeof v === 'number') return el('td', {text: fmtTime(v)});
-      return el('td', {text: v === null || v === undefined ? '-' : typeof v === 'object' ? JSON.stringify(v) : String(v)});
-    }))))));
+      return el('td', {text: v === null || v === undefined || v === '' ? '-' : typeof v === 'object' ? JSON.stringify(v) : String(v)});
+    }), el('td', {}, el('a', {href: `/master/tasks/${encodeURIComponent(id)}/logs?attempt=${encodeURIComponent(a.attempt)}`, text: 'stdout'}),
+      ' ', el('a', {href: `/master/tasks/${encodeURIComponent(id)}/logs?stream=stderr&attempt=${encodeURIComponent(a.attempt)}`, text: 'stderr'})))))));
 }
 
 // Asks for the secret in the page's <dialog>; resolves to it, or '' when cancelled.
@@ -107,10 +122,12 @@ export function mount(root, {id}) {
     facts.append(el('dt', {text: 'runtime'}), el('dd', {'data-key': 'runtime', text: fmtDuration(runtime(task))}));
     killBtn.hidden = TERMINAL.has(task.state);
     extra.replaceChildren();
+    if (task.pending_reason) extra.append(el('p', {class: 'muted', id: 'retry-note', role: 'status', text: task.pending_reason}));
     if (task.usage && typeof task.usage === 'object') extra.append(el('h3', {text: 'usage'}), usageTable(task.usage));
-    if (Array.isArray(task.attempts)) extra.append(attemptsTable(task.attempts));
+    if (Array.isArray(task.attempts) && task.attempts.length) extra.append(attemptsTable(task.id, task.attempts));
     if (!extra.childElementCount) {
-      extra.append(el('p', {class: 'muted', text: `attempts: ${task.attempts ?? 0} (retries allowed: ${task.retries ?? 0}); the master reports no resource usage for this task`}));
+      const count = task.attempt ?? (Array.isArray(task.attempts) ? task.attempts.length : task.attempts ?? 0);
+      extra.append(el('p', {class: 'muted', text: `attempts: ${count} (retries allowed: ${task.retries ?? 0}); the master reports no resource usage for this task`}));
     }
     document.getElementById('log-raw').href = `/master/tasks/${encodeURIComponent(id)}/logs?stream=${stream}`;
   }
@@ -206,8 +223,10 @@ export function mount(root, {id}) {
     unmount() { gone = true; clearInterval(logTimer); },
     onEvent(ev) {
       if (ev.type === 'task' && String(ev.task.id) === String(id)) {
+        // An event carries the record only (`attempts` is a count there): fetch the page's
+        // whole task again, with its attempts and usage.
         if (!newer(ev.task, task)) return;
-        task = ev.task; renderFacts();
+        load();
         if (!eof) pullLog();
       } else if (ev.type === 'progress' && task && !TERMINAL.has(task.state)) {
         const item = ev.tasks.find((x) => String(x.id) === String(id));
