@@ -111,11 +111,10 @@ class Store:
         or a plain path meaning a SQLite file. Every lock wait lasts ``busy_timeout``
         seconds at most (SQLite's busy timeout, PostgreSQL's ``lock_timeout``). SQLite gets
         WAL and synchronous=NORMAL; PostgreSQL ``postgres``' timeouts (``PgTuning``), TCP
-        keepalives, a ping before reusing a connection and a watchdog for a server that
-        stops answering. Blocks until the tables exist and a test write has committed
-        (masters opening one empty database at once take turns). A SQLite file is then
-        watched (its identity and mode, every ``probe_interval`` seconds and around each
-        commit).
+        keepalives and a watchdog for a server that stops answering. Blocks until the
+        tables exist and a test write has committed (masters opening one empty database at
+        once take turns). A SQLite file is then watched (its identity and mode, every
+        ``probe_interval`` seconds and around each commit).
 
         Raises:
             StoreError: the URL does not parse or names another database, its driver is
@@ -132,8 +131,11 @@ class Store:
         tuning = postgres or PgTuning()
         options: dict[str, Any] = {}
         if postgresql:
-            options = {"pool_pre_ping": True,
-                       "connect_args": postgres_connect_args(parsed, busy_timeout, tuning)}
+            # No pool_pre_ping: it costs a round trip per transaction, and a pooled
+            # connection found dead (the server restarted) is already replaced and the
+            # transaction tried again on it, before COMMIT (store_writer); SQLAlchemy then
+            # recycles the whole pool.
+            options = {"connect_args": postgres_connect_args(parsed, busy_timeout, tuning)}
         try:
             engine = sa.create_engine(parsed, **options)
         except ArgumentError as exc:

@@ -34,11 +34,14 @@ def claim(session: Session, owner: str) -> int:
                                .returning(LEADERSHIP.c.epoch)).scalar_one())
 
 
+# Built once: it runs at the start of every write transaction of a claimed store.
+_CURRENT = (sa.select(LEADERSHIP.c.epoch, LEADERSHIP.c.owner)
+            .where(LEADERSHIP.c.id == _ROW).with_for_update(read=True))
+
+
 def current(session: Session) -> tuple[int, str] | None:
     """(epoch, owner) of the last claim, locked against claims until this transaction ends."""
-    row = session.execute(
-        sa.select(LEADERSHIP.c.epoch, LEADERSHIP.c.owner).where(LEADERSHIP.c.id == _ROW)
-        .with_for_update(read=True)).first()
+    row = session.execute(_CURRENT).first()
     return None if row is None else (int(row.epoch), str(row.owner))
 
 

@@ -113,7 +113,6 @@ _OPEN_ADVICE = {
     "was refused; is it running and listening there? ({error})",
     "timeout expired": "cannot reach the PostgreSQL server of {where}: it did not answer "
     "in time; is the address right, and the server running? ({error})",
-    "stopped answering": "{error}",
 }
 
 

@@ -12,8 +12,10 @@ authentication, within ``probe_timeout`` seconds. If it answers, the request is 
 and is left alone (the server's own timeouts bound it; the question is asked again every
 ``stall`` seconds). If not, every connection of the engine is shut down (``shutdown(2)`` on
 a duplicate of its socket, so a descriptor reused meanwhile is never touched): the blocked
-call fails at once as a lost connection, which the store reports as ``StoreUnavailable``.
-A request still running after ``hard_limit`` seconds is cut whatever the answer.
+call fails at once as a lost connection, which the store reports as ``StoreUnavailable``;
+for the rest of that request no new connection is attempted (a connect to a frozen server
+would only wait out its ``connect_timeout``). A request still running after ``hard_limit``
+seconds is cut whatever the answer.
 
 Any thread may call ``alive()``; ``guard()`` is for the one writer thread.
 """
@@ -84,6 +86,8 @@ class Watchdog:
         self._arming = 0
         self._idle = False
         self._closed = False
+        self._refusal = engine.dialect.loaded_dbapi.OperationalError
+        sa.event.listen(engine, "do_connect", self._veto)
         sa.event.listen(engine, "connect", self._track)
         sa.event.listen(engine, "close", self._untrack)
         sa.event.listen(engine, "close_detached", self._untrack_detached)
@@ -123,6 +127,12 @@ class Watchdog:
             self._sockets.clear()
 
     # -- connection tracking (pool events, on whichever thread connects or closes) ---------
+
+    def _veto(self, *_args: Any) -> None:
+        """No new connection within a request whose connections were just cut."""
+        with self._cond:
+            if self._armed_at is not None and self.cut_reason is not None:
+                raise self._refusal(self.cut_reason)
 
     def _track(self, dbapi_conn: Any, _record: Any) -> None:
         try:
@@ -177,12 +187,11 @@ class Watchdog:
         """Shut down every tracked connection (with the lock held)."""
         self.cuts += 1
         self.cut_reason = (
-            f"the database server of {self.where} stopped answering: a request got no "
-            f"reply for {waited:.1f} s" + (
+            f"its server stopped answering: a request got no reply for {waited:.1f} s" + (
                 "" if waited >= self._hard_limit else
                 f", and the server did not answer a new connection within "
                 f"{self._probe_timeout:g} s"))
-        log.info("%s; cutting its connections", self.cut_reason)
+        log.info("database %s: %s; cutting its connections", self.where, self.cut_reason)
         for sock in self._sockets.values():
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)

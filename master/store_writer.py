@@ -283,7 +283,8 @@ class Writer:
                                        fenced=False)
         except Exception as exc:  # noqa: BLE001 - handed to the caller
             if op.cfut is not None:  # a blocking caller (open): it explains the error itself
-                resolve([op], [], exc)
+                cut = self._cut() and is_disconnect(exc)
+                resolve([op], [], StoreUnavailable(self._describe(exc)) if cut else exc)
                 return
             unavailable = unavailable_cause(exc)
             reason = self._describe(exc) if unavailable else db_message(exc)

@@ -50,17 +50,20 @@ def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+@pytest.mark.parametrize("restart", ["stop", "kill"])
 async def test_the_first_write_after_a_restart_succeeds(
-        served: tuple[PostgresServer, str]) -> None:
+        served: tuple[PostgresServer, str], restart: str) -> None:
     server, url = served
     store = Store.open(url)
     try:
         await store.save(task("a"))
-        server.stop()
+        getattr(server, restart)()  # a clean stop, or a crash
         server.start()
-        await store.save(task("b"))  # the pooled connection died: pinged, replaced
+        await store.save(task("b"))  # its pooled connection is dead: replaced, tried again
         await store.create_tasks(make, 1)
         assert store.stats()["batches_failed"] == 0 and store.fault() is None
+        assert store.stats()["reconnects"] == 1
+        assert {t.id for t in await store.load_tasks()} == {"a", "b", "1"}
         assert set(store_peek.states(url)) == {"a", "b", "1"}
     finally:
         await store.close()
@@ -296,3 +299,15 @@ def test_a_server_nobody_listens_on_gives_a_clear_error() -> None:
     url = f"postgresql+psycopg://u:p@127.0.0.1:{free_port()}/x"
     with pytest.raises(StoreError, match="connection was refused; is it running"):
         Store.open(url)
+
+
+def test_opening_a_frozen_server_fails_clearly(own_postgres: PostgresServer) -> None:
+    url = own_postgres.create_database("frozen_open")
+    Store.open(url).close_blocking()  # the tables exist
+    own_postgres.freeze()
+    try:
+        with pytest.raises(StoreError, match="did not answer in time|stopped answering"):
+            Store.open(url, postgres=FAST)
+    finally:
+        own_postgres.thaw()
+    Store.open(url).close_blocking()
