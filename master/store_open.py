@@ -150,16 +150,15 @@ def postgres_connect_args(url: URL, lock_timeout: float, tuning: PgTuning) -> di
         "application_name": "cluster-master",
     }
     args = {key: value for key, value in defaults.items() if key not in url.query}
-    # The server's side of the same: it notices a master's machine gone (and frees what
-    # that master had locked) as soon as the master notices the server gone.
+    # The server's side of the keepalives: it notices a master's machine gone (and frees
+    # what that master had locked) about when the master would notice the server gone.
     settings = (f"-c statement_timeout={ms(tuning.statement_timeout)} "
                 f"-c lock_timeout={ms(lock_timeout)} "
                 f"-c idle_in_transaction_session_timeout="
                 f"{ms(tuning.idle_in_transaction_timeout)} "
                 f"-c tcp_keepalives_idle={tuning.keepalives_idle} "
                 f"-c tcp_keepalives_interval={tuning.keepalives_interval} "
-                f"-c tcp_keepalives_count={tuning.keepalives_count} "
-                f"-c tcp_user_timeout={ms(tuning.tcp_user_timeout)}")
+                f"-c tcp_keepalives_count={tuning.keepalives_count}")
     given = url.query.get("options")
     if isinstance(given, tuple):
         given = " ".join(given)

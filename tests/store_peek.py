@@ -38,6 +38,24 @@ def query(db: Path | str, sql: str, params: dict[str, Any] | None = None
         engine.dispose()
 
 
+def execute(db: Path | str, sql: str) -> None:
+    """Run one statement and commit, as another program changing the database would."""
+    if not is_url(db):
+        conn = sqlite3.connect(db)
+        try:
+            with conn:  # commits
+                conn.execute(sql)
+        finally:
+            conn.close()
+        return
+    engine = sa.create_engine(str(db), poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(sql))
+    finally:
+        engine.dispose()
+
+
 def row(db: Path | str, task_id: str) -> dict[str, Any] | None:
     found = query(db, "SELECT * FROM tasks WHERE id = :id", {"id": task_id})
     return found[0] if found else None

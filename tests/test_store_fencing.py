@@ -235,3 +235,18 @@ async def test_claim_refuses_a_bad_owner(stores: Callable[[], Store]) -> None:
         with pytest.raises(ValueError, match="owner"):
             store.claim_leadership(owner)  # type: ignore[arg-type]
     assert store.epoch is None
+
+
+async def test_a_database_from_before_fencing_gains_the_epoch_table_at_open(
+        db: Path | str) -> None:
+    old = Store.open(str(db))
+    await old.save(task("kept"))
+    await old.close()
+    store_peek.execute(db, "DROP TABLE leadership")  # as the previous version left it
+    reopened = Store.open(str(db))
+    try:
+        assert await reopened.claim_leadership("upgraded") == 1
+        await reopened.save(task("after"))
+        assert set(store_peek.states(db)) == {"kept", "after"}
+    finally:
+        await reopened.close()
