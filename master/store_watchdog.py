@@ -50,16 +50,25 @@ def server_address(url: URL) -> tuple[int, Any] | None:
     port = url.port or 5432
     if host is None or host.startswith("/"):
         return socket.AF_UNIX, f"{host or '/var/run/postgresql'}/.s.PGSQL.{port}"
-    return socket.AF_INET6 if ":" in host else socket.AF_INET, (host, port)
+    return socket.AF_UNSPEC, (host, port)  # a name or address of any family
 
 
 def answers(address: tuple[int, Any], timeout: float) -> bool:
     """Does a PostgreSQL server answer an SSLRequest at ``address`` within ``timeout`` s?"""
     family, where = address
     try:
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
+        if family == socket.AF_UNIX:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(timeout)
-            sock.connect(where)
+            try:
+                sock.connect(where)
+            except OSError:
+                sock.close()
+                raise
+        else:
+            sock = socket.create_connection(where, timeout=timeout)
+        with sock:
+            sock.settimeout(timeout)
             sock.sendall(_SSL_REQUEST)
             return sock.recv(1) in (b"S", b"N", b"E")
     except OSError:

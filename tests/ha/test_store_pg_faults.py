@@ -18,7 +18,6 @@ import pytest
 import sqlalchemy as sa
 
 import store_peek
-from cluster_harness import free_port
 from ha_servers import PostgresServer
 from master.store import (
     PgTuning,
@@ -293,12 +292,6 @@ def test_bad_credentials_and_a_missing_database_give_clear_errors(
     assert "not-the-password" not in str(info.value) and info.value.__cause__ is None
     with pytest.raises(StoreError, match="does not exist; create it"):
         Store.open(postgres.url("no_such_database"))
-
-
-def test_a_server_nobody_listens_on_gives_a_clear_error() -> None:
-    url = f"postgresql+psycopg://u:p@127.0.0.1:{free_port()}/x"
-    with pytest.raises(StoreError, match="connection was refused; is it running"):
-        Store.open(url)
 
 
 def test_opening_a_frozen_server_fails_clearly(own_postgres: PostgresServer) -> None:
