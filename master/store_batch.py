@@ -41,7 +41,8 @@ class Op:
     # (n, sequence, make): allocate n numbers; with make, insert make(numbers) as new tasks
     numbers: tuple[int, str, Callable[[list[int]], list[TaskRecord]] | None] | None = None
     solo: bool = False
-    # solo only: does ``work`` write (then it is fenced and its file checked like a batch)?
+    # solo only: does ``work`` write? Then the SQLite file is checked as for a batch (solo
+    # requests are never fenced: they are reads, the schema, and the claim itself)
     writes: bool = False
     # solo only: called on the writer thread with the result, once it is committed
     committed: Callable[[Any], None] | None = None
