@@ -3,12 +3,21 @@
 Three answers a write can get besides success, as exceptions (all ``StoreError``):
 
 - ``StoreUnavailable``: the *database* cannot take writes now — its file was removed,
-  replaced, moved or made read-only, it stayed locked, the disk failed. Nothing of the write
-  is known to be stored; the same write may succeed later, so callers retry it (and answer
-  their clients 503).
+  replaced, moved or made read-only, it stayed locked, the disk failed, its server cannot be
+  reached or stopped answering. Nothing of the write is known to be stored; the same write
+  may succeed later, so callers retry it (and answer their clients 503).
 - ``RecordRefused``: the database refuses *this request's data* (a value it cannot bind, a
   constraint); retrying the same data fails again. Only that request fails: the store
   isolates it, and the other requests of its batch are committed.
+- ``StoreFenced``: another master claimed leadership after this store did
+  (``Store.claim_leadership``); nothing of the write was stored, and no write of this store
+  will be until it claims again. Never retried: the caller must step down.
+
+How a driver error is classified: ``is_transient`` (someone else's lock, a conflict: the
+same transaction is tried again, up to ``max_lock_wait``), ``is_disconnect`` (the connection
+to a PostgreSQL server failed or could not be made: tried again on a new connection for a
+short while, but never once the COMMIT was sent, whose outcome is then unknown), else
+``is_database_fault`` (the database is unusable now) or, failing all three, the request's data.
 
 ``FileGuard`` answers "is the SQLite file this store opened still at its path, and
 writable?". SQLite writes through its open descriptor, so a file renamed, removed or replaced
@@ -27,8 +36,9 @@ from pathlib import Path
 
 import sqlalchemy.exc as sa_exc
 
-__all__ = ["StoreError", "StoreUnavailable", "RecordRefused", "FileGuard", "Health",
-           "db_message", "is_transient", "is_database_fault"]
+__all__ = ["StoreError", "StoreUnavailable", "RecordRefused", "StoreFenced", "FileGuard",
+           "Health", "db_message", "sqlstate", "is_transient", "is_disconnect",
+           "is_database_fault"]
 
 log = logging.getLogger("master.store")
 
@@ -45,15 +55,45 @@ class RecordRefused(StoreError):
     """The database refuses this request's data; the rest of its batch was committed."""
 
 
+class StoreFenced(StoreError):
+    """Another master claimed a newer leader epoch; this store's writes are refused."""
+
+
 def db_message(exc: BaseException) -> str:
     return str(getattr(exc, "orig", None) or exc)
 
 
-def is_transient(exc: BaseException) -> bool:
-    """A lock held by someone else, or a serialization conflict: worth trying again."""
+def sqlstate(exc: BaseException) -> str | None:
+    """The PostgreSQL SQLSTATE of a driver error (None for SQLite and client-side errors)."""
     orig = getattr(exc, "orig", exc)
     code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    return "is locked" in db_message(exc) or code in ("40001", "40P01")
+    return code if isinstance(code, str) else None
+
+
+# serialization_failure, deadlock_detected, lock_not_available (lock_timeout expired)
+_TRANSIENT = frozenset({"40001", "40P01", "55P03"})
+# admin_shutdown, crash_shutdown, cannot_connect_now (starting up, shutting down, recovery)
+_GONE = frozenset({"57P01", "57P02", "57P03"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A lock held by someone else, a serialization conflict or deadlock, a lock wait that
+    timed out: the same transaction is worth trying again."""
+    return "is locked" in db_message(exc) or sqlstate(exc) in _TRANSIENT
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """The connection to the database server broke, or none could be made (refused, timed
+    out, the server shutting down or starting up): a new connection may work.
+
+    SQLite has no connection to lose: its errors are never disconnects."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True  # e.g. the server ended the session (idle in transaction too long)
+    code = sqlstate(exc)
+    if code is not None:
+        return code.startswith("08") or code in _GONE
+    # psycopg's client-side errors (no SQLSTATE: the server never answered) while connecting
+    return isinstance(exc, sa_exc.OperationalError) and hasattr(exc.orig, "sqlstate")
 
 
 def is_database_fault(exc: BaseException) -> bool:

@@ -1,13 +1,16 @@
-"""Opening the master's database: URL parsing, SQLite tuning, and clear open-time errors.
+"""Opening the master's database: URL parsing, SQLite and PostgreSQL tuning, clear errors.
 
-Pure helpers for ``Store.open``: each turns a common mistake (a directory for a file, a
-missing directory, a read-only or locked file, a driver not installed) into a ``StoreError``
-that says what to do, before SQLite reports only "unable to open database file".
+Helpers for ``Store.open``: each turns a common mistake (a directory for a file, a missing
+directory, a read-only or locked file, a driver not installed, a server that cannot be
+reached) into a ``StoreError`` that says what to do, before SQLite reports only "unable to
+open database file". The store supports two databases: SQLite files and PostgreSQL through
+psycopg 3 (``postgresql://`` means ``postgresql+psycopg://``).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +24,37 @@ log = logging.getLogger("master.store")
 
 
 def parse_url(url: str) -> URL:
-    """An SQLAlchemy URL, or a plain file path meaning a SQLite file."""
+    """An SQLAlchemy URL, or a plain file path meaning a SQLite file.
+
+    Raises:
+        StoreError: it does not parse, or names a database other than SQLite and PostgreSQL
+            (through psycopg 3).
+    """
     if "://" not in url:
         return URL.create("sqlite", database=url)
     try:
-        return make_url(url)
+        parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:
         raise StoreError(
             f"cannot parse database URL {url!r} ({exc}); use a file path such as "
             "./master.db, or a URL such as sqlite:////var/lib/cluster/master.db"
         ) from None
+    backend = parsed.get_backend_name()
+    if backend == "postgresql" and "+" not in parsed.drivername:
+        return parsed.set(drivername="postgresql+psycopg")
+    driver = parsed.drivername.partition("+")[2]
+    if backend == "postgresql" and driver != "psycopg":
+        raise StoreError(
+            f"database URL {parsed.render_as_string(hide_password=True)} uses the driver "
+            f"{driver!r}; the master talks to PostgreSQL through psycopg 3: write "
+            "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE") from None
+    if backend not in ("sqlite", "postgresql"):
+        raise StoreError(
+            f"database URL {parsed.render_as_string(hide_password=True)}: the master stores "
+            f"its state in SQLite or PostgreSQL, not {backend!r}; use a file path such as "
+            "./master.db or a URL such as postgresql+psycopg://USER:PASSWORD@HOST/DATABASE"
+        ) from None
+    return parsed
 
 
 def sqlite_file(url: URL) -> Path | None:
@@ -72,7 +96,7 @@ def explain(exc: BaseException, where: str, busy_timeout: float) -> StoreError:
         )
     for needle, advice in _OPEN_ADVICE.items():
         if needle in text.lower():
-            return StoreError(advice.format(where=where))
+            return StoreError(advice.format(where=where, error=text.strip()))
     return StoreError(f"cannot use database {where}: {text}")
 
 
@@ -82,7 +106,65 @@ _OPEN_ADVICE = {
     "unable to open database file": "cannot open database {where}: SQLite could not open "
     "or create the file; check that its directory exists and is writable by this user",
     "not a database": "{where} is not a SQLite database; choose another --db",
+    "password authentication failed": "PostgreSQL refused the user or password of {where}: "
+    "fix them in --db ({error})",
+    "does not exist": "cannot use {where}: {error}; create it (createdb) or fix --db",
+    "connection refused": "cannot reach the PostgreSQL server of {where}: the connection "
+    "was refused; is it running and listening there? ({error})",
+    "timeout expired": "cannot reach the PostgreSQL server of {where}: it did not answer "
+    "in time; is the address right, and the server running? ({error})",
 }
+
+
+@dataclass(frozen=True)
+class PgTuning:
+    """Timeouts for PostgreSQL, so that a server gone, frozen or cut off becomes a clear
+    ``StoreUnavailable`` within seconds instead of a write pending for ever (seconds)."""
+
+    connect_timeout: int = 3  #: libpq's, a whole number of seconds (2 at least)
+    statement_timeout: float = 60.0  #: the server cancels a statement running longer
+    #: the server ends a session left inside a transaction, so that a frozen master's locks
+    #: (its hold on the leader epoch included) are released
+    idle_in_transaction_timeout: float = 5.0
+    keepalives_idle: int = 5  #: TCP keepalives: a server machine gone from the network ...
+    keepalives_interval: int = 2
+    keepalives_count: int = 3
+    tcp_user_timeout: float = 10.0  #: ... or unsent data stuck (both only across a network)
+    stall: float = 2.0  #: a request this old makes the watchdog ask if the server answers
+    probe_timeout: float = 1.0  #: how long the watchdog waits for that answer
+
+
+def postgres_connect_args(url: URL, lock_timeout: float, tuning: PgTuning) -> dict[str, Any]:
+    """psycopg connection arguments: ``tuning``'s timeouts and keepalives, and
+    ``lock_timeout`` (seconds) for every lock wait; a setting in the URL wins."""
+    def ms(seconds: float) -> int:
+        return max(1, int(seconds * 1000))
+
+    defaults: dict[str, Any] = {
+        "connect_timeout": max(2, tuning.connect_timeout),
+        "keepalives": 1,
+        "keepalives_idle": tuning.keepalives_idle,
+        "keepalives_interval": tuning.keepalives_interval,
+        "keepalives_count": tuning.keepalives_count,
+        "tcp_user_timeout": ms(tuning.tcp_user_timeout),
+        "application_name": "cluster-master",
+    }
+    args = {key: value for key, value in defaults.items() if key not in url.query}
+    # The server's side of the keepalives: it notices a master's machine gone (and frees
+    # what that master had locked) about when the master would notice the server gone.
+    settings = (f"-c statement_timeout={ms(tuning.statement_timeout)} "
+                f"-c lock_timeout={ms(lock_timeout)} "
+                f"-c idle_in_transaction_session_timeout="
+                f"{ms(tuning.idle_in_transaction_timeout)} "
+                f"-c tcp_keepalives_idle={tuning.keepalives_idle} "
+                f"-c tcp_keepalives_interval={tuning.keepalives_interval} "
+                f"-c tcp_keepalives_count={tuning.keepalives_count}")
+    given = url.query.get("options")
+    if isinstance(given, tuple):
+        given = " ".join(given)
+    # Later -c settings win: the URL's own options come last.
+    args["options"] = settings if not given else f"{settings} {given}"
+    return args
 
 
 def tune_sqlite(engine: Engine, busy_timeout: float, *, wal: bool) -> None:

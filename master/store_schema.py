@@ -1,22 +1,32 @@
-"""The master's tables and the statements the store's writer thread runs on them.
+"""The master's tables, their creation, and the small facts of the ``meta`` table.
 
 Every function takes an open ``Session`` inside the caller's transaction and commits nothing:
-the store decides what shares a transaction. Pure SQLAlchemy, portable across dialects.
+the store decides what shares a transaction. Portable SQLAlchemy for SQLite and PostgreSQL;
+the two dialects' ``INSERT … ON CONFLICT`` is built in one place (``upsert_statement``), so
+that a write never reads first and then decides (two stores on one PostgreSQL database would
+both decide the same). Task queries are in ``store_tasks``, the leader epoch in
+``store_fencing``.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+import zlib
+from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from master.store_faults import StoreError
-from master.tasks import ACTIVE_STATES, TaskRecord
 
 SCHEMA_VERSION = "1"
+
+# pg_advisory_xact_lock key held while tables are created, so that masters opening one
+# empty database at once do not both create them.
+_SCHEMA_LOCK = zlib.crc32(b"cluster-master schema")
 
 
 class Base(DeclarativeBase):
@@ -95,123 +105,107 @@ class MetaRow(Base):
     value: Mapped[str] = mapped_column(sa.Text)
 
 
+class LeaderRow(Base):
+    """The leader epoch (one row, id 1): raised by every claim of leadership; see
+    ``store_fencing``. Added after schema version 1 was defined: created when missing."""
+
+    __tablename__ = "leadership"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    epoch: Mapped[int] = mapped_column(sa.BigInteger)
+    owner: Mapped[str] = mapped_column(sa.Text)
+    claimed_at: Mapped[float] = mapped_column(sa.Float)
+
+
+TASKS = Base.metadata.tables["tasks"]
+ATTEMPTS = Base.metadata.tables["attempts"]
+META = Base.metadata.tables["meta"]
+LEADERSHIP = Base.metadata.tables["leadership"]
+
+
+def upsert_statement(session: Session, table: sa.Table, keys: list[str],
+                     set_: Mapping[str, Any] | None = None) -> Any:
+    """``INSERT INTO table … ON CONFLICT (keys) DO UPDATE SET …`` in the session's dialect.
+
+    ``set_`` maps columns to new values (expressions on ``table``'s columns); by default
+    every other column takes the inserted value. ``set_={}`` means DO NOTHING.
+    The returned statement takes ``.values()``, ``.returning()`` or executemany rows.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        stmt: Any = postgresql.insert(table)
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(table)
+    else:  # Store.open refuses other databases
+        raise StoreError(f"no upsert for the {dialect} dialect")
+    if set_ is not None and not set_:
+        return stmt.on_conflict_do_nothing(index_elements=keys)
+    if set_ is None:
+        set_ = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
+    return stmt.on_conflict_do_update(index_elements=keys, set_=dict(set_))
+
+
 def initialize(session: Session) -> str:
-    """Create the tables, check the schema version, write (proving we can), return master_id."""
+    """Create the tables, check the schema version, write (proving we can), return master_id.
+
+    Safe when several masters open one empty database at once: on PostgreSQL they take
+    turns (a transaction-scoped advisory lock; its wait is bounded by ``lock_timeout``), on
+    SQLite the transaction's BEGIN IMMEDIATE already does.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK)))
     Base.metadata.create_all(session.connection())  # new tables (attempts) included
     _add_missing_columns(session)
-    version = session.get(MetaRow, "schema_version")
-    if version is not None and version.value != SCHEMA_VERSION:
+    version = get_meta(session, "schema_version")
+    if version is not None and version != SCHEMA_VERSION:
         raise StoreError(
-            f"database schema version {version.value} is not the {SCHEMA_VERSION} this master "
+            f"database schema version {version} is not the {SCHEMA_VERSION} this master "
             "understands; use the matching master version or another --db"
         )
-    session.merge(MetaRow(key="schema_version", value=SCHEMA_VERSION))
-    session.merge(MetaRow(key="opened_at", value=repr(time.time())))  # proves we can write
-    master = session.get(MetaRow, "master_id")
-    if master is None:
-        master = MetaRow(key="master_id", value=uuid.uuid4().hex)
-        session.add(master)
-    return master.value
+    put_meta(session, "schema_version", SCHEMA_VERSION)
+    put_meta(session, "opened_at", repr(time.time()))  # proves we can write
+    session.execute(upsert_statement(session, META, ["key"], {}).values(
+        key="master_id", value=uuid.uuid4().hex))  # the first master's id stays
+    master_id = get_meta(session, "master_id")
+    assert master_id is not None
+    return master_id
 
 
 def probe(session: Session) -> None:
     """A tiny real write: does the database take writes again?"""
-    session.merge(MetaRow(key="probed_at", value=repr(time.time())))
+    put_meta(session, "probed_at", repr(time.time()))
 
 
-def load_tasks(session: Session) -> list[TaskRecord]:
-    table = Base.metadata.tables["tasks"]
-    stmt = sa.select(table).order_by(table.c.submitted_at, sa.func.length(table.c.id), table.c.id)
-    return [TaskRecord.from_json({k: v for k, v in row.items() if v is not None or k
-                                  not in _NOT_NULL}) for row in session.execute(stmt).mappings()]
+def get_meta(session: Session, key: str) -> str | None:
+    value = session.execute(sa.select(META.c.value).where(META.c.key == key)).scalar()
+    return None if value is None else str(value)
 
 
-_NOT_NULL = frozenset({"retry_delay"})  # a NULL here (a row of an older master): the default
+def put_meta(session: Session, key: str, value: str) -> None:
+    session.execute(upsert_statement(session, META, ["key"]).values(
+        key=key, value=value))
 
 
-def upsert_attempts(session: Session, rows: list[dict[str, Any]]) -> int:
-    """Insert or update attempt rows by (task_id, number); portable, as ``upsert``."""
-    table = AttemptRow.__table__
-    ids = sorted({r["task_id"] for r in rows})
-    known: set[tuple[str, int]] = set()
-    for i in range(0, len(ids), 500):
-        stmt = sa.select(table.c.task_id, table.c.number).where(
-            table.c.task_id.in_(ids[i : i + 500]))
-        known.update((t, n) for t, n in session.execute(stmt))
-    new = [r for r in rows if (r["task_id"], r["number"]) not in known]
-    old = [r for r in rows if (r["task_id"], r["number"]) in known]
-    if new:
-        session.execute(sa.insert(AttemptRow), new)
-    if old:
-        session.execute(sa.update(AttemptRow), old)
-    return len(rows)
+def delete_meta(session: Session, key: str) -> None:
+    session.execute(sa.delete(META).where(META.c.key == key))
 
 
-def load_attempts(session: Session, task_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """The stored attempts of these tasks, by task id, oldest first."""
-    table = AttemptRow.__table__
-    out: dict[str, list[dict[str, Any]]] = {}
-    for i in range(0, len(task_ids), 500):
-        stmt = (sa.select(table).where(table.c.task_id.in_(task_ids[i : i + 500]))
-                .order_by(table.c.task_id, table.c.number))
-        for row in session.execute(stmt).mappings():
-            out.setdefault(row["task_id"], []).append(dict(row))
-    return out
+def load_meta(session: Session, prefix: str) -> dict[str, str]:
+    """Every ``meta`` key starting with ``prefix``, with its value."""
+    wanted = META.c.key.startswith(prefix, autoescape=True)
+    return {row.key: row.value for row in session.execute(
+        sa.select(META.c.key, META.c.value).where(wanted))}
 
 
-def last_number(session: Session, sequence: str) -> int:
-    """The last number of ``sequence`` handed out (0 before the first)."""
-    table = Base.metadata.tables["meta"]
-    value = session.execute(
-        sa.select(table.c.value).where(table.c.key == f"seq.{sequence}")).scalar()
-    return 0 if value is None else int(value)
+def allocate(session: Session, sequence: str, n: int) -> int:
+    """Add ``n`` to the counter of ``sequence`` and return its new value, the last number
+    now handed out (numbers ``value - n + 1 … value`` are the caller's).
 
-
-def set_last_number(session: Session, sequence: str, last: int) -> None:
-    table = Base.metadata.tables["meta"]
-    key = f"seq.{sequence}"
-    done = session.execute(sa.update(table).where(table.c.key == key).values(value=str(last)))
-    if not done.rowcount:  # type: ignore[attr-defined]
-        session.execute(sa.insert(table).values(key=key, value=str(last)))
-
-
-def insert_new(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Insert tasks that must not exist yet (a clash is an IntegrityError, not an update)."""
-    if rows:
-        session.execute(sa.insert(TaskRow), rows)
-
-
-def delete(session: Session, ids: list[str]) -> None:
-    for i in range(0, len(ids), 500):
-        session.execute(sa.delete(TaskRow).where(TaskRow.id.in_(ids[i : i + 500])))
-
-
-def upsert(session: Session, rows: list[dict[str, Any]]) -> int:
-    """Insert new ids, update known ones: portable (no dialect-specific ON CONFLICT)."""
-    ids = [r["id"] for r in rows]
-    known: set[str] = set()
-    for i in range(0, len(ids), 500):
-        known.update(session.scalars(sa.select(TaskRow.id).where(TaskRow.id.in_(ids[i : i + 500]))))
-    new = [r for r in rows if r["id"] not in known]
-    old = [r for r in rows if r["id"] in known]
-    if new:
-        session.execute(sa.insert(TaskRow), new)
-    if old:
-        session.execute(sa.update(TaskRow), old)
-    return len(rows)
-
-
-def update_progress(session: Session, progress: dict[str, tuple[float, float]]) -> int:
-    """Write coalesced progress values of STAGING/RUNNING tasks; rows touched."""
-    table = Base.metadata.tables["tasks"]
-    # Literal states, not an expanding IN: executemany() cannot expand parameters.
-    active = sa.or_(*[table.c.state == sa.literal_column(f"'{s}'")
-                      for s in sorted(ACTIVE_STATES)])
-    stmt = (
-        sa.update(table)
-        .where(table.c.id == sa.bindparam("b_id"), active)
-        .values(progress=sa.bindparam("b_progress"), updated_at=sa.bindparam("b_updated"))
-    )
-    params = [{"b_id": k, "b_progress": p, "b_updated": t} for k, (p, t) in progress.items()]
-    count = session.execute(stmt, params).rowcount  # type: ignore[attr-defined]
-    return count if count >= 0 else len(params)
+    One statement that increments in place (the row stays locked until commit), so two
+    stores on one database never get the same numbers.
+    """
+    stmt = upsert_statement(session, META, ["key"], {
+        "value": sa.cast(sa.cast(META.c.value, sa.BigInteger) + n, sa.Text)})
+    value = session.execute(stmt.values(key=f"seq.{sequence}", value=str(n))
+                            .returning(META.c.value)).scalar_one()
+    return int(value)

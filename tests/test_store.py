@@ -1,4 +1,9 @@
-"""The store against real SQLite files: durability, batching, coalescing, clear errors."""
+"""The store against real SQLite files: durability, batching, coalescing, clear errors.
+
+tests/ha/test_store_postgres.py runs every test here that takes `db` or `store` against a
+private PostgreSQL too (`db` a URL there), except those it names as SQLite-only: read the
+database through `store_peek`, never sqlite3 directly, in a test meant for both.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from typing import Any
 
 import pytest
 
+import store_peek
 from master.store import Store, StoreError
 from master.tasks import FINISHED, RUNNING, TaskRecord
 
@@ -27,15 +33,9 @@ def running(id: str) -> TaskRecord:
     return record
 
 
-def read_row(path: Path, task_id: str) -> dict[str, Any] | None:
+def read_row(db: Path | str, task_id: str) -> dict[str, Any] | None:
     """Read through a second, independent connection: what another process would see."""
-    conn = sqlite3.connect(path)
-    conn.row_factory = sqlite3.Row
-    try:
-        row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
-        return None if row is None else dict(row)
-    finally:
-        conn.close()
+    return store_peek.row(db, task_id)
 
 
 @pytest.fixture
@@ -240,13 +240,11 @@ async def test_transient_lock_during_write_is_retried(db: Path) -> None:
     store = Store.open(str(db), busy_timeout=0.05)
     locked, release = threading.Event(), threading.Event()
 
-    def hold_lock() -> None:  # another "process" holding SQLite's write lock for ~0.3 s
-        conn = sqlite3.connect(db, isolation_level=None)
-        conn.execute("BEGIN EXCLUSIVE")
+    def hold_lock() -> None:  # another "process" holding the write lock for ~0.3 s
+        held = store_peek.WriteLock(db).acquire()
         locked.set()
         release.wait(5)
-        conn.execute("COMMIT")
-        conn.close()
+        held.release()
 
     holder = threading.Thread(target=hold_lock)
     holder.start()
@@ -270,15 +268,13 @@ async def test_transient_lock_during_write_is_retried(db: Path) -> None:
 
 async def test_lock_held_too_long_fails_the_batch_with_store_error(db: Path) -> None:
     store = Store.open(str(db), busy_timeout=0.02, max_lock_wait=0.2)
-    holder = sqlite3.connect(db, isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")
+    holder = store_peek.WriteLock(db).acquire()
     try:
         with pytest.raises(StoreError, match="stayed locked"):
             await asyncio.wait_for(store.save(running("1")), 5)
         assert store.stats()["batches_failed"] == 1
     finally:
-        holder.execute("ROLLBACK")
-        holder.close()
+        holder.release()
     await store.save(running("2"))  # the writer carries on once the lock is gone
     assert read_row(db, "2") is not None
     await store.close()

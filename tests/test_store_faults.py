@@ -3,7 +3,8 @@ database file removed, replaced, moved or made read-only while the store runs.
 
 Everything here uses the real file system and the real SQLite driver; the only trick is an
 SQLAlchemy "commit" event, to move the file in the instant between the store's last check
-and SQLite's COMMIT.
+and SQLite's COMMIT. tests/ha/test_store_faults_postgres.py runs those that take `db` or
+`store` and are not about the file against PostgreSQL too (read through `store_peek`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+import store_peek
 from cluster_harness import Cluster, MasterClient, cluster, wait_for  # noqa: F401 - a fixture
 from master.store import RecordRefused, Store, StoreError, StoreUnavailable
 from master.tasks import TaskRecord
@@ -40,16 +41,13 @@ def poison(id: str) -> TaskRecord:
     return task(id, name="bad \ud800")  # a lone surrogate: SQLite cannot bind it
 
 
-def rows(path: Path) -> dict[str, str]:
+def rows(db: Path | str) -> dict[str, str]:
     """{id: state} through an independent connection (what another process would see)."""
-    with sqlite3.connect(path) as conn:
-        return dict(conn.execute("SELECT id, state FROM tasks").fetchall())
+    return store_peek.states(db)
 
 
-def seq(path: Path) -> int:
-    with sqlite3.connect(path) as conn:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'seq.task'").fetchone()
-    return int(row[0]) if row else 0
+def seq(db: Path | str) -> int:
+    return store_peek.seq(db)
 
 
 def make(numbers: list[int], *, name: str = "") -> list[TaskRecord]:
@@ -219,7 +217,7 @@ async def test_a_fault_is_noticed_and_cleared_while_idle(store: Store, db: Path,
     undo = _move_away(db)
     await until(lambda: any("cannot take writes" in r.getMessage() for r in caplog.records), 10)
     undo()
-    await until(lambda: store._health.reason is None, 10)
+    await until(lambda: store._writer.health.reason is None, 10)
     assert any("takes writes again" in r.getMessage() for r in caplog.records)
 
 
@@ -240,27 +238,25 @@ async def test_a_commit_that_escaped_into_a_moved_file_is_not_acknowledged_and_u
             await store.create_tasks(make, 2)
     finally:
         sa.event.remove(store._engine, "commit", move_before_commit)
-    assert moved.is_set() and store._orphans == ["1", "2"]  # it did escape, and is noted
+    assert moved.is_set() and store._writer.orphans == ["1", "2"]  # it escaped, and is noted
     os.rename(aside, db)
     await until(lambda: store.fault() is None, 10)
     await store.save(task("9"))
     # The first commit that reached the file again deleted the tasks nobody was told of;
     # their numbers stay used, so no id is ever handed out twice.
-    assert sorted(rows(db)) == ["9", "s1"] and store._orphans == []
+    assert sorted(rows(db)) == ["9", "s1"] and store._writer.orphans == []
     assert [r.id for r in await store.create_tasks(make, 1)] == ["3"]
 
 
 async def test_a_lock_held_too_long_faults_the_store_until_it_is_released(db: Path) -> None:
     store = Store.open(str(db), busy_timeout=0.02, max_lock_wait=0.1, probe_interval=0.05)
-    holder = sqlite3.connect(db, isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")
+    holder = store_peek.WriteLock(db).acquire()
     try:
         with pytest.raises(StoreUnavailable, match="stayed locked"):
             await store.save(task("s1"))
         assert "locked" in (store.fault() or "")
     finally:
-        holder.execute("ROLLBACK")
-        holder.close()
+        holder.release()
     await until(lambda: store.fault() is None, 10)  # the probe found it free again
     await store.save(task("2"))
     await store.close()
@@ -272,11 +268,9 @@ async def test_probes_do_not_write_coalesced_progress_early(store: Store, db: Pa
     await store.save(record)
     store.save_progress("1", 0.5, 102.0)  # due in 60 s (the fixture's progress_interval)
     await asyncio.sleep(0.4)  # about eight idle probes
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT progress FROM tasks").fetchone()[0] == 0.0
+    assert (store_peek.row(db, "1") or {})["progress"] == 0.0
     await store.flush()
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT progress FROM tasks").fetchone()[0] == 0.5
+    assert (store_peek.row(db, "1") or {})["progress"] == 0.5
 
 
 async def test_store_errors_are_store_errors(store: Store) -> None:
