@@ -162,6 +162,11 @@ class LeaderDetector(ZooKeeperWorker):
             raise RuntimeError("the detector was closed")
         return await asyncio.wait_for(first(), timeout)
 
+    def refresh(self) -> None:
+        """Read the leader again now (any thread): for a hint that it may have changed,
+        such as a standby saying it does not lead. What is read comes from ZooKeeper only."""
+        self._wake()
+
     async def close(self) -> None:
         """Stop following: end the session and the threads."""
         await asyncio.to_thread(self._close_worker)
