@@ -14,7 +14,8 @@ standby's `307` is followed with the same method, body and secret (the secret go
 the master we were given sends us: it could hand it on anyway), at most `MAX_REDIRECTS`
 hops. Under `zk://`, for up to `follow_wait` seconds a request is sent again to the leader
 ZooKeeper names when the master it reached cannot have acted on it — the connection was
-refused, or a master answered that it does not lead (a `503` naming `leader`) — and, for
+refused, or a master answered that it does not lead or is between roles (a `503` naming
+`leader`, or with `Retry-After`) — and, for
 reads only, when the connection broke mid-request. A write whose connection broke after
 it was sent is not repeated (it may have been done): that error is the user's to see.
 """
@@ -245,7 +246,7 @@ class MasterClient:
                 url = self._redirect(target, headers.get("Location"), hops)
                 self.forget_leader()  # the leader we were told of no longer leads
                 continue
-            if (deadline is not None and status == 503 and _not_leading(body)
+            if (deadline is not None and status == 503 and _retry_soon(headers, body)
                     and time.monotonic() + pause < deadline):
                 self.forget_leader()
                 url = None
@@ -349,9 +350,12 @@ class _Unreachable(Exception):
         )
 
 
-def _not_leading(body: bytes) -> bool:
-    """A master's 503 saying it does not lead (it names the `leader`, or null): nothing was
-    done, so the request may go to the leader."""
+def _retry_soon(headers: Message, body: bytes) -> bool:
+    """A 503 that says nothing was done and to ask again: a master that does not lead
+    (naming the `leader`, or null), or one between roles (`Retry-After`). A 503 for a
+    database fault is the user's to see at once."""
+    if headers.get("Retry-After"):
+        return True
     try:
         value = json.loads(body)
     except ValueError:

@@ -338,14 +338,22 @@ class HighAvailability:
             await asyncio.wait_for(self._changed.wait(), seconds)
 
     async def _set_actor(self, actor: Standby | LeadingMaster) -> None:
+        """Replace the `master` actor. The new one is spawned in the very call that removes
+        the old one (a future's callbacks run at once), so no request finds neither: while
+        the old one terminates, requests get 503 and Retry-After (libproc.http)."""
         old, self.actor = self.actor, None
-        if old is not None and old.state in ("running", "created"):
-            libproc.terminate(old)
-            await libproc.wait(old)
-        if self._closing:
+        new = None if self._closing else actor
+        if old is None or old.state not in ("running", "created"):
+            if new is not None:
+                self.actor = new
+                libproc.spawn(new)
             return
-        self.actor = actor
-        libproc.spawn(actor)
+        done = libproc.wait(old)
+        if new is not None:
+            self.actor = new
+            done.on_ready(lambda _: libproc.spawn(new))
+        libproc.terminate(old)
+        await done
 
     def _standby(self) -> Standby:
         assert self.info is not None
