@@ -215,6 +215,7 @@ class HighAvailability:
         """Stop: the leader's actor first (its store flushed while it still holds the
         epoch), then withdraw from the election, so a standby takes over at once."""
         self._closing = True
+        store = self.term.store if self.term is not None else None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -223,8 +224,8 @@ class HighAvailability:
         if actor is not None and actor.state in ("running", "created"):
             libproc.terminate(actor)
             await libproc.wait(actor)
-        if self.term is not None and self.term.store is not None:
-            self._close_later(self.term.store)
+        if store is not None:
+            self._close_later(store)
         if self._closers:
             await asyncio.wait(set(self._closers), timeout=CLOSE_WAIT)
         libproc.remove_health_check(ZK_CHECK)
