@@ -226,9 +226,10 @@ class MasterClient:
                 target = url or self.base + path
                 status, headers, body = self._send(method, target, data)
             except _Unreachable as exc:
+                where = urllib.parse.urlsplit(url).netloc if url else None
                 if deadline is None or not (exc.not_sent or method in ("GET", "HEAD")):
-                    raise self.unreachable(exc.reason) from None
-                retry, last = True, self.unreachable(exc.reason)
+                    raise self.unreachable(exc.reason, where) from None
+                retry, last = True, self.unreachable(exc.reason, where)
             except ClusterError as exc:  # no leader in ZooKeeper (yet)
                 if deadline is None:
                     raise
@@ -291,7 +292,10 @@ class MasterClient:
         except (OSError, http.client.HTTPException) as exc:
             raise _Unreachable(exc) from None
 
-    def unreachable(self, reason: object) -> ClusterError:
+    def unreachable(self, reason: object, where: str | None = None) -> ClusterError:
+        """`reason` (why a request got no answer) as one line naming the master asked:
+        `where` (HOST:PORT, e.g. where a redirect sent us), else this client's."""
+        where = where or self.where
         hint = (
             "start one with 'cluster up', or point --master / CLUSTER_MASTER at the running master"
         )
@@ -299,7 +303,7 @@ class MasterClient:
             why = "connection refused"
         elif isinstance(reason, (TimeoutError, socket.timeout)):
             return ClusterError(
-                f"the master at {self.where} did not answer within "
+                f"the master at {where} did not answer within "
                 f"{self.timeout:g}s; is it overloaded or stuck?"
             )
         elif isinstance(reason, socket.gaierror):
@@ -310,7 +314,7 @@ class MasterClient:
             why = reason.strerror.lower()
         else:
             why = str(reason) or type(reason).__name__
-        return ClusterError(f"cannot reach the master at {self.where} ({why}); {hint}")
+        return ClusterError(f"cannot reach the master at {where} ({why}); {hint}")
 
     def http_error(self, status: int, body: bytes) -> ClusterError:
         message = ""

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster_harness import Cluster, wait_for
 from ha_cluster import FAILOVER, HaCluster, no_redirects
 
 from cli.client import ClusterError
 from cli.client import MasterClient as CliClient
+from cluster_harness import Cluster, wait_for
 from ha_servers import PostgresServer, ZooKeeperServer
 
 
