@@ -111,9 +111,17 @@ class MasterClient:
         # (not protos.zookeeper.is_zk_url: importing it imports kazoo, slow for a CLI)
         self.zk = master.strip() if master.strip().lower().startswith("zk://") else None
         self._base = None if self.zk else master_base_url(master)
+        if self.zk:  # a URL that cannot work fails now, not after `follow_wait` of retries
+            from protos.zookeeper import parse_zk_url
+
+            try:
+                parse_zk_url(self.zk)
+            except ValueError as exc:  # ZkUrlError: says what is wrong and shows a good one
+                raise ClusterError(f"--master: {exc}") from None
         self.secret = secret or None
         self.timeout = timeout
         self.follow_wait = follow_wait
+        self._zk_answered = False  # has ZooKeeper ever answered this client?
         self._opener = urllib.request.build_opener(
             urllib.request.ProxyHandler({}), _NoRedirects()
         )
@@ -132,15 +140,19 @@ class MasterClient:
             self._base = None
 
     def _find_leader(self) -> str:
+        """The leader's base URL from ZooKeeper. ClusterError when there is none; a
+        ZooKeeper that never answered this client is not waited for (a wrong --master)."""
         assert self.zk is not None
-        from protos.detector import DetectionError, find_leader
+        from protos.detector import DetectionError, ZooKeeperUnreachable, find_leader
 
         try:
             leader = find_leader(self.zk, timeout=min(self.timeout, 10.0))
+        except ZooKeeperUnreachable as exc:
+            kind = ClusterError if self._zk_answered else _GiveUp
+            raise kind(f"cannot find the leading master: {exc}") from None
         except DetectionError as exc:
             raise ClusterError(f"cannot find the leading master: {exc}") from None
-        except ValueError as exc:  # ZkUrlError: says what is wrong and shows a good one
-            raise ClusterError(f"--master: {exc}") from None
+        self._zk_answered = True
         return master_base_url(leader.http)
 
     # -- the API ----------------------------------------------------------------------------
@@ -230,6 +242,8 @@ class MasterClient:
                 if deadline is None or not (exc.not_sent or method in ("GET", "HEAD")):
                     raise self.unreachable(exc.reason, where) from None
                 retry, last = True, self.unreachable(exc.reason, where)
+            except _GiveUp:
+                raise
             except ClusterError as exc:  # no leader in ZooKeeper (yet)
                 if deadline is None:
                     raise
@@ -341,6 +355,10 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None
+
+
+class _GiveUp(ClusterError):
+    """A ClusterError that waiting cannot mend: `_request` reports it without retrying."""
 
 
 class _Unreachable(Exception):
