@@ -22,6 +22,10 @@
   fault shows up without waiting for a write.
 * ``save_progress`` is fire-and-forget and coalesced: the last value per task is written
   ``progress_interval`` seconds later or with the next batch, whichever comes first.
+* ``write(fn)`` runs ``fn(session)`` inside the next batch (bulk updates, deletions);
+  ``read(fn)`` runs it in a read-only transaction on a reader thread of its own (a file or
+  server database: reads never wait for writes, nor writes for reads), or on the writer
+  thread for an in-memory SQLite database (one connection holds it).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -62,6 +66,7 @@ __all__ = ["Store", "StoreError", "StoreUnavailable", "RecordRefused", "SCHEMA_V
 log = logging.getLogger("master.store")
 
 _Work = Callable[[Session], Any]
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -129,6 +134,10 @@ class Store:
         self.isolations = 0
         self.records_refused = 0
         self.last_commit_latency = 0.0
+        #: Called on the writer thread with each committed batch's latency (seconds).
+        self.on_commit: Callable[[float], None] | None = None
+        self._reader: concurrent.futures.ThreadPoolExecutor | None = None
+        self._read_engine: Engine = engine
         self._thread = threading.Thread(target=self._run, name="master-store", daemon=True)
 
     # -- opening -------------------------------------------------------------------------
@@ -262,6 +271,42 @@ class Store:
 
         return self._submit(_Op(work=work))
 
+    def write(self, work: Callable[[Session], _T]) -> asyncio.Future[_T]:
+        """Run ``work(session)`` in the next write batch; resolves with its result once
+        committed. ``work`` may run more than once (a batch retried or isolated): it must
+        only touch the database. Fails as ``save`` does."""
+        return self._submit(_Op(work=work))
+
+    def read(self, work: Callable[[Session], _T]) -> asyncio.Future[_T]:
+        """Run ``work(session)`` in a read-only transaction, off the event loop; resolves
+        with its result. It sees what was committed when it began. Fails with
+        ``StoreError`` (the driver's message) when the database cannot answer."""
+        with self._cond:
+            self._check_open()
+            if self._guard is None and self._engine.dialect.name == "sqlite":
+                return self._submit(_Op(work=work, solo=True))  # in memory: one connection
+            if self._reader is None:
+                self._reader = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="master-store-read")
+                self._read_engine = self._engine.execution_options(read_only=True)
+            reader = self._reader
+        return asyncio.get_running_loop().run_in_executor(reader, self._read, work)
+
+    def read_blocking(self, work: Callable[[Session], _T]) -> _T:
+        """``read`` for start-up code that is not yet running on the loop."""
+        try:
+            result: _T = self._submit_blocking(_Op(work=work, solo=True))
+        except Exception as exc:  # noqa: BLE001 - any driver error becomes a StoreError
+            raise StoreError(f"cannot read {self.url}: {db_message(exc)}") from None
+        return result
+
+    def _read(self, work: Callable[[Session], _T]) -> _T:
+        try:
+            with Session(self._read_engine) as session, session.begin():
+                return work(session)
+        except Exception as exc:  # noqa: BLE001 - any driver error becomes a StoreError
+            raise StoreError(f"cannot read {self.url}: {db_message(exc)}") from None
+
     def load_meta_blocking(self, prefix: str) -> dict[str, str]:
         """Every ``meta`` key starting with ``prefix`` and its value (start-up code only)."""
 
@@ -328,6 +373,8 @@ class Store:
             self._closing = True
             self._cond.notify()
         await asyncio.wrap_future(self._done)
+        if self._reader is not None:
+            self._reader.shutdown(wait=False, cancel_futures=True)
 
     def close_blocking(self) -> None:
         """``close`` for code not running on the event loop (it blocks until done)."""
@@ -335,6 +382,8 @@ class Store:
             self._closing = True
             self._cond.notify()
         self._done.result()
+        if self._reader is not None:
+            self._reader.shutdown(wait=False, cancel_futures=True)
 
     # -- queueing ------------------------------------------------------------------------
 
@@ -476,6 +525,11 @@ class Store:
                         "reached a moved database file: %s", len(orphans), ", ".join(orphans))
             self._orphans = self._orphans[len(orphans):]
         self.last_commit_latency = time.monotonic() - start
+        if self.on_commit is not None:
+            try:
+                self.on_commit(self.last_commit_latency)
+            except Exception:  # noqa: BLE001 - an observer must not fail a committed batch
+                log.exception("store commit observer failed")
         return results, rows
 
     def _check_file(self) -> None:

@@ -47,6 +47,18 @@ class TaskRow(Base):
     updated_at: Mapped[float | None] = mapped_column(sa.Float)
 
 
+# Paged and filtered listings, counts by state and retention, without full scans (the
+# queries are master/task_queries.py). Ids are numbers as text: (length(id), id) is their
+# numeric order. `initialize` adds any of these an existing database lacks.
+TASK_INDEXES = (
+    sa.Index("ix_tasks_order", sa.func.length(TaskRow.id), TaskRow.id, TaskRow.state,
+             TaskRow.name),
+    sa.Index("ix_tasks_state_order", TaskRow.state, sa.func.length(TaskRow.id), TaskRow.id),
+    sa.Index("ix_tasks_name_state", TaskRow.name, TaskRow.state),
+    sa.Index("ix_tasks_finished", TaskRow.finished_at),
+)
+
+
 class MetaRow(Base):
     """Small facts: schema_version, master_id, opened_at, ``seq.<name>`` counters (last used)."""
 
@@ -59,6 +71,8 @@ class MetaRow(Base):
 def initialize(session: Session) -> str:
     """Create the tables, check the schema version, write (proving we can), return master_id."""
     Base.metadata.create_all(session.connection())
+    for index in TASK_INDEXES:  # a database made before an index was added gets it now
+        session.execute(sa.schema.CreateIndex(index, if_not_exists=True))
     version = session.get(MetaRow, "schema_version")
     if version is not None and version.value != SCHEMA_VERSION:
         raise StoreError(

@@ -1,0 +1,78 @@
+"""Reading tasks for the HTTP API: the paged listing and single tasks, memory then database.
+
+`GET /master/tasks?limit=N&offset=M&state=S1,S2&name=PREFIX&order=asc|desc` (contract)
+answers ``{"tasks": [...], "total": T, "next": URL-or-null}``: tasks in id order (``asc``,
+the default, oldest first), ``limit`` 1,000 by default and at most 10,000, ``total`` the
+exact number of matches, ``next`` the path of the following page while there is one.
+
+The database orders and filters (master/task_queries.py, on indexes, in a read transaction
+off the writer thread); a task the master holds in memory is shown as the master knows it,
+which may be a moment ahead of its row. Without a name filter ``total`` comes from the
+master's counts by state (kept as tasks change); with one it is counted in the same read
+transaction as the page. Everything here runs outside the mailbox and reads the master's
+state through `dispatch`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any
+
+import libproc
+from master import task_queries
+from master.api import PageQuery
+from master.tasks import STATES, TaskRecord
+
+if TYPE_CHECKING:
+    from master.process import Master
+
+__all__ = ["TaskListing"]
+
+
+class TaskListing:
+    """Pages and single tasks of one master (see the module docstring)."""
+
+    def __init__(self, master: Master) -> None:
+        self.master = master
+
+    async def page(self, q: PageQuery) -> dict[str, Any]:
+        """The listing's answer. Raises StoreError when the database cannot be read."""
+        m = self.master
+        total: int | None = None
+        if q.name is None:
+            total = await libproc.dispatch(m.pid, self._count, q.states)
+        found, records = await m.store.read(functools.partial(task_queries.page, q=q,
+                                                              total=total))
+        shown: list[dict[str, Any]] = await libproc.dispatch(m.pid, self._overlay, q, records)
+        more = q.offset + q.limit < found and q.limit > 0
+        return {"tasks": shown, "total": found,
+                "next": f"/master/tasks?{q.query_string(q.offset + q.limit)}" if more else None}
+
+    def _count(self, states: frozenset[str] | None) -> int:
+        """In the mailbox: how many tasks are in `states` (any state when None)."""
+        counts = self.master._index.counts
+        return sum(counts[s] for s in STATES if states is None or s in states)
+
+    def _overlay(self, q: PageQuery, records: list[TaskRecord]) -> list[dict[str, Any]]:
+        """In the mailbox: each row as the master knows it now; a task that has just left
+        the filter's states is left out."""
+        out = []
+        for row in records:
+            rec = self.master.tasks.get(row.id, row)
+            if q.states is None or rec.state in q.states:
+                out.append(rec.to_json())
+        return out
+
+    async def find(self, tid: str) -> dict[str, Any] | None:
+        """A task's JSON as the master knows it, else as the database has it, else None.
+        Raises StoreError when the database is needed and cannot be read."""
+        m = self.master
+        task: dict[str, Any] | None = await libproc.dispatch(m.pid, self._json, tid)
+        if task is None:
+            rec = await m.store.read(functools.partial(task_queries.get, task_id=tid))
+            task = None if rec is None else rec.to_json()
+        return task
+
+    def _json(self, tid: str) -> dict[str, Any] | None:
+        rec = self.master.tasks.get(tid)
+        return None if rec is None else rec.to_json()
