@@ -267,11 +267,11 @@ async def test_retention_deletes_tasks_ended_before_it_in_the_background(
         await env.call("POST", "/master/tasks/kill", {"ids": young})
         waiting = await env.submit("waiting")
         await env.heartbeat()
-        await until(lambda: env.master.gc.passes >= 1)
+        await until(lambda e=env: e.master.gc.passes >= 1)
         assert set(env.rows()) == set(old + young + waiting)  # nothing old enough yet
         Clock.advance(50)  # the old ones ended 111 s ago, the young one 51 s ago
         await env.heartbeat()
-        await until(lambda: env.master.gc.passes >= 2)
+        await until(lambda e=env: e.master.gc.passes >= 2)
         assert env.rows() == {young[0]: "KILLED", waiting[0]: "PENDING"}
         v = await env.vars()
         assert (v["gc_tasks_deleted"], v["tasks_killed"], v["tasks_total"]) == ("3", "1", "2")
