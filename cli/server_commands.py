@@ -17,6 +17,7 @@ from cli.options import (
     MasterSecretOpt,
     SlaveSecretOpt,
     VerboseOpt,
+    bad_value,
     env_option,
     examples,
     listen_port,
@@ -63,10 +64,30 @@ def master(
             help="A slave silent this long is lost and its tasks LOST \\[default: 5].",
         ),
     ] = None,
+    max_completed_tasks: Annotated[
+        int,
+        typer.Option(
+            envvar="CLUSTER_MAX_COMPLETED_TASKS",
+            min=0,
+            help="Ended tasks kept in memory; older ones are read from the database.",
+        ),
+    ] = 10_000,
+    task_retention: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CLUSTER_TASK_RETENTION",
+            show_default=False,
+            help="Delete tasks that ended longer ago than this (e.g. 7d, 12h, 3600) from the "
+            r"database, in the background \[default: keep them].",
+        ),
+    ] = None,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Run the master: accepts tasks, schedules them onto slaves, stores state in SQLite."""
     from cli.servers import bind_host, bind_port, serve_master
+
+    retention = None if task_retention in (None, "") else duration("--task-retention",
+                                                                 task_retention)
 
     serve_master(
         host=bind_host(host),
@@ -78,7 +99,26 @@ def master(
         verbose=verbose,
         heartbeat_interval=heartbeat_interval,
         slave_timeout=slave_timeout,
+        max_completed_tasks=max_completed_tasks,
+        task_retention=retention,
     )
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def duration(flag: str, text: str) -> float:
+    """`90`, `90s`, `30m`, `12h`, `7d`, `2w` as seconds (> 0); a usage error otherwise."""
+    value = text.strip().lower()
+    unit = _UNITS.get(value[-1:], None) if value else None
+    number = value[:-1] if unit is not None else value
+    try:
+        seconds = float(number) * (unit or 1.0)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        bad_value(f"{flag} must be a duration such as 3600, 90m, 12h or 7d, got {text!r}")
+    return seconds
 
 
 SLAVE_EXAMPLES = examples(

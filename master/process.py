@@ -111,6 +111,7 @@ class Master(ProtobufProcess):
         self.gc = TaskGC(self)  # --task-retention
         self._schedule_queued = False
         self._schedule_deferred = False  # a pass skipped for a store fault: retried later
+        self._positions_settled = False  # retention waits for it (see _load_positions)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -129,6 +130,7 @@ class Master(ProtobufProcess):
             self.tasks[record.id] = record
             self._index.adopt(record)
         self.store.on_commit = self.metrics.store_batch_seconds.observe
+        self._load_positions()
         active = self._index.active(self.tasks)
         if active:
             # Their slaves get a while to re-register before the tasks are LOST.
@@ -299,7 +301,8 @@ class Master(ProtobufProcess):
         if self._dirty:
             self._resave_dirty()
         self.trim_ended()
-        self.gc.maybe_start(now)
+        if self._positions_settled:
+            self.gc.maybe_start(now)
 
     def trim_ended(self) -> None:
         """Drop from memory the ended tasks past the newest `max_completed_tasks`, once their
@@ -319,14 +322,36 @@ class Master(ProtobufProcess):
     def deleted(self, states: dict[str, str]) -> None:
         """Tasks the retention deleted from the database ({id: state}): out of memory and
         out of the counts."""
-        by_state: dict[str, int] = {}
-        for tid, state in states.items():
-            by_state[state] = by_state.get(state, 0) + 1
+        for tid in states:
             rec = self.tasks.get(tid)
             if rec is not None and rec.is_terminal:
                 del self.tasks[tid]
                 self._index.forget(tid)
-        self._index.uncount(by_state)
+        self._index.uncount(states)
+
+    def _load_positions(self) -> None:
+        """Start the snapshot behind `TaskIndex.positions` (master/task_positions.py): on
+        the writer thread, after every write queued so far, so replaying what changes
+        meanwhile makes it exact."""
+        positions = self._index.positions
+        positions.begin()
+        loading = self.store.read(task_queries.block_counts, in_order=True)
+
+        def loaded(f: asyncio.Future[tuple[dict[tuple[str, int, str], int], int]]) -> None:
+            libproc.dispatch(self.pid, self._positions_loaded, f)
+
+        loading.add_done_callback(loaded)
+
+    def _positions_loaded(
+            self, f: asyncio.Future[tuple[dict[tuple[str, int, str], int], int]]) -> None:
+        self._positions_settled = True
+        if f.cancelled() or f.exception() is not None:
+            self._index.positions.fail()
+            log.warning("listing positions not loaded (pages walk the index instead): %s",
+                        "cancelled" if f.cancelled() else f.exception())
+            return
+        snapshot, last_id = f.result()
+        self._index.positions.load(snapshot, last_id)
 
     # -- scheduling and launching --------------------------------------------------------
 

@@ -277,13 +277,16 @@ class Store:
         only touch the database. Fails as ``save`` does."""
         return self._submit(_Op(work=work))
 
-    def read(self, work: Callable[[Session], _T]) -> asyncio.Future[_T]:
+    def read(self, work: Callable[[Session], _T], *,
+             in_order: bool = False) -> asyncio.Future[_T]:
         """Run ``work(session)`` in a read-only transaction, off the event loop; resolves
-        with its result. It sees what was committed when it began. Fails with
-        ``StoreError`` (the driver's message) when the database cannot answer."""
+        with its result. It sees what was committed when it began; with ``in_order`` it runs
+        on the writer thread, after every write queued before it (and delays the later
+        ones). Fails with ``StoreError`` (the driver's message) when the database cannot
+        answer."""
         with self._cond:
             self._check_open()
-            if self._guard is None and self._engine.dialect.name == "sqlite":
+            if in_order or (self._guard is None and self._engine.dialect.name == "sqlite"):
                 return self._submit(_Op(work=work, solo=True))  # in memory: one connection
             if self._reader is None:
                 self._reader = concurrent.futures.ThreadPoolExecutor(

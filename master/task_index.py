@@ -26,6 +26,7 @@ from bisect import insort
 from collections import OrderedDict
 from collections.abc import Mapping
 
+from master.task_positions import Positions
 from master.tasks import ACTIVE_STATES, PENDING, STATES, TERMINAL_STATES, TaskRecord
 
 
@@ -48,6 +49,8 @@ class TaskIndex:
         self._ended: OrderedDict[str, None] = OrderedDict()  # ended in memory, oldest first
         #: How many tasks entered each terminal state since start (for /metrics).
         self.endings: dict[str, int] = {s: 0 for s in STATES if s in TERMINAL_STATES}
+        #: Where each position of a listing starts (moved as ``counts`` are).
+        self.positions = Positions()
 
     def load_counts(self, counts: Mapping[str, int]) -> None:
         """Start from the database's counts; then ``adopt`` the tasks loaded from it."""
@@ -66,6 +69,7 @@ class TaskIndex:
                 self.counts[old] -= 1
             self.counts[rec.state] = self.counts.get(rec.state, 0) + 1
             self._state[rec.id] = rec.state
+            self.positions.move(rec.id, old, rec.state)
             if rec.state in self.endings:
                 self.endings[rec.state] += 1
         if rec.state in TERMINAL_STATES:
@@ -124,10 +128,12 @@ class TaskIndex:
         self._ended.pop(tid, None)
         self._state.pop(tid, None)
 
-    def uncount(self, states: Mapping[str, int]) -> None:
-        """Tasks deleted from the database (``states``: how many in each)."""
-        for state, n in states.items():
-            self.counts[state] = max(0, self.counts.get(state, 0) - n)
+    def uncount(self, deleted: Mapping[str, str]) -> None:
+        """Tasks deleted from the database ({id: its state}); call ``forget`` first for
+        those in memory."""
+        for tid, state in deleted.items():
+            self.counts[state] = max(0, self.counts.get(state, 0) - 1)
+            self.positions.move(tid, state, None)
 
     @property
     def ended_in_memory(self) -> int:

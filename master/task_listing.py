@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import libproc
 from master import task_queries
 from master.api import PageQuery
+from master.task_positions import Block
 from master.tasks import STATES, TaskRecord
 
 if TYPE_CHECKING:
@@ -39,19 +40,25 @@ class TaskListing:
         """The listing's answer. Raises StoreError when the database cannot be read."""
         m = self.master
         total: int | None = None
+        seek: tuple[Block, int] | None = None
         if q.name is None:
-            total = await libproc.dispatch(m.pid, self._count, q.states)
+            total, seek = await libproc.dispatch(m.pid, self._locate, q)
         found, records = await m.store.read(functools.partial(task_queries.page, q=q,
-                                                              total=total))
+                                                              total=total, seek=seek))
         shown: list[dict[str, Any]] = await libproc.dispatch(m.pid, self._overlay, q, records)
         more = q.offset + q.limit < found and q.limit > 0
         return {"tasks": shown, "total": found,
                 "next": f"/master/tasks?{q.query_string(q.offset + q.limit)}" if more else None}
 
-    def _count(self, states: frozenset[str] | None) -> int:
-        """In the mailbox: how many tasks are in `states` (any state when None)."""
-        counts = self.master._index.counts
-        return sum(counts[s] for s in STATES if states is None or s in states)
+    def _locate(self, q: PageQuery) -> tuple[int, tuple[Block, int] | None]:
+        """In the mailbox: how many tasks are in the states asked for, and where the page
+        starts (None: unknown, let the database walk)."""
+        index = self.master._index
+        states = [s for s in STATES if q.states is None or s in q.states]
+        total = sum(index.counts[s] for s in states)
+        if q.offset >= total or q.limit == 0:
+            return total, None
+        return total, index.positions.locate(states, task_queries.window_start(q, total))
 
     def _overlay(self, q: PageQuery, records: list[TaskRecord]) -> list[dict[str, Any]]:
         """In the mailbox: each row as the master knows it now; a task that has just left

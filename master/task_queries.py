@@ -22,11 +22,13 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from master.api import PageQuery
-from master.store_schema import TaskRow
+from master.store_schema import TaskRow, last_number
+from master.task_positions import Block
 from master.tasks import TERMINAL_STATES, TaskRecord
 
-__all__ = ["SMALL_MATCH", "count_by_state", "count_matching", "delete_ended", "expired_ids",
-           "get", "load_unended", "page", "page_statement", "save_records"]
+__all__ = ["SMALL_MATCH", "block_counts", "count_by_state", "count_matching", "delete_ended",
+           "expired_ids", "get", "load_unended", "page", "page_statement", "save_records",
+           "seek_statements", "window_start"]
 
 #: Up to this many matches a filtered page is sorted; past it, found in id order.
 SMALL_MATCH = 20_000
@@ -50,6 +52,16 @@ def count_by_state(session: Session) -> dict[str, int]:
     """How many tasks the database holds in each state (one pass over the state index)."""
     stmt = sa.select(_c.state, sa.func.count()).group_by(_c.state)
     return {str(state): int(n) for state, n in session.execute(stmt)}
+
+
+def block_counts(session: Session) -> tuple[dict[tuple[str, int, str], int], int]:
+    """({(state, length, prefix): n}, the last task id allocated): the snapshot behind
+    master/task_positions.py (ids of one length sharing all but their last 3 characters)."""
+    prefix = sa.case((_length > 3, sa.func.substr(_c.id, 1, _length - 3)), else_="")
+    stmt = (sa.select(_c.state, _length, prefix, sa.func.count())
+            .group_by(_c.state, _length, prefix))
+    counts = {(str(s), int(n), str(p)): int(c) for s, n, p, c in session.execute(stmt)}
+    return counts, last_number(session, "task")
 
 
 def load_unended(session: Session) -> list[TaskRecord]:
@@ -114,15 +126,49 @@ def _page_ids(session: Session, q: PageQuery, total: int) -> list[str]:
     return ids[::-1] if flipped else ids
 
 
-def page(session: Session, q: PageQuery, total: int | None = None) -> tuple[int, list[TaskRecord]]:
+def seek_statements(session: Session, q: PageQuery, block: Block, skip: int,
+                    limit: int) -> tuple[Any, Any]:
+    """The two queries of a located page: from the first id of ``block`` (skipping
+    ``skip`` matches), then, if the page runs on, from the first id of the next length."""
+    length, prefix = block
+    walk = q.states is not None and len(q.states) > 1  # on the id-order index, filtering
+    terms = _where(session, q.states, None, seek=not walk)
+    # One length: id order alone (SQLite sorts when an ORDER BY names the fixed length).
+    first = (sa.select(_c.id).where(*terms, _length == length, _c.id >= prefix)
+             .order_by(_c.id).limit(limit).offset(skip))
+    rest = sa.select(_c.id).where(*terms, _length > length).order_by(_length, _c.id)
+    return first, rest
+
+
+def _seek_ids(session: Session, q: PageQuery, total: int, seek: tuple[Block, int]) -> list[str]:
+    limit = min(q.limit, total - q.offset)
+    block, skip = seek
+    first, rest = seek_statements(session, q, block, skip, limit)
+    ids = [str(i) for i in session.scalars(first)]
+    if len(ids) < limit:
+        ids += [str(i) for i in session.scalars(rest.limit(limit - len(ids)))]
+    return ids[::-1] if q.order == "desc" else ids
+
+
+def window_start(q: PageQuery, total: int) -> int:
+    """Where page ``q`` starts among ``total`` matches in ascending order (a descending
+    page is the ascending window that ends ``offset`` from the end)."""
+    limit = min(q.limit, total - q.offset)
+    return q.offset if q.order == "asc" else total - q.offset - limit
+
+
+def page(session: Session, q: PageQuery, total: int | None = None,
+         seek: tuple[Block, int] | None = None) -> tuple[int, list[TaskRecord]]:
     """(total, records) of page ``q``. ``total`` may be given when the caller knows it
     exactly (the master counts tasks by state); otherwise it is counted here, in the same
-    transaction as the page."""
+    transaction as the page. ``seek``: the block where the page's ascending window starts
+    (``window_start``) and how many matches precede it there (master/task_positions.py);
+    without it the page is found by walking an index."""
     if total is None:
         total = count_matching(session, q.states, q.name)
     if q.offset >= total or q.limit == 0:
         return total, []
-    ids = _page_ids(session, q, total)
+    ids = _page_ids(session, q, total) if seek is None else _seek_ids(session, q, total, seek)
     rows = {r.id: r for r in _fetch(session, ids)}
     return total, [rows[i] for i in ids if i in rows]
 

@@ -132,6 +132,24 @@ async def test_listing_filters_by_states_and_name_prefix(env: Env) -> None:
     assert page == {"tasks": [], "total": 0, "next": None}
 
 
+async def test_pages_located_in_memory_match_the_database(env: Env) -> None:
+    ids = await env.submit(*[f"n{i}" for i in range(1200)])  # ids of 1 to 4 digits
+    await until(lambda: env.master._index.positions.ready)
+    status, answer = await env.call("POST", "/master/tasks/kill", {"ids": ids[::3]})
+    assert answer == {"killed": 400}
+    rows = env.rows()
+    for states in (None, "KILLED", "PENDING", "PENDING,KILLED"):
+        wanted = [t for t in ids if states is None or rows[t] in states.split(",")]
+        for order in ("asc", "desc"):
+            listed = wanted if order == "asc" else wanted[::-1]
+            for offset in (0, 5, 333, 399, 790, 999, 1100, 1195):
+                query = f"limit=10&offset={offset}&order={order}"
+                status, page = await env.call(
+                    "GET", f"/master/tasks?{query}" + (f"&state={states}" if states else ""))
+                assert status == 200 and page["total"] == len(wanted)
+                assert [t["id"] for t in page["tasks"]] == listed[offset:offset + 10], query
+
+
 @pytest.mark.parametrize("query", ["limit=10001", "limit=-1", "limit=x", "offset=-5",
                                    "offset=1e3", "order=up", "state=BOGUS", "name=a%00b",
                                    "name=" + "n" * 300, "limit=" + "9" * 40])

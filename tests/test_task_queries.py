@@ -21,6 +21,7 @@ from master import task_queries as tq
 from master.api import PageQuery
 from master.store import Store
 from master.store_schema import TaskRow
+from master.task_positions import Positions, block_of
 from master.tasks import TaskRecord
 
 STATES = ["PENDING", "RUNNING", "FINISHED", "KILLED", "FAILED"]
@@ -172,3 +173,59 @@ async def test_store_read_runs_beside_a_write_batch(tmp_path: Path) -> None:
         assert got is not None and got.state == "KILLED"
     finally:
         await store.close()
+
+
+def _positions(rows: list[dict[str, object]]) -> Positions:
+    positions = Positions()
+    positions.begin()
+    snapshot: dict[tuple[str, int, str], int] = {}
+    for r in rows:
+        length, prefix = block_of(str(r["id"]))
+        key = (str(r["state"]), length, prefix)
+        snapshot[key] = snapshot.get(key, 0) + 1
+    positions.load(snapshot, len(rows))
+    return positions
+
+
+@pytest.mark.parametrize(("states", "name"), [f for f in FILTERS if f[1] is None])
+def test_located_pages_match_a_plain_sort(db: sa.Engine, states: frozenset[str] | None,
+                                          name: None) -> None:
+    rows = _rows(157)
+    positions = _positions(rows)
+    chosen = [s for s in STATES + ["STAGING", "LOST"] if states is None or s in states]
+    with Session(db) as session:
+        for order in ("asc", "desc"):
+            for limit in (1, 7, 50):
+                for offset in range(0, 170, 5):
+                    q = PageQuery(limit=limit, offset=offset, states=states, order=order)
+                    total, want = _expected(q)
+                    seek = None
+                    if offset < total:
+                        seek = positions.locate(chosen, tq.window_start(q, total))
+                        assert seek is not None
+                    got_total, records = tq.page(session, q, total, seek)
+                    assert [r.id for r in records] == want, (q, seek)
+
+
+@pytest.mark.parametrize(("states", "index"), [
+    (None, "COVERING INDEX ix_tasks_order (<expr>=? AND id>?)"),
+    (frozenset({"KILLED"}), "COVERING INDEX ix_tasks_state_order (state=? AND <expr>=? AND id>?)"),
+    (frozenset({"KILLED", "FAILED"}), "COVERING INDEX ix_tasks_order (<expr>=? AND id>?)"),
+])
+def test_located_pages_seek_their_block_on_an_index(db: sa.Engine,
+                                                    states: frozenset[str] | None,
+                                                    index: str) -> None:
+    with Session(db) as session:
+        first, rest = tq.seek_statements(session, PageQuery(states=states), (3, "1"), 10, 100)
+        plans = []
+        for stmt in (first, rest.limit(5)):
+            sql = str(stmt.compile(db, compile_kwargs={"literal_binds": True}))
+            raw = db.raw_connection()
+            try:
+                plans.append(" | ".join(str(r[-1]) for r in raw.cursor().execute(
+                    f"EXPLAIN QUERY PLAN {sql}")))
+            finally:
+                raw.close()
+    assert index in plans[0], plans  # a seek to the block, in id order: no sort
+    for plan in plans:
+        assert "SEARCH tasks USING COVERING INDEX" in plan and "TEMP B-TREE" not in plan, plan
