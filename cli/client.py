@@ -81,12 +81,13 @@ class MasterClient:
 
     # -- the API ----------------------------------------------------------------------------
 
-    def tasks(self, states: str | None = None) -> list[dict[str, Any]]:
-        """Every task (in `states`), oldest first: the paged listing followed to its end."""
+    def tasks(self, states: str | None = None, name: str | None = None) -> list[dict[str, Any]]:
+        """Every task (in `states`, named `name`...), oldest first: the paged listing
+        followed to its end."""
         out: list[dict[str, Any]] = []
         offset = 0
         while True:
-            page = self.task_page(limit=10_000, offset=offset, states=states)
+            page = self.task_page(limit=10_000, offset=offset, states=states, name=name)
             tasks = page["tasks"]
             out += tasks
             offset += len(tasks)

@@ -284,7 +284,7 @@ def tasks(
     states = ",".join(s.strip().upper() for s in state.split(",") if s.strip()) if state else None
     client = _client(master, secret)
     if all_tasks:
-        found = client.tasks(states) if not name else _all_named(client, states, name)
+        found = client.tasks(states, name)
         total = len(found)
     else:
         page = client.task_page(limit=limit, states=states, name=name, order="desc")
@@ -294,10 +294,7 @@ def tasks(
     if json_output:
         print_json({"tasks": found, "total": total})
     elif not found:
-        what = " and ".join(
-            w for w in (f"in state {states}" if states else "",
-                        f"named {name}*" if name else "") if w
-        )
+        what = _which(states, name)
         print(
             f"no tasks {what}"
             if what
@@ -310,13 +307,10 @@ def tasks(
             print(f"... {more} more (older); cluster tasks --limit N or --all shows them")
 
 
-def _all_named(client: MasterClient, states: str | None, name: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    while True:
-        page = client.task_page(limit=10_000, offset=len(out), states=states, name=name)
-        out += page["tasks"]
-        if not page["tasks"] or page.get("next") is None:
-            return out
+def _which(states: str | None, name: str | None) -> str:
+    """`in state A,B and named PREFIX*`, for messages about a filter."""
+    parts = [f"in state {states}" if states else "", f"named {name}*" if name else ""]
+    return " and ".join(p for p in parts if p)
 
 
 @app.command(
@@ -408,12 +402,8 @@ def kill(
     if not task_ids:
         states = [s.strip().upper() for s in (state or "").split(",") if s.strip()]
         n = _client(master, secret).kill_many(states=states or None, name=name)
-        what = " and ".join(
-            w for w in (f"in state {','.join(states)}" if states else "",
-                        f"named {name}*" if name else "") if w
-        )
-        print(f"killed {n} task(s) {what}" + (" (those on slaves end when their slave "
-                                              "reports it)" if n else ""))
+        print(f"killed {n} task(s) {_which(','.join(states), name)}" + (
+            " (those on slaves end when their slave reports it)" if n else ""))
         return
     client = _client(master, secret)
     errors = []

@@ -44,6 +44,7 @@ from master import scheduler, task_queries
 from master.api import TaskSpec, shown
 from master.events import EventHub
 from master.http_api import MasterHttp
+from master.memory import Trimmer
 from master.metrics import MasterMetrics
 from master.registrar import Registrar
 from master.registry import SlaveInfo
@@ -109,6 +110,7 @@ class Master(ProtobufProcess):
         self._index = TaskIndex()  # the PENDING queue, launched tasks, counts by state
         self.metrics = MasterMetrics(self)  # GET /metrics
         self.gc = TaskGC(self)  # --task-retention
+        self._trimmer = Trimmer(interval=5.0)  # freed memory back to the system
         self._schedule_queued = False
         self._schedule_deferred = False  # a pass skipped for a store fault: retried later
         self._positions_settled = False  # retention waits for it (see _load_positions)
@@ -301,6 +303,7 @@ class Master(ProtobufProcess):
         if self._dirty:
             self._resave_dirty()
         self.trim_ended()
+        self._trimmer.maybe(time.monotonic())
         if self._positions_settled:
             self.gc.maybe_start(now)
 
@@ -314,6 +317,7 @@ class Master(ProtobufProcess):
             if rec is None or rec.is_terminal:
                 self.tasks.pop(tid, None)
                 self._index.forget(tid)
+                self._trimmer.left(1)
 
     def has_unsaved(self, tid: str) -> bool:
         """Whether the task's latest state may not be in the database yet."""
@@ -585,7 +589,8 @@ class Master(ProtobufProcess):
         lines += [("tasks_total", str(sum(counts.values()))),
                   ("tasks_in_memory", str(len(self.tasks))),
                   ("tasks_ended_in_memory", str(self._index.ended_in_memory)),
-                  ("max_completed_tasks", str(self.config.max_completed_tasks))]
+                  ("max_completed_tasks", str(self.config.max_completed_tasks)),
+                  ("memory_trims", str(self._trimmer.trims))]
         for key, value in self._counters.items():
             lines.append((key, str(value)))
         for key, stat in self.store.stats().items():
