@@ -44,13 +44,13 @@ from master import scheduler, task_queries
 from master.api import TaskSpec, shown
 from master.events import EventHub
 from master.http_api import MasterHttp
-from master.memory import Trimmer
 from master.metrics import MasterMetrics
 from master.registrar import Registrar
 from master.registry import SlaveInfo
 from master.store import RecordRefused, Store, StoreError
 from master.task_gc import TaskGC
 from master.task_index import TaskIndex, task_key
+from master.task_memory import TaskMemory
 from master.tasks import ACTIVE_STATES, TERMINAL_STATES, TaskRecord
 from protos import cluster_pb2 as pb
 
@@ -110,10 +110,9 @@ class Master(ProtobufProcess):
         self._index = TaskIndex()  # the PENDING queue, launched tasks, counts by state
         self.metrics = MasterMetrics(self)  # GET /metrics
         self.gc = TaskGC(self)  # --task-retention
-        self._trimmer = Trimmer(interval=5.0)  # freed memory back to the system
+        self.memory = TaskMemory(self)  # which ended tasks stay in memory
         self._schedule_queued = False
         self._schedule_deferred = False  # a pass skipped for a store fault: retried later
-        self._positions_settled = False  # retention waits for it (see _load_positions)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -132,7 +131,7 @@ class Master(ProtobufProcess):
             self.tasks[record.id] = record
             self._index.adopt(record)
         self.store.on_commit = self.metrics.store_batch_seconds.observe
-        self._load_positions()
+        self.memory.load_positions()
         active = self._index.active(self.tasks)
         if active:
             # Their slaves get a while to re-register before the tasks are LOST.
@@ -302,60 +301,7 @@ class Master(ProtobufProcess):
                 self._schedule()
         if self._dirty:
             self._resave_dirty()
-        self.trim_ended()
-        self._trimmer.maybe(time.monotonic())
-        if self._positions_settled:
-            self.gc.maybe_start(now)
-
-    def trim_ended(self) -> None:
-        """Drop from memory the ended tasks past the newest `max_completed_tasks`, once their
-        last save has committed (the database then answers for them)."""
-        for tid in self._index.ended_beyond(self.config.max_completed_tasks):
-            if self.has_unsaved(tid):
-                continue
-            rec = self.tasks.get(tid)
-            if rec is None or rec.is_terminal:
-                self.tasks.pop(tid, None)
-                self._index.forget(tid)
-                self._trimmer.left(1)
-
-    def has_unsaved(self, tid: str) -> bool:
-        """Whether the task's latest state may not be in the database yet."""
-        return tid in self._last_save or tid in self._dirty or self.http.tasks.killing(tid)
-
-    def deleted(self, states: dict[str, str]) -> None:
-        """Tasks the retention deleted from the database ({id: state}): out of memory and
-        out of the counts."""
-        for tid in states:
-            rec = self.tasks.get(tid)
-            if rec is not None and rec.is_terminal:
-                del self.tasks[tid]
-                self._index.forget(tid)
-        self._index.uncount(states)
-
-    def _load_positions(self) -> None:
-        """Start the snapshot behind `TaskIndex.positions` (master/task_positions.py): on
-        the writer thread, after every write queued so far, so replaying what changes
-        meanwhile makes it exact."""
-        positions = self._index.positions
-        positions.begin()
-        loading = self.store.read(task_queries.block_counts, in_order=True)
-
-        def loaded(f: asyncio.Future[tuple[dict[tuple[str, int, str], int], int]]) -> None:
-            libproc.dispatch(self.pid, self._positions_loaded, f)
-
-        loading.add_done_callback(loaded)
-
-    def _positions_loaded(
-            self, f: asyncio.Future[tuple[dict[tuple[str, int, str], int], int]]) -> None:
-        self._positions_settled = True
-        if f.cancelled() or f.exception() is not None:
-            self._index.positions.fail()
-            log.warning("listing positions not loaded (pages walk the index instead): %s",
-                        "cancelled" if f.cancelled() else f.exception())
-            return
-        snapshot, last_id = f.result()
-        self._index.positions.load(snapshot, last_id)
+        self.memory.heartbeat(now)
 
     # -- scheduling and launching --------------------------------------------------------
 
@@ -590,7 +536,7 @@ class Master(ProtobufProcess):
                   ("tasks_in_memory", str(len(self.tasks))),
                   ("tasks_ended_in_memory", str(self._index.ended_in_memory)),
                   ("max_completed_tasks", str(self.config.max_completed_tasks)),
-                  ("memory_trims", str(self._trimmer.trims))]
+                  ("memory_trims", str(self.memory.trimmer.trims))]
         for key, value in self._counters.items():
             lines.append((key, str(value)))
         for key, stat in self.store.stats().items():

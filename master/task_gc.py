@@ -6,7 +6,7 @@ master's mailbox, in chunks of `CHUNK` tasks: it reads the ids of tasks that end
 the cutoff (`Store.read`, off the writer thread), asks the master which of them it still
 holds unended or unsaved (a task re-queued since keeps its row), deletes the rest in one
 write batch each (`Store.write`: status updates and submits interleave with the chunks, so
-nothing waits for a large deletion), and tells the master what went (`Master.deleted`:
+nothing waits for a large deletion), and tells the master what went (`TaskMemory.deleted`:
 out of memory and out of the counts). A pass that meets a database fault stops; the next
 one starts over. Visible in `/master/vars` as `gc_*`.
 """
@@ -81,7 +81,7 @@ class TaskGC:
                 if doomed:
                     gone: dict[str, str] = await m.store.write(functools.partial(
                         task_queries.delete_ended, ids=doomed, cutoff=cutoff))
-                    await libproc.dispatch(m.pid, m.deleted, gone)
+                    await libproc.dispatch(m.pid, m.memory.deleted, gone)
                     total += len(gone)
                     self.deleted += len(gone)
                 if len(ids) < CHUNK or not doomed:
@@ -103,6 +103,6 @@ class TaskGC:
         held = set()
         for tid in ids:
             rec = m.tasks.get(tid)
-            if (rec is not None and not rec.is_terminal) or m.has_unsaved(tid):
+            if (rec is not None and not rec.is_terminal) or m.memory.has_unsaved(tid):
                 held.add(tid)
         return held
