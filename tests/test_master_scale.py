@@ -238,11 +238,13 @@ async def test_bulk_kill_sends_kills_for_tasks_on_live_slaves(env: Env) -> None:
 @pytest.mark.parametrize("body", [b"{}", b"[]", b'{"ids": []}', b'{"ids": [true]}',
                                   b'{"state": ["BOGUS"]}', b'{"ids": ["1"], "name": "x"}',
                                   b'{"state": "PENDING", "extra": 1}', b"not json",
-                                  b'{"name": 7}', b'{"state": []}'])
+                                  b'{"name": 7}', b'{"state": []}',
+                                  json.dumps({"ids": [str(i) for i in range(10_001)]}).encode()],
+                         ids=lambda b: repr(b[:30]))
 async def test_a_bad_bulk_kill_is_a_400_and_kills_nothing(env: Env, body: bytes) -> None:
     ids = await env.submit("x")
     status, answer = await env.call("POST", "/master/tasks/kill", body)
-    assert status == 400 and isinstance(answer["error"], str), answer
+    assert status in (400, 413) and isinstance(answer["error"], str), answer
     assert env.rows() == {ids[0]: "PENDING"}
 
 
@@ -296,6 +298,29 @@ async def test_retention_deletes_tasks_ended_before_it_in_the_background(
         assert v["gc_task_retention_secs"] == "100" and old[0] not in env.master.tasks
         status, answer = await env.call("GET", f"/master/tasks/{old[0]}")
         assert status == 404
+
+
+async def test_a_retention_pass_the_database_refuses_deletes_nothing_and_the_next_does(
+        tmp_path: Path) -> None:
+    config = MasterConfig(task_retention=10.0, gc_interval=5.0)
+    async for env in _start(tmp_path / "m.db", config):
+        ids = await env.submit("a", "b")
+        await env.call("POST", "/master/tasks/kill", {"ids": ids})
+        await until(lambda e=env: e.master.memory.positions_settled)
+        Clock.advance(20)
+        os.chmod(env.db, 0o444)
+        try:
+            await env.heartbeat()
+            await until(lambda e=env: e.master.gc.passes >= 1)
+            assert env.master.gc.failures == 1 and env.rows() == dict.fromkeys(ids, "KILLED")
+            assert (await env.vars())["tasks_total"] == "2"
+        finally:
+            os.chmod(env.db, 0o644)
+        await until(lambda e=env: e.store.fault() is None)
+        Clock.advance(5)
+        await env.heartbeat()
+        await until(lambda e=env: e.master.gc.passes >= 2)
+        assert env.rows() == {} and (await env.vars())["tasks_total"] == "0"
 
 
 async def test_no_retention_keeps_every_task(env: Env) -> None:
