@@ -153,7 +153,7 @@ class MasterClient:
             "GET", f"/master/tasks/{_quote(task_id)}/logs?{query}"
         )
         if status >= 400:
-            raise self._http_error(status, body)
+            raise self.http_error(status, body)
         try:
             next_offset = int(headers.get("X-Log-Offset", offset + len(body)))
         except ValueError:
@@ -163,7 +163,7 @@ class MasterClient:
     def vars(self) -> str:
         status, _, body = self._request("GET", "/master/vars")
         if status >= 400:
-            raise self._http_error(status, body)
+            raise self.http_error(status, body)
         return body.decode("utf-8", "replace")
 
     # -- plumbing -------------------------------------------------------------------------
@@ -172,7 +172,7 @@ class MasterClient:
         data = None if payload is None else json.dumps(payload).encode()
         status, _, body = self._request(method, path, data)
         if status >= 400:
-            raise self._http_error(status, body)
+            raise self.http_error(status, body)
         try:
             value = json.loads(body)
         except ValueError:
@@ -206,11 +206,11 @@ class MasterClient:
                 body = b""
             return exc.code, exc.headers, body
         except urllib.error.URLError as exc:
-            raise self._unreachable(exc.reason) from None
+            raise self.unreachable(exc.reason) from None
         except (OSError, http.client.HTTPException) as exc:
-            raise self._unreachable(exc) from None
+            raise self.unreachable(exc) from None
 
-    def _unreachable(self, reason: object) -> ClusterError:
+    def unreachable(self, reason: object) -> ClusterError:
         hint = (
             "start one with 'cluster up', or point --master / CLUSTER_MASTER at the running master"
         )
@@ -231,7 +231,7 @@ class MasterClient:
             why = str(reason) or type(reason).__name__
         return ClusterError(f"cannot reach the master at {self.where} ({why}); {hint}")
 
-    def _http_error(self, status: int, body: bytes) -> ClusterError:
+    def http_error(self, status: int, body: bytes) -> ClusterError:
         message = ""
         try:
             value = json.loads(body)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
@@ -54,8 +53,6 @@ app = typer.Typer(
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-TERMINAL = ("FINISHED", "FAILED", "KILLED", "LOST")
 
 server_commands.register(app)  # master, slave, up
 
@@ -332,14 +329,9 @@ def task(
         return
     waiting = ""
     if found.get("state") == "PENDING":
-        from cli.why import id_key, pending_reason
+        from cli.watch import why_pending
 
-        slaves_now = client.slaves()
-        ahead = 0
-        if slaves_now:
-            mine = id_key(str(found.get("id")))
-            ahead = sum(1 for t in client.tasks("PENDING") if id_key(str(t.get("id"))) < mine)
-        waiting = pending_reason(found, slaves_now, ahead, master=client.master)
+        waiting = why_pending(client, found)
     stdout.print(task_details(found, waiting=waiting))
 
 
@@ -462,63 +454,10 @@ def logs(
     """Print a task's stdout (or --stderr), read through the master from its slave."""
     if tail is not None and tail < 0:
         bad_value(f"--tail must be 0 or more, got {tail}")
-    client = _client(master, secret)
+    from cli.logs import print_log
+
     stream = "stderr" if stderr_stream else "stdout"
-    out = sys.stdout.buffer
-    offset = 0
-    if tail is not None:
-        offset = _print_tail(client, task_id, stream, tail, out)
-        if not follow:
-            return
-    while True:
-        try:
-            chunk = client.logs(task_id, stream, offset)
-        except ClusterError as exc:
-            if not follow or exc.status != 404:
-                raise
-            current = client.task(task_id)  # an unknown id raises here
-            if current.get("state") in TERMINAL:
-                raise ClusterError(
-                    f"task {task_id} is {current.get('state')} and left no logs: {exc}"
-                ) from None
-            time.sleep(0.5)  # not placed on a slave yet
-            continue
-        if chunk.data:
-            out.write(chunk.data)
-            out.flush()
-        offset = chunk.next_offset
-        if chunk.eof:
-            return
-        if not chunk.data:
-            if not follow:
-                return
-            time.sleep(0.5)
-
-
-def _print_tail(client: MasterClient, task_id: str, stream: str, lines: int, out: Any) -> int:
-    """Print the last `lines` lines of what the log holds now; the offset to follow from.
-
-    The master's log API reads forward from an offset, so the log is read through once,
-    keeping only the last lines (memory bounded by them, not by the log)."""
-    from collections import deque
-
-    kept: deque[bytes] = deque(maxlen=lines + 1)
-    offset, partial = 0, b""
-    while True:
-        chunk = client.logs(task_id, stream, offset, limit=1 << 20)
-        offset = chunk.next_offset
-        if chunk.data:
-            parts = (partial + chunk.data).split(b"\n")
-            partial = parts.pop()
-            kept.extend(p + b"\n" for p in parts)
-        if chunk.eof or not chunk.data:
-            break
-    if partial:
-        kept.append(partial)
-    text = b"".join(list(kept)[-lines:]) if lines else b""
-    out.write(text)
-    out.flush()
-    return offset
+    print_log(_client(master, secret), task_id, stream, sys.stdout.buffer, follow=follow, tail=tail)
 
 
 @app.command(

@@ -173,3 +173,37 @@ def examples(*items: str | tuple[str, str], note: str = "") -> str:
     # which measures the margin from the second line on ("Examples:" sets it to 0 there).
     text = "\nExamples:\n\n" + "\n\n".join(lines) + (f"\n\n{note}" if note else "")
     return text.replace("[", "\\[")  # rich markup: a '[' is literal here
+
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def duration(text: str) -> float:
+    """A `--gc-delay`-style duration: `90s`, `30m`, `12h`, `1d`, `2w`, `1.5h`, or plain
+    seconds; typer's parser, so a bad one is a usage error (exit 2) saying what is wrong."""
+    value = text.strip().lower()
+    unit = value[-1:] if value[-1:] in _DURATION_UNITS else "s"
+    number = value[:-1] if value[-1:] in _DURATION_UNITS else value
+    try:
+        seconds = float(number) * _DURATION_UNITS[unit]
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0 or seconds > 100 * 365 * 86400:
+        raise typer.BadParameter(
+            f"{text!r} is not a duration; write a number with s, m, h, d or w (90s, 30m, "
+            "12h, 1d, 2w), 0 or more and at most 100 years"
+        )
+    return seconds
+
+
+def percentage(text: str) -> float:
+    """`90%` or `90` (percent, 1 to 100) as a fraction (0.9); typer's parser."""
+    value = text.strip().removesuffix("%").strip()
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and 1 <= number <= 100):
+        hint = f"; did you mean {number * 100:g}%?" if 0 < number < 1 else ""
+        raise typer.BadParameter(f"{text!r} is not a percentage from 1% to 100%{hint}")
+    return number / 100

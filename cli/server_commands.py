@@ -17,10 +17,11 @@ from cli.options import (
     MasterSecretOpt,
     SlaveSecretOpt,
     VerboseOpt,
-    bad_value,
+    duration,
     env_option,
     examples,
     listen_port,
+    percentage,
     positive,
 )
 
@@ -73,11 +74,13 @@ def master(
         ),
     ] = 10_000,
     task_retention: Annotated[
-        str | None,
+        float | None,
         typer.Option(
+            parser=duration,
+            metavar="DURATION",
             envvar="CLUSTER_TASK_RETENTION",
             show_default=False,
-            help="Delete tasks that ended longer ago than this (e.g. 7d, 12h, 3600) from the "
+            help="Delete tasks that ended longer ago than this (90m, 12h, 7d, 2w) from the "
             r"database, in the background \[default: keep them].",
         ),
     ] = None,
@@ -85,9 +88,6 @@ def master(
 ) -> None:
     """Run the master: accepts tasks, schedules them onto slaves, stores state in SQLite."""
     from cli.servers import bind_host, bind_port, serve_master
-
-    retention = None if task_retention in (None, "") else duration("--task-retention",
-                                                                 task_retention)
 
     serve_master(
         host=bind_host(host),
@@ -100,25 +100,8 @@ def master(
         heartbeat_interval=heartbeat_interval,
         slave_timeout=slave_timeout,
         max_completed_tasks=max_completed_tasks,
-        task_retention=retention,
+        task_retention=task_retention,
     )
-
-
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-
-
-def duration(flag: str, text: str) -> float:
-    """`90`, `90s`, `30m`, `12h`, `7d`, `2w` as seconds (> 0); a usage error otherwise."""
-    value = text.strip().lower()
-    unit = _UNITS.get(value[-1:], None) if value else None
-    number = value[:-1] if unit is not None else value
-    try:
-        seconds = float(number) * (unit or 1.0)
-    except ValueError:
-        seconds = float("nan")
-    if not 0 < seconds < float("inf"):
-        bad_value(f"{flag} must be a duration such as 3600, 90m, 12h or 7d, got {text!r}")
-    return seconds
 
 
 SLAVE_EXAMPLES = examples(
@@ -128,8 +111,11 @@ SLAVE_EXAMPLES = examples(
     ("CLUSTER_MASTER=master:5050 CLUSTER_WORK_DIR=/work cluster slave", "from the environment"),
     ("cluster slave --master 127.0.0.1:5050 --isolation cgroups --cpu-limit hard "
      "--task-pids-max 256", "enforce cpus, mem and a process limit"),
-    note="A task's files are in WORK_DIR/sandboxes/<task id>@<attempt>/ (stdout, stderr); "
-    "WORK_DIR/slave.json names the slave id that 'cluster slaves' shows.",
+    ("cluster slave --master 127.0.0.1:5050 --gc-delay 2h --gc-disk-watermark 80%",
+     "collect sooner"),
+    note="A task's files are in WORK_DIR/sandboxes/<task id>@<attempt>/ (stdout, stderr) "
+    "until --gc-delay after it ended; WORK_DIR/slave.json names the slave id that "
+    "'cluster slaves' shows.",
 )
 
 
@@ -172,6 +158,32 @@ def slave(
         int,
         typer.Option(min=0, help="Processes one task may have at once (0: no limit)."),
     ] = 1024,
+    gc_delay: Annotated[
+        float,
+        typer.Option(
+            parser=duration,
+            metavar="DURATION",
+            help="Delete an ended task's sandbox (its stdout, stderr, files) this long after "
+            "it ended: 90s, 30m, 12h, 1d, 2w.",
+        ),
+    ] = "1d",  # type: ignore[assignment]
+    gc_disk_watermark: Annotated[
+        float,
+        typer.Option(
+            parser=percentage,
+            metavar="PERCENT",
+            help="While the work dir's disk (blocks or inodes) is fuller than this, delete "
+            "ended sandboxes sooner, oldest first.",
+        ),
+    ] = "90%",  # type: ignore[assignment]
+    gc_interval: Annotated[
+        float,
+        typer.Option(
+            parser=duration,
+            metavar="DURATION",
+            help="How often the disk is checked against --gc-disk-watermark.",
+        ),
+    ] = "1m",  # type: ignore[assignment]
     verbose: VerboseOpt = 0,
 ) -> None:
     """Run a slave: registers with the master and runs the tasks it is given."""
@@ -197,6 +209,9 @@ def slave(
         isolation=isolation,
         cpu_limit=cpu_limit,
         task_pids_max=task_pids_max,
+        gc_delay=gc_delay,
+        gc_disk_watermark=gc_disk_watermark,
+        gc_interval=max(gc_interval, 0.1),
     )
 
 

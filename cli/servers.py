@@ -197,6 +197,9 @@ def serve_slave(
     isolation: str = "auto",
     cpu_limit: str = "soft",
     task_pids_max: int = 1024,
+    gc_delay: float = 86400.0,
+    gc_disk_watermark: float = 0.9,
+    gc_interval: float = 60.0,
 ) -> None:
     configure_logging(verbose, "slave")
     from slave.main import master_upid, run_slave
@@ -227,6 +230,9 @@ def serve_slave(
                 isolation=isolation,
                 cpu_limit=cpu_limit,
                 task_pids_max=task_pids_max,
+                gc_delay=gc_delay,
+                gc_disk_watermark=gc_disk_watermark,
+                gc_interval=gc_interval,
             )
         )
     except OSError as exc:

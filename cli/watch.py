@@ -1,20 +1,21 @@
 """Wait for tasks to end, showing live progress: `cluster submit --wait` and `cluster wait`.
 
-The master is polled; each poll is one request per task for a few tasks, or one listing for
-many. On a terminal a board is redrawn on stderr: one bar per task for at most `MAX_BARS`
-tasks — running and failed ones first, then pending, then finished, with "+N more" for the
-rest — whose clocks run while the task runs, and a total that counts each running task's
-progress (FINISHED counts 1; a FAILED, KILLED or LOST task only what it had done, so a lone
-LOST task never shows 100%). Otherwise one plain line per task is printed to stdout as it
-ends, so logs of scripted runs stay readable. While a task is PENDING the board (or one
-stderr line per new reason) says why it waits. A task is over when it is in a terminal
-state: the master re-queues a FAILED/LOST task with retries left before anyone can observe
-the FAILED state, so a terminal state seen here is final.
+The tasks are followed by `cli.follow.Follower`: through the master's event stream when it
+has one (one fetch, then events: no request per task or per second), else by polling. On a
+terminal a board is redrawn on stderr: one bar per task for at most `MAX_BARS` tasks —
+running and failed ones first, then pending, then finished, with "+N more" for the rest —
+whose clocks run while the task runs, and a total that counts each running task's progress
+(FINISHED counts 1; a FAILED, KILLED or LOST task only what it had done, so a lone LOST task
+never shows 100%). Drawing costs O(MAX_BARS) whatever the number of tasks (`TaskSet` keeps
+the totals). Otherwise one plain line per task is printed to stdout as it ends, so logs of
+scripted runs stay readable. While a task is PENDING the board (or one stderr line per new
+reason) says why it waits. A task is over when it is final (`cli.taskset.is_final`): a
+FAILED/LOST task with retries left is re-queued by the master, so it is waited for again.
 
 Contract: `watch()` returns the last known task objects, in the order of `ids`, when every
-task is terminal; raises ClusterError when a task is unknown or the master cannot be
-reached, and `WaitTimeout` (exit code 124) when `timeout` passes (the tasks keep running in
-every case).
+task is final; raises ClusterError when a task is unknown or the master cannot be reached,
+and `WaitTimeout` (exit code 124) when `timeout` passes (the tasks keep running in every
+case).
 """
 
 from __future__ import annotations
@@ -29,24 +30,26 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.client import ClusterError, MasterClient
+from cli.follow import Follower
 from cli.options import EXIT_TIMEOUT, again
-from cli.render import STATE_STYLES, TERMINAL, duration, runtime, stderr, stdout, task_label
-from cli.why import id_key, pending_reason
+from cli.render import STATE_STYLES, duration, runtime, stderr, stdout, task_label
+from cli.taskset import ORDER, TaskSet, shown_progress
+from cli.why import id_key, pending_reason, queue_matters
 
-__all__ = ["MAX_BARS", "WaitTimeout", "board", "pick_rows", "summarize", "watch"]
+__all__ = [
+    "MAX_BARS",
+    "WaitTimeout",
+    "board",
+    "draw_board",
+    "pick_rows",
+    "summarize",
+    "watch",
+    "why_pending",
+]
 
 MAX_BARS = 20
-PER_TASK_POLL_LIMIT = 10  # more ids than this: poll one listing instead of each task
 REASON_EVERY = 2.0  # seconds between looks at the slaves while a task is PENDING
-_ORDER = {
-    "RUNNING": 0,
-    "STAGING": 0,
-    "FAILED": 1,
-    "LOST": 1,
-    "KILLED": 1,
-    "PENDING": 2,
-    "FINISHED": 3,
-}
+STEP = 1.0  # seconds the loop waits for events at most (the deadline is checked between)
 
 
 class WaitTimeout(ClusterError):
@@ -55,28 +58,10 @@ class WaitTimeout(ClusterError):
     exit_code = EXIT_TIMEOUT
 
 
-def _fetch(client: MasterClient, ids: list[str]) -> dict[str, dict[str, Any]]:
-    if len(ids) <= PER_TASK_POLL_LIMIT:
-        return {tid: client.task(tid) for tid in ids}
-    by_id = {str(t.get("id")): t for t in client.tasks()}
-    missing = [tid for tid in ids if tid not in by_id]
-    if missing:
-        client.task(missing[0])  # raises the master's own "no task with id" error
-    return {tid: by_id[tid] for tid in ids}
-
-
 def pick_rows(ids: list[str], tasks: dict[str, dict[str, Any]], limit: int) -> list[str]:
     """The ids to draw: running, then failed, then pending, then finished; in submit order
     within each group."""
-    position = {tid: i for i, tid in enumerate(ids)}
-    ranked = sorted(ids, key=lambda t: (_ORDER.get(str(tasks[t].get("state")), 2), position[t]))
-    return ranked[:limit]
-
-
-def _shown_progress(task: dict[str, Any]) -> float:
-    if task.get("state") == "FINISHED":
-        return 1.0
-    return max(0.0, min(1.0, float(task.get("progress") or 0)))
+    return TaskSet(ids, tasks).rows(limit)
 
 
 def board(
@@ -86,44 +71,49 @@ def board(
     reason: str = "",
     limit: int = MAX_BARS,
 ) -> RenderableType:
+    """The live view of `tasks` (see `draw_board`)."""
+    return draw_board(TaskSet(ids, tasks), now, reason, limit)
+
+
+def draw_board(
+    view: TaskSet, now: float, reason: str = "", limit: int = MAX_BARS
+) -> RenderableType:
     """The live view: a bar per shown task, '+N more', the total, and why tasks wait."""
     grid = Table.grid(padding=(0, 1))
     for _ in range(5):
         grid.add_column(no_wrap=True)
-    for tid in pick_rows(ids, tasks, limit):
-        task = tasks[tid]
+    for tid in view.rows(limit):
+        task = view.tasks[tid]
         state = str(task.get("state"))
         style = STATE_STYLES.get(state, "")
         grid.add_row(
             Text(f"task {task_label(task)}"[:40]),
             ProgressBar(
                 total=1.0,
-                completed=_shown_progress(task),
+                completed=shown_progress(task),
                 width=30,
                 complete_style=style or "bar.complete",
                 finished_style=style or "bar.finished",
             ),
-            Text(f"{100 * _shown_progress(task):3.0f}%"),
+            Text(f"{100 * shown_progress(task):3.0f}%"),
             Text(state, style=style),
             Text(duration(runtime(task, now)) if task.get("started_at") else "-"),
         )
-    hidden = len(ids) - min(limit, len(ids))
-    counts: dict[str, int] = {}
-    for tid in ids:
-        state = str(tasks[tid].get("state"))
-        counts[state] = counts.get(state, 0) + 1
+    count = len(view.ids)
+    hidden = count - min(limit, count)
     if hidden:
         grid.add_row(Text(f"+{hidden} more", style="dim"), "", "", "", "")
-    ended = sum(n for s, n in counts.items() if s in TERMINAL)
-    total = sum(_shown_progress(tasks[tid]) for tid in ids) / max(len(ids), 1)
+    total = view.total_progress
     summary = " ".join(
-        f"{n} {s.lower()}" for s, n in sorted(counts.items(), key=lambda kv: _ORDER.get(kv[0], 2))
+        f"{n} {s.lower()}"
+        for s, n in sorted(view.counts.items(), key=lambda kv: ORDER.get(kv[0], 2))
+        if n
     )
     grid.add_row(
         Text("total", style="bold"),
         ProgressBar(total=1.0, completed=total, width=30),
         Text(f"{100 * total:3.0f}%"),
-        Text(f"{ended}/{len(ids)} ended"),
+        Text(f"{view.ended}/{count} ended"),
         Text(summary),
     )
     if not reason:
@@ -132,37 +122,45 @@ def board(
 
 
 class _Reasons:
-    """Why our oldest PENDING task waits, refreshed every REASON_EVERY seconds."""
+    """Why our oldest PENDING task waits: looked at again at most every REASON_EVERY
+    seconds, and only when something happened since (an event or a fetch)."""
 
-    def __init__(self, client: MasterClient, ids: list[str]) -> None:
-        self.client, self.ids = client, ids
+    def __init__(self, follower: Follower) -> None:
+        self.follower = follower
         self.text = ""
         self._at = float("-inf")
+        self._seen = -1  # follower.activity at the last look
 
-    def update(self, tasks: dict[str, dict[str, Any]]) -> str:
-        pending = [tasks[t] for t in self.ids if tasks[t].get("state") == "PENDING"]
+    def update(self) -> str:
+        f = self.follower
+        with f.lock:
+            pending = f.view.pending()
         if not pending:
             self.text = ""
             return ""
-        if time.monotonic() - self._at < REASON_EVERY:
+        if f.activity == self._seen or time.monotonic() - self._at < REASON_EVERY:
             return self.text
-        self._at = time.monotonic()
+        self._at, self._seen = time.monotonic(), f.activity
         first = min(pending, key=lambda t: id_key(str(t.get("id"))))
         try:
-            slaves = self.client.slaves()
-            ahead = 0
-            if slaves:
-                ahead = sum(
-                    1
-                    for t in self.client.tasks("PENDING")
-                    if id_key(str(t.get("id"))) < id_key(str(first.get("id")))
-                )
+            self.text = why_pending(f.client, first)
         except ClusterError:
-            return self.text  # the next poll reports an unreachable master
-        self.text = pending_reason(first, slaves, ahead, master=self.client.master)
+            return self.text  # the next fetch reports an unreachable master
         if len(pending) > 1:
             self.text = f"{len(pending)} tasks PENDING: {self.text}"
         return self.text
+
+
+def why_pending(client: MasterClient, task: dict[str, Any]) -> str:
+    """Why `task` (PENDING) waits, asking the master: its slaves, and the older PENDING
+    tasks only when that count matters (a slave has room), so a busy cluster costs one
+    request. Raises ClusterError."""
+    slaves = client.slaves()
+    ahead = 0
+    if queue_matters(task, slaves):
+        mine = id_key(str(task.get("id")))
+        ahead = sum(1 for t in client.tasks("PENDING") if id_key(str(t.get("id"))) < mine)
+    return pending_reason(task, slaves, ahead, master=client.master)
 
 
 def watch(
@@ -174,30 +172,45 @@ def watch(
     timeout: float | None = None,
     poll: float = 0.5,
     sleep: Callable[[float], None] = time.sleep,
+    use_events: bool = True,
 ) -> list[dict[str, Any]]:
     deadline = None if timeout is None else time.monotonic() + timeout
-    tasks = _fetch(client, ids)  # fails fast on an unknown id
-    reasons = _Reasons(client, ids)
-    if progress:
-        return _watch_board(client, ids, tasks, deadline, poll, sleep, reasons)
-    reported: set[str] = set()
+    # Fails fast on an unknown id.
+    follower = Follower(client, ids, use_events=use_events, poll=poll, sleep=sleep)
+    try:
+        reasons = _Reasons(follower)
+        if progress:
+            return _watch_board(follower, deadline, reasons)
+        return _watch_lines(follower, deadline, reasons, quiet)
+    finally:
+        follower.close()
+
+
+def _watch_lines(
+    follower: Follower, deadline: float | None, reasons: _Reasons, quiet: bool
+) -> list[dict[str, Any]]:
+    view = follower.view
     said = ""
     while True:
-        for tid in ids:
-            task = tasks[tid]
-            if task.get("state") in TERMINAL and tid not in reported:
-                reported.add(tid)
-                if not quiet:
-                    _print_line(task)
-        if len(reported) == len(ids):
-            return [tasks[tid] for tid in ids]
-        why = reasons.update(tasks)
+        ended = list(dict.fromkeys(view.newly_final))
+        view.newly_final.clear()
+        if not quiet:
+            for tid in ended:
+                _print_line(view.tasks[tid])
+        if view.done:
+            return view.in_order()
+        why = reasons.update()
         if why and why != said and not quiet:
             stderr.print(f"waiting: {why}", markup=False)
         said = why
-        _check_deadline(deadline, ids, tasks, client)
-        sleep(poll)
-        tasks = _fetch(client, ids)
+        _check_deadline(deadline, follower)
+        follower.step(_step_timeout(deadline))
+
+
+def _step_timeout(deadline: float | None) -> float:
+    if deadline is None:
+        return STEP
+    return max(0.0, min(STEP, deadline - time.monotonic()))
 
 
 def _print_line(task: dict[str, Any]) -> None:
@@ -210,47 +223,39 @@ def _print_line(task: dict[str, Any]) -> None:
     stdout.print(line)
 
 
-def _check_deadline(
-    deadline: float | None, ids: list[str], tasks: dict[str, dict[str, Any]], client: MasterClient
-) -> None:
+def _check_deadline(deadline: float | None, follower: Follower) -> None:
     if deadline is None or time.monotonic() < deadline:
         return
-    waiting = [
-        f"{tid} {tasks[tid].get('state')}" for tid in ids if tasks[tid].get("state") not in TERMINAL
-    ]
+    with follower.lock:
+        view = follower.view
+        waiting = [f"{tid} {view.tasks[tid].get('state')}" for tid in view.waiting()]
+    ids = follower.ids
     shown = ", ".join(waiting[:5]) + (f" and {len(waiting) - 5} more" if len(waiting) > 5 else "")
     raise WaitTimeout(
         f"timed out waiting for {len(waiting)} task(s): {shown}; they keep "
-        f"running (cluster wait{again(client.master)} {' '.join(ids[:5])}"
+        f"running (cluster wait{again(follower.client.master)} {' '.join(ids[:5])}"
         f"{' ...' if len(ids) > 5 else ''})"
     )
 
 
 def _watch_board(
-    client: MasterClient,
-    ids: list[str],
-    tasks: dict[str, dict[str, Any]],
-    deadline: float | None,
-    poll: float,
-    sleep: Callable[[float], None],
-    reasons: _Reasons,
+    follower: Follower, deadline: float | None, reasons: _Reasons
 ) -> list[dict[str, Any]]:
     from rich.live import Live
 
-    shown: list[Any] = [tasks, reasons.update(tasks)]  # what render() draws: tasks, reason
+    shown = [reasons.update()]  # the reason render() draws
 
     def render() -> RenderableType:  # called at every refresh: the clocks run
-        return board(ids, shown[0], time.time(), shown[1])
+        with follower.lock:
+            return draw_board(follower.view, time.time(), shown[0])
 
     with Live(get_renderable=render, console=stderr, refresh_per_second=4, transient=False):
         while True:
-            current: dict[str, dict[str, Any]] = shown[0]
-            if all(current[tid].get("state") in TERMINAL for tid in ids):
-                return [current[tid] for tid in ids]
-            _check_deadline(deadline, ids, current, client)
-            sleep(poll)
-            fresh = _fetch(client, ids)
-            shown[:] = [fresh, reasons.update(fresh)]
+            if follower.view.done:
+                return follower.view.in_order()
+            _check_deadline(deadline, follower)
+            follower.step(_step_timeout(deadline))
+            shown[0] = reasons.update()
 
 
 def summarize(final: list[dict[str, Any]], *, json_output: bool, master: str = "") -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["id_key", "pending_reason"]
+__all__ = ["id_key", "pending_reason", "queue_matters"]
 
 _EPS = 1e-9
 
@@ -50,13 +50,7 @@ def pending_reason(
             f"no active slave offers {cpus:g} cpus and {mem:g} MiB (the largest offer "
             f"{most_cpus:g} cpus, {most_mem:g} MiB); start a bigger slave"
         )
-    free = [
-        s
-        for s in big
-        if _f(s.get("cpus")) - _f(s.get("used_cpus")) + _EPS >= cpus
-        and _f(s.get("mem")) - _f(s.get("used_mem")) + _EPS >= mem
-    ]
-    if not free:
+    if not _free(task, big):
         running = sum(len(s.get("tasks") or []) for s in big)
         return (
             f"waiting for {cpus:g} cpus and {mem:g} MiB to be free: the {len(big)} "
@@ -65,6 +59,24 @@ def pending_reason(
     if queued_ahead > 0:
         return f"queued behind {queued_ahead} older PENDING task(s)"
     return "about to be placed on a slave"
+
+
+def queue_matters(task: dict[str, Any], slaves: list[dict[str, Any]]) -> bool:
+    """Whether the count of older PENDING tasks can change `pending_reason`'s answer: only
+    when an active slave has room for the task now (so callers ask for that count only
+    then)."""
+    active = [s for s in slaves if s.get("state") == "active"]
+    return bool(_free(task, active))
+
+
+def _free(task: dict[str, Any], slaves: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    cpus, mem = _f(task.get("cpus")), _f(task.get("mem"))
+    return [
+        s
+        for s in slaves
+        if _f(s.get("cpus")) - _f(s.get("used_cpus")) + _EPS >= cpus
+        and _f(s.get("mem")) - _f(s.get("used_mem")) + _EPS >= mem
+    ]
 
 
 def id_key(task_id: str) -> tuple[int, str]:

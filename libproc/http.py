@@ -3,7 +3,9 @@
 `/<id><path>` reaches the route a process installed with `route(path, handler)`; the handler
 runs inside the process's mailbox, serially with its messages. A path whose first segment is
 not a live process goes to the delegate process when one is set (so `/vars` can reach
-`/master/vars`). Built in: `/__processes__`, `/metrics/snapshot`, `/health`. Every HTTP
+`/master/vars`). Built in: `/__processes__`, `/metrics/snapshot`, `/metrics` (the same
+figures and every collector of `libproc.prometheus`, in Prometheus's text format), `/health`.
+Every HTTP
 request (not the libprocess messages) first passes the rules of `libproc.firewall`.
 
 `/health` answers 200 `{"healthy": true, ...}`, or 503 with `"healthy": false` and the
@@ -25,7 +27,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from libproc import firewall, wire
+from libproc import firewall, prometheus, wire
 from libproc.errors import FutureDiscardedError
 from libproc.future import Future
 from libproc.metrics import metrics
@@ -100,6 +102,7 @@ class HttpServer:
 
     async def close(self) -> None:
         _health_checks.clear()  # they belong to the processes of this runtime
+        prometheus.clear()
         try:
             await asyncio.wait_for(self.server.shutdown(1.0), 2.0)
         except (TimeoutError, Exception):  # noqa: BLE001 - best effort at shutdown
@@ -200,12 +203,19 @@ class HttpServer:
                  "events": p._describe_events()}
                 for p in list(self.rt.processes.values())
             ])
-        if first == "metrics" and rest == "/snapshot" and "metrics" not in self.rt.processes:
-            snap = metrics.snapshot()
-            snap["libproc/processes"] = len(self.rt.processes)
-            for key, value in self.rt.transport.stats().items():
-                snap[f"libproc/connections_{key}"] = value
-            return web.json_response(snap)
+        if first == "metrics" and "metrics" not in self.rt.processes:
+            if rest == "/snapshot":
+                return web.json_response(self._snapshot())
+            if rest == "/":  # GET /metrics: for Prometheus
+                return prometheus.response(self._snapshot(), metrics.counters)
         if first == "health" and rest == "/" and "health" not in self.rt.processes:
             return _health(len(self.rt.processes))
         return None
+
+    def _snapshot(self) -> dict[str, Any]:
+        """libproc's counters and gauges, with the runtime's own gauges."""
+        snap: dict[str, Any] = metrics.snapshot()
+        snap["libproc/processes"] = len(self.rt.processes)
+        for key, value in self.rt.transport.stats().items():
+            snap[f"libproc/connections_{key}"] = value
+        return snap

@@ -291,7 +291,47 @@ class _HttpShim(_Incoming):
             if self._refusal is not None:
                 self._deliver_refusal()
             return True
-        return self._inner.eof_received()
+        # The peer has sent its last request (a half-close, as `nc -N` or an HTTP/1.0
+        # client does): answer everything it sent, then close; bounded by
+        # CLOSE_GRACE_SECONDS.
+        self._inner.eof_received()
+        transport = self._transport
+        if transport is None:
+            return False
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(CLOSE_GRACE_SECONDS, transport.abort)
+        self._close_when_answered(transport)
+        return True
+
+    def _close_when_answered(self, transport: asyncio.Transport, asked: bool = False) -> None:
+        """Close once aiohttp has answered every request it was given. aiohttp has no
+        public way to ask, so read its handler: while requests are queued or one is being
+        served, wait; then ask it to close (it does, after the request it may have just
+        taken off its queue) and close ourselves once its request loop has ended (an idle
+        aiohttp asked to close leaves the socket open)."""
+        inner = self._inner
+        queued = getattr(inner, "_messages", None)
+        busy = getattr(inner, "_request_in_progress", None)
+        if queued is None or busy is None:  # another aiohttp: let it close by itself
+            close = getattr(inner, "close", None)
+            if callable(close):
+                close()
+            return
+        if not asked:
+            if queued or busy:
+                asyncio.get_running_loop().call_later(0.02, self._close_when_answered,
+                                                      transport)
+                return
+            close = getattr(inner, "close", None)
+            if callable(close):
+                close()
+        task = getattr(inner, "_task_handler", None)
+        if task is None or task.done():
+            transport.close()  # flushes what was written first
+            return
+        asyncio.get_running_loop().call_later(0.02, self._close_when_answered, transport, True)
 
     def data_received(self, data: bytes) -> None:
         if self._dead:
@@ -305,6 +345,12 @@ class _HttpShim(_Incoming):
             requests, error = [], exc
         else:
             error = parser.error
+        for i, req in enumerate(requests):
+            problem = _http_problem(req)
+            if problem is not None:  # aiohttp's parser would answer text/plain and log
+                requests = requests[:i]
+                error = wire.BadRequest(400, problem, req)
+                break
         if requests:
             self._inner.data_received(b"".join(self._canonical(r) for r in requests))
         if error is not None:
@@ -365,6 +411,17 @@ class _HttpShim(_Incoming):
             head.append(f"host: {self._host_header}")
         head.append(f"content-length: {len(req.body)}")
         return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + req.body
+
+
+def _http_problem(req: wire.Request) -> str | None:
+    """Why a parsed request is not one an HTTP server takes (RFC 9112: no control or
+    non-ASCII characters in the target, no controls but tab in header values), or None."""
+    if not all(0x21 <= ord(c) < 0x7F for c in req.target):
+        return "invalid character in the request target: percent-encode it"
+    for name, value in req.headers.items():
+        if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value):
+            return f"invalid (control) character in the value of header {name!r}"
+    return None
 
 
 class Incoming:

@@ -243,10 +243,10 @@ class RequestParser:
                         sep = 2
                     if end < 0:
                         if len(buf) - pos > limits.max_head:
-                            raise WireError("request head too large")
+                            raise self._head_too_large(bytes(buf[pos:pos + 8192]))
                         break
                     if end - pos > limits.max_head:
-                        raise WireError("request head too large")
+                        raise self._head_too_large(bytes(buf[pos:pos + 8192]))
                     req = self._parse_head(bytes(buf[pos:end]))
                     self._req_start = pos
                     pos = end + sep
@@ -334,6 +334,17 @@ class RequestParser:
             if pos:
                 del buf[:pos]
         return out
+
+    def _head_too_large(self, start: bytes) -> WireError:
+        """Over `max_head`: plain HTTP (a request line that parses, not a POST, which may be
+        a message) is answered 431; anything else is closed without an answer."""
+        why = f"request head too large: at most {self.limits.max_head} bytes"
+        nl = start.find(b"\n")
+        parts = (start[:nl] if nl >= 0 else b"").rstrip(b"\r").decode("latin-1").split(" ")
+        if (len(parts) == 3 and parts[2] in _VERSIONS and _TOKEN.fullmatch(parts[0])
+                and parts[1] and parts[0] != "POST"):
+            return BadRequest(431, why, Request(parts[0], parts[1], parts[2], {}))
+        return WireError(why)
 
     def _parse_head(self, head: bytes) -> Request:
         nl = head.find(b"\n")

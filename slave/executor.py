@@ -43,7 +43,7 @@ from typing import Any
 
 from slave import procfs
 from slave.isolation import Container, IsolationError, Isolator, Limits, NoIsolation, Usage
-from slave.journal import Journal, end_record, start_record
+from slave.journal import JOURNAL, Journal, end_record, start_record, unended_starts
 from slave.logs import ProgressTail, Stream, read_log
 from slave.orphans import kill_orphans
 from slave.sandbox import prepare_sandbox, sandbox_dir, sandbox_path
@@ -153,6 +153,7 @@ class Executor:
         self._counts["tasks_limit_exceeded"] = 0
         self._journal = Journal(self._work_dir)
         self._orphan_scans = 0  # kill_orphans calls under way: no compaction until they end
+        self.interrupted: list[str] = []  # sandboxes of tasks an earlier slave left running
         self._sampling = False
 
     # -- launching -------------------------------------------------------------------------
@@ -467,7 +468,8 @@ class Executor:
         """Clean up after an earlier slave on this work dir (the slave calls this once, at
         start-up): its task cgroups (killed and removed), then the process groups its journal
         proves it started, sparing the tasks this executor runs; then compacts the journal.
-        Returns the cgroups' and tasks' names.
+        Returns the cgroups' and tasks' names; `interrupted` holds the sandbox paths of every
+        task the journal says was running (for the garbage collector: they end now).
         """
         mine = {t.pgid for t in self._tasks.values() if t.pgid}
         keep = {t.container.name for t in self._tasks.values() if t.container}
@@ -486,6 +488,8 @@ class Executor:
             killed = await kill_orphans(self.work_dir, exclude_pgids=mine,
                                         grace=self.kill_grace, sleep=self._sleep,
                                         journal_bytes=known)
+            starts = await asyncio.to_thread(unended_starts, self.work_dir / JOURNAL, known)
+            self.interrupted = [r["sandbox"] for r in starts if isinstance(r.get("sandbox"), str)]
         finally:
             self._orphan_scans -= 1
         if not self._orphan_scans and self._journal.exists():
@@ -563,6 +567,16 @@ class Executor:
     def progress(self) -> dict[str, float]:
         """{task_id: last progress seen} for every running task (0.0 before any); no I/O."""
         return {tid: t.tail.scanner.last or 0.0 for tid, t in self._tasks.items()}
+
+    def sandboxes_in_use(self) -> set[str]:
+        """The sandbox directory names of the tasks launched here and not yet ended."""
+        names = set()
+        for t in self._tasks.values():
+            try:
+                names.add(os.path.basename(t.sandbox or sandbox_dir("", t.task_id, t.attempt)))
+            except ValueError:  # an id that names no sandbox: it will fail to start
+                pass
+        return names
 
     def running(self) -> list[RunningTask]:
         """Snapshots of the running tasks (launched, result not yet reported)."""

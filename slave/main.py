@@ -10,6 +10,7 @@ from pathlib import Path
 
 import libproc
 from libproc import UPID
+from slave.gc import DAY, GcConfig
 from slave.isolation import DEFAULT_TASK_PIDS_MAX, IsolationError, create_isolator
 from slave.process import Slave, SlaveConfig
 
@@ -66,6 +67,9 @@ async def run_slave(
     isolation: str = "auto",
     cpu_limit: str = "soft",
     task_pids_max: int = DEFAULT_TASK_PIDS_MAX,
+    gc_delay: float = DAY,
+    gc_disk_watermark: float = 0.9,
+    gc_interval: float = 60.0,
 ) -> int:
     """Run until SIGINT/SIGTERM; 0, or 2 (one clear line on stderr) when the isolation asked
     for cannot be had here."""
@@ -87,7 +91,9 @@ async def run_slave(
     config = SlaveConfig(master=master_pid, work_dir=work_path, cpus=cpus,
                          mem=mem, secret=secret, progress_interval=progress_interval,
                          isolation=isolation, cpu_limit=cpu_limit, task_pids_max=task_pids_max,
-                         isolator=isolator)
+                         isolator=isolator,
+                         gc=GcConfig(delay=gc_delay, watermark=gc_disk_watermark,
+                                     interval=gc_interval))
     slave = Slave(config)
     libproc.spawn(slave)
     print(f"slave {slave.pid} registering with {master_pid}", flush=True)

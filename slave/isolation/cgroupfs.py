@@ -80,10 +80,21 @@ def write(path: str, value: str) -> None:
 
 
 def make_dir(path: str) -> None:
+    """Create a cgroup. A task's whose per-slave parent is gone (removed while it was empty,
+    by an administrator or a clean-up tool) gets that parent back first."""
+    parent = os.path.dirname(path)
     try:
         os.mkdir(path, 0o755)
     except FileExistsError:
         pass
+    except FileNotFoundError as e:
+        if not os.path.basename(parent).startswith(SLAVE_PREFIX) or not os.path.isdir(
+                os.path.dirname(parent)):
+            raise IsolationError(f"cannot create the cgroup {path}: {e.strerror or e}") from None
+        log.warning("the slave's cgroup %s was removed while in use; creating it again",
+                    parent)
+        make_dir(parent)
+        make_dir(path)
     except OSError as e:
         raise IsolationError(f"cannot create the cgroup {path}: {e.strerror or e}") from None
 
