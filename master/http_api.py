@@ -2,7 +2,7 @@
 
     GET  /master/vars (also /vars)   GET /master/state   GET /master/slaves
     GET  /master/tasks  (paged)      POST /master/tasks                (submit)
-    POST /master/tasks/kill  (bulk)  GET  /metrics (also /master/metrics: Prometheus text)
+    POST /master/tasks/kill  (bulk)  (GET /metrics is libproc's, with master/metrics.py's)
     GET  /master/tasks/{id}          POST /master/tasks/{id}/kill
     GET  /master/tasks/{id}/logs     GET  /master/events               (Server-Sent Events)
     GET  /  /dashboard/{name}  /favicon.ico                            (the web dashboard)
@@ -35,7 +35,6 @@ import libproc
 from libproc.future import Future, as_future
 from master.api import shown
 from master.dashboard import Dashboard
-from master.metrics import CONTENT_TYPE
 from master.task_http import TaskHttp, error
 
 if TYPE_CHECKING:
@@ -64,7 +63,6 @@ class MasterHttp:
             ("GET", "/master/tasks", self.tasks.list_tasks),
             ("POST", "/master/tasks", self.tasks.submit_http),
             ("POST", "/master/tasks/kill", self.tasks.kill_many),
-            ("GET", "/master/metrics", self._metrics), ("GET", "/metrics", self._metrics),
             ("GET", "/master/tasks/{id}", self.tasks.get_task),
             ("POST", "/master/tasks/{id}/kill", self.tasks.kill_task),
             ("GET", "/master/tasks/{id}/logs", self.tasks.task_logs),
@@ -136,10 +134,6 @@ class MasterHttp:
     async def _vars(self, request: web.BaseRequest, _: Mapping[str, str]) -> web.Response:
         text: str = await libproc.dispatch(self.master.pid, self.master.vars_text)
         return web.Response(text=text, content_type="text/plain")
-
-    async def _metrics(self, request: web.BaseRequest, _: Mapping[str, str]) -> web.Response:
-        body: bytes = await libproc.dispatch(self.master.pid, self.master.metrics.render)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def _state(self, request: web.BaseRequest, _: Mapping[str, str]) -> web.Response:
         return web.json_response(await libproc.dispatch(self.master.pid,

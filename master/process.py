@@ -131,6 +131,7 @@ class Master(ProtobufProcess):
             self.tasks[record.id] = record
             self._index.adopt(record)
         self.store.on_commit = self.metrics.store_batch_seconds.observe
+        self.metrics.install()
         self.memory.load_positions()
         active = self._index.active(self.tasks)
         if active:
@@ -146,6 +147,7 @@ class Master(ProtobufProcess):
         libproc.remove_health_check(f"{self.id}.store")
         self.events.close()
         self.store.on_commit = None
+        self.metrics.remove()
         self.gc.stop()
         try:
             await self.store.flush()
