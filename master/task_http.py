@@ -102,7 +102,7 @@ class TaskHttp:
                          f"now: {exc}")
         if task is None:
             return error(404, f"no task with id {shown(tid)}")
-        return web.json_response(task)
+        return web.json_response(task.to_json())
 
     async def kill_task(self, request: web.BaseRequest, match: Mapping[str, str]) -> web.Response:
         try:
@@ -119,7 +119,7 @@ class TaskHttp:
             return error(503, f"cannot read task {shown(tid)} from the database now: {exc}")
         if task is None:
             return error(404, f"no task with id {shown(tid)}")
-        return error(409, f"task {tid} is already {task['state']}")
+        return error(409, f"task {tid} is already {task.state}")
 
     async def kill_many(self, request: web.BaseRequest, match: Mapping[str, str]) -> web.Response:
         """POST /master/tasks/kill (see master/bulk_kill.py)."""
@@ -159,13 +159,13 @@ class TaskHttp:
             return None
         return self._kill(rec)
 
-    def _log_source(self, task: dict[str, Any]) -> tuple[str, str, int] | str:
+    def _log_source(self, task: TaskRecord) -> tuple[str, str, int] | str:
         """(slave id, its /logs URL, attempt) of a task, or why there is none."""
-        slave = self.master.slaves.get(task["slave_id"] or "")
+        slave = self.master.slaves.get(task.slave_id or "")
         if slave is None:
-            return f"task {task['id']} has no slave to read logs from (state {task['state']})"
+            return f"task {task.id} has no slave to read logs from (state {task.state})"
         return (slave.id, f"http://{slave.pid.host}:{slave.pid.port}/{slave.pid.id}/logs",
-                max(int(task["attempts"]), 1))
+                max(task.attempts, 1))
 
     # -- submit --------------------------------------------------------------------------
 

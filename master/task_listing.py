@@ -15,6 +15,7 @@ state through `dispatch`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import TYPE_CHECKING, Any
 
@@ -70,16 +71,15 @@ class TaskListing:
                 out.append(rec.to_json())
         return out
 
-    async def find(self, tid: str) -> dict[str, Any] | None:
-        """A task's JSON as the master knows it, else as the database has it, else None.
+    async def find(self, tid: str) -> TaskRecord | None:
+        """A task as the master knows it (a copy), else as the database has it, else None.
         Raises StoreError when the database is needed and cannot be read."""
         m = self.master
-        task: dict[str, Any] | None = await libproc.dispatch(m.pid, self._json, tid)
-        if task is None:
+        rec: TaskRecord | None = await libproc.dispatch(m.pid, self._copy, tid)
+        if rec is None:
             rec = await m.store.read(functools.partial(task_queries.get, task_id=tid))
-            task = None if rec is None else rec.to_json()
-        return task
+        return rec
 
-    def _json(self, tid: str) -> dict[str, Any] | None:
+    def _copy(self, tid: str) -> TaskRecord | None:
         rec = self.master.tasks.get(tid)
-        return None if rec is None else rec.to_json()
+        return None if rec is None else dataclasses.replace(rec)
