@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from libproc import _context, wire
+from libproc import _context, clock, wire
 from libproc.connections import ConnectionLimits
 from libproc.errors import NotRunningError
 from libproc.future import Future, Promise
@@ -257,6 +257,7 @@ async def start(
     rt.transport.http_factory = rt.http.protocol_factory()
     _runtime = rt
     _context.runtime, _context.loop = rt, rt.loop
+    clock.set_idle_check(rt.all_idle)
     log.debug("libproc listening on %s:%s, advertising %s", bound_host, bound_port, rt.address)
     return rt.address
 
@@ -281,6 +282,7 @@ async def stop(timeout: float = 5.0) -> None:
     await rt.transport.close()
     _runtime = None
     _context.runtime = _context.loop = None
+    clock.set_idle_check(None)
 
 
 async def _as_aio(f: Future[Any]) -> Any:
