@@ -13,6 +13,7 @@ from types import FunctionType
 from typing import Any
 
 from libproc import _context
+from libproc import process as _process
 from libproc.errors import ProcessNotFoundError
 from libproc.future import Future
 from libproc.pid import UPID
@@ -107,5 +108,10 @@ def dispatch(pid: UPID | Process | str, method: Callable[..., Any] | str, *args:
         except AttributeError as exc:
             return Future.failed(exc)
         call = Dispatch(proc, fn, args, kwargs or None, is_method)
-    proc._enqueue(call)
+    if _process._filter is not None:
+        proc._enqueue(call)
+        return call
+    proc._mailbox.append(call)  # Process._enqueue, inlined: this is the hot path
+    if not proc._scheduled and not proc._busy:
+        proc._schedule()
     return call

@@ -23,6 +23,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from libproc import _context, clock, wire
+from libproc import process as _process
 from libproc.connections import ConnectionLimits
 from libproc.errors import NotRunningError
 from libproc.future import Future, Promise
@@ -83,7 +84,12 @@ class Runtime:
                 metrics.inc("libproc/messages_dropped_no_process")
                 log.debug("dropping %r from %s: no process %r here", name, sender, to.id)
                 return
-            proc._enqueue((MESSAGE, sender, name, body))
+            if _process._filter is not None:
+                proc._enqueue((MESSAGE, sender, name, body))
+                return
+            proc._mailbox.append((MESSAGE, sender, name, body))  # Process._enqueue, inlined
+            if not proc._scheduled and not proc._busy:
+                proc._schedule()
             return
         self.transport.send(to.address, str(sender), to.id, name, body)
 
