@@ -113,5 +113,5 @@ def dispatch(pid: UPID | Process | str, method: Callable[..., Any] | str, *args:
         return call
     proc._mailbox.append(call)  # Process._enqueue, inlined: this is the hot path
     if not proc._scheduled and not proc._busy:
-        proc._schedule()
+        proc._schedule_run()
     return call

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from contextvars import copy_context
 from types import CoroutineType
 from typing import Any
@@ -41,7 +42,7 @@ log = logging.getLogger("libproc.process")
 MessageHandler = Callable[[UPID, bytes], Any]
 RouteHandler = Callable[[Any], Any]
 
-# Event kinds (tuples keep the hot path cheap).
+# Event kinds: an event is a tuple (kind, ...), but for a Dispatch and a message (see _MESSAGE).
 MESSAGE, DISPATCH, HTTP, EXITED, TERMINATE, INITIALIZE = range(6)
 _KIND_NAMES = ("MESSAGE", "DISPATCH", "HTTP", "EXITED", "TERMINATE", "INITIALIZE")
 
@@ -53,6 +54,23 @@ _BATCH = 256
 EventFilter = Callable[["Process", tuple[Any, ...]], bool]
 _filter: EventFilter | None = None
 _FILTERED = frozenset((MESSAGE, DISPATCH, EXITED))
+
+
+class _Mark:
+    """Marks where a message starts in a mailbox; see `Process._enqueue_message`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<message>"
+
+
+# A message waits in a mailbox as four entries, _MESSAGE, sender, name, body, not as one
+# tuple: a burst of messages then leaves nothing new for the garbage collector to trace (a
+# name and a body are not containers, the sender is one shared UPID), where a tuple a message
+# had every collection walk the whole backlog. Every other event is one entry: a tuple, or a
+# Dispatch.
+_MESSAGE = _Mark()
 
 
 def set_filter(event_filter: EventFilter | None) -> None:
@@ -107,7 +125,7 @@ class Dispatch(Future[Any]):
 
     def __await__(self) -> Generator[Any, None, Any]:
         proc = self._target
-        if (self._state is PENDING and not proc._busy and not proc._running
+        if (self._state is PENDING and not proc._busy and not proc._in_run
                 and proc._mailbox and proc._mailbox[0] is self):
             proc._mailbox.popleft()
             if not proc._mailbox and proc._run_handle is not None:  # nothing left to run
@@ -129,12 +147,12 @@ class Process:
     def __init__(self, id: str | None = None, *, prefix: str | None = None) -> None:  # noqa: A002
         self._id = id if id is not None else ID.generate(prefix or type(self).__name__.lower())
         self._pid: UPID | None = None
-        self._mailbox: deque[Any] = deque()  # event tuples and Dispatch objects
+        self._mailbox: deque[Any] = deque()  # events: see _MESSAGE
         self._handlers: dict[str, MessageHandler] = {}
         self._routes: dict[str, tuple[RouteHandler, str]] = {}
         self._scheduled = False  # a call of _run is on its way (_run_handle)
         self._run_handle: asyncio.Handle | None = None
-        self._running = False  # inside _run (its handlers may make more events)
+        self._in_run = False  # inside _run (its handlers may make more events)
         self._busy = False  # a coroutine handler is running: the mailbox waits for it
         self._handler_task: asyncio.Task[None] | None = None
         self._state = "created"  # created | running | terminating | terminated
@@ -245,7 +263,13 @@ class Process:
     # -- mailbox ------------------------------------------------------------------------
 
     def _enqueue(self, event: tuple[Any, ...] | Dispatch, front: bool = False) -> None:
-        if _filter is not None and self._filtered(event):
+        """Put an event into the mailbox (at its front for an injected termination), past
+        the event filter; the process runs soon. A (MESSAGE, sender, name, body) tuple is
+        taken as `_enqueue_message`."""
+        if type(event) is tuple and event[0] == MESSAGE:
+            self._enqueue_message(event[1], event[2], event[3], front)
+            return
+        if _filter is not None and self._filter_drops(event):
             return
         if front:
             self._mailbox.appendleft(event)
@@ -256,13 +280,27 @@ class Process:
             assert self._loop is not None
             self._run_handle = self._loop.call_soon(self._run)
 
-    def _schedule(self) -> None:
+    def _enqueue_message(self, sender: UPID, name: str, body: bytes, front: bool = False
+                         ) -> None:
+        """Put a message into the mailbox, past the event filter (see _MESSAGE)."""
+        if _filter is not None and _filter(self, (MESSAGE, sender, name, body)):
+            return
+        if front:
+            self._mailbox.extendleft((body, name, sender, _MESSAGE))
+        else:
+            self._mailbox.extend((_MESSAGE, sender, name, body))
+        if not self._scheduled and not self._busy:
+            self._scheduled = True
+            assert self._loop is not None
+            self._run_handle = self._loop.call_soon(self._run)
+
+    def _schedule_run(self) -> None:
         """Have the loop call `_run` soon (`_enqueue` does the same, inlined)."""
         self._scheduled = True
         assert self._loop is not None
         self._run_handle = self._loop.call_soon(self._run)
 
-    def _filtered(self, event: tuple[Any, ...] | Dispatch) -> bool:
+    def _filter_drops(self, event: tuple[Any, ...] | Dispatch) -> bool:
         """True if the event filter drops `event` (a dropped dispatch is abandoned)."""
         assert _filter is not None
         if isinstance(event, Dispatch):
@@ -287,19 +325,16 @@ class Process:
         mailbox = self._mailbox
         popleft = mailbox.popleft
         token = _context.current_pid.set(self._pid)
-        self._running = True
+        self._in_run = True
         try:
             n = 0
             while mailbox and n < _BATCH:
                 event = popleft()
                 n += 1
-                if type(event) is Dispatch:
-                    if self._dispatch(event):
-                        return
-                    continue
-                kind = event[0]
-                if kind == MESSAGE:
-                    _, sender, name, body = event
+                if event is _MESSAGE:
+                    sender = popleft()
+                    name = popleft()
+                    body = popleft()
                     self._current_from = sender
                     handler = self._handlers.get(name)
                     try:
@@ -309,12 +344,16 @@ class Process:
                             result = handler(sender, body)
                     except Exception as exc:
                         self._current_from = None
-                        self._handler_failed(event, exc)
+                        self._handler_failed((MESSAGE, sender, name, body), exc)
                         continue
                     if result is not None and type(result) is CoroutineType:
-                        self._start_handler(result, event)
+                        self._start_handler(result, (MESSAGE, sender, name, body))
                         return
                     self._current_from = None
+                    continue
+                if type(event) is Dispatch:
+                    if self._run_dispatch(event):
+                        return
                     continue
                 pending = self._handle(event)
                 if pending is not None:
@@ -323,12 +362,12 @@ class Process:
                 if self._state == "terminated":
                     return
         finally:
-            self._running = False
+            self._in_run = False
             _context.current_pid.reset(token)
         if mailbox and not self._scheduled:
-            self._schedule()
+            self._schedule_run()
 
-    def _dispatch(self, call: Dispatch) -> bool:
+    def _run_dispatch(self, call: Dispatch) -> bool:
         """Run one dispatch; True when it started a coroutine handler (the mailbox waits)."""
         fn, args, kwargs = call._fn, call._args, call._kwargs
         call._fn = call._args = call._kwargs = None
@@ -354,11 +393,11 @@ class Process:
         """Run `call`, taken off the head of an idle mailbox, on the caller's stack (in a
         context of its own: see Dispatch)."""
         _context.current_pid.set(self._pid)
-        self._running = True
+        self._in_run = True
         try:
-            self._dispatch(call)
+            self._run_dispatch(call)
         finally:
-            self._running = False
+            self._in_run = False
 
     def _start_handler(self, pending: Awaitable[Any], event: tuple[Any, ...] | Dispatch
                        ) -> None:
@@ -387,7 +426,7 @@ class Process:
             if kind in (TERMINATE, INITIALIZE):
                 self._after_special(kind)
             if self._state != "terminated" and self._mailbox and not self._scheduled:
-                self._schedule()
+                self._schedule_run()
 
     def _handler_failed(self, event: tuple[Any, ...] | Dispatch, exc: BaseException) -> None:
         if isinstance(event, Dispatch):
@@ -443,19 +482,20 @@ class Process:
         if kind == TERMINATE and self._state != "terminated":
             self._state = "terminated"
             leftover, self._mailbox = self._mailbox, deque()
-            for event in leftover:  # DISCARDED (not abandoned): awaiting callers learn at once
-                if type(event) is Dispatch:
+            for event in _mailbox_events(leftover):  # DISCARDED (not abandoned): awaiting
+                if isinstance(event, Dispatch):   # callers learn at once
                     event._fn = event._args = event._kwargs = None
                     event._complete(DISCARDED)
                 elif event[0] == HTTP:
                     event[3]._complete(DISCARDED)
+            leftover.clear()
             self._runtime._terminated(self)
             self._done.set(True)
 
     def _describe_events(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        for event in list(self._mailbox)[:1000]:
-            if type(event) is Dispatch:
+        for event in itertools.islice(_mailbox_events(self._mailbox.copy()), 1000):
+            if isinstance(event, Dispatch):
                 out.append({"type": "DISPATCH"})
                 continue
             item: dict[str, Any] = {"type": _KIND_NAMES[event[0]]}
@@ -466,6 +506,17 @@ class Process:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._pid or self._id} {self._state}>"
+
+
+def _mailbox_events(mailbox: deque[Any]) -> Iterator[tuple[Any, ...] | Dispatch]:
+    """The events of a mailbox in order, each message as a (MESSAGE, sender, name, body)
+    tuple (see _MESSAGE)."""
+    entries = iter(mailbox)
+    for entry in entries:
+        if entry is _MESSAGE:
+            yield (MESSAGE, next(entries), next(entries), next(entries))
+        else:
+            yield entry
 
 
 def _done_future(process: Process) -> Future[bool]:

@@ -23,13 +23,12 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from libproc import _context, clock, wire
-from libproc import process as _process
 from libproc.connections import ConnectionLimits
 from libproc.errors import NotRunningError
 from libproc.future import Future, Promise
 from libproc.metrics import metrics
 from libproc.pid import UPID
-from libproc.process import EXITED, INITIALIZE, MESSAGE, TERMINATE, Process
+from libproc.process import EXITED, INITIALIZE, TERMINATE, Process
 from libproc.transport import Transport
 
 __all__ = ["start", "stop", "run", "spawn", "terminate", "wait", "post", "address", "lookup",
@@ -84,12 +83,7 @@ class Runtime:
                 metrics.inc("libproc/messages_dropped_no_process")
                 log.debug("dropping %r from %s: no process %r here", name, sender, to.id)
                 return
-            if _process._filter is not None:
-                proc._enqueue((MESSAGE, sender, name, body))
-                return
-            proc._mailbox.append((MESSAGE, sender, name, body))  # Process._enqueue, inlined
-            if not proc._scheduled and not proc._busy:
-                proc._schedule()
+            proc._enqueue_message(sender, name, body)
             return
         self.transport.send(to.address, str(sender), to.id, name, body)
 
@@ -100,7 +94,7 @@ class Runtime:
         if proc is None or proc._state in ("terminating", "terminated"):
             metrics.inc("libproc/messages_unknown_process")
             return 404
-        proc._enqueue((MESSAGE, message.sender, message.name, message.body))
+        proc._enqueue_message(message.sender, message.name, message.body)
         return 202
 
     # -- links --------------------------------------------------------------------------

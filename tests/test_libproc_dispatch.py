@@ -287,3 +287,73 @@ async def test_a_dispatch_to_a_process_that_is_gone_fails(rec: Recorder) -> None
 
 async def _await(f: Future[Any]) -> Any:
     return await f
+
+
+# -- what a backlog costs the garbage collector ------------------------------------------
+
+
+async def _tracked_growth(rec: Recorder, fill: Any) -> int:
+    """How many more objects the garbage collector tracks once `fill()` has queued its
+    events behind a running coroutine handler (they wait in the mailbox)."""
+    gate = asyncio.Event()
+    held = libproc.dispatch(rec.pid, Recorder.slow, gate)
+    await Clock.settle()
+    gc.collect()
+    before = len(gc.get_objects())
+    kept = fill()
+    growth = len(gc.get_objects()) - before
+    gate.set()
+    assert await held == "slow"
+    del kept
+    return growth
+
+
+async def test_queued_messages_add_nothing_for_the_collector_to_trace(rec: Recorder) -> None:
+    body = b"x" * 32
+
+    def fill() -> None:
+        for _ in range(10_000):
+            rec.send(rec.pid, "m", body)
+
+    assert await _tracked_growth(rec, fill) < 100  # a tuple a message would be 10,000
+    await Clock.settle()
+    assert len(rec.log) == 10_002 and rec.log[-1] == ("message", body)
+
+
+async def test_a_queued_dispatch_is_one_object_for_the_collector(rec: Recorder) -> None:
+    def fill() -> list[Future[Any]]:
+        return [libproc.dispatch(rec.pid, Recorder.note, 1) for _ in range(10_000)]
+
+    growth = await _tracked_growth(rec, fill)
+    assert 10_000 <= growth < 11_000  # tuple + Future + bound method would be 30,000
+    await Clock.settle()
+    assert rec.log[-1] == ("dispatch", 1)
+
+
+async def test_terminate_with_messages_dispatches_and_requests_queued(
+        runtime: UPID, rec: Recorder) -> None:
+    from tests.test_libproc_http import get
+
+    gate = asyncio.Event()
+    held = libproc.dispatch(rec.pid, Recorder.slow, gate)
+    await Clock.settle()
+    rec.send(rec.pid, "m", b"dropped")
+    queued = libproc.dispatch(rec.pid, Recorder.note, "discarded")
+    request = asyncio.ensure_future(get(runtime.port, f"/{rec.id}/r"))
+    for _ in range(50):  # until the request waits in the mailbox
+        await asyncio.sleep(0.01)
+        if any(e["type"] == "HTTP" for e in rec._describe_events()):
+            break
+    rec.send(rec.pid, "m", b"dropped too")
+    assert [e["type"] for e in rec._describe_events()] == ["MESSAGE", "DISPATCH", "HTTP",
+                                                           "MESSAGE"]
+    libproc.terminate(rec.pid)
+    gate.set()
+    assert await held == "slow"
+    with pytest.raises(FutureDiscardedError):
+        await queued
+    status, _, _ = await request
+    assert status == 503
+    assert await libproc.wait(rec.pid)
+    assert not rec._mailbox
+    assert ("message", b"dropped") not in rec.log and "http" not in rec.log
