@@ -5,7 +5,8 @@
     python -m benchmarks.bench_libproc --count 20000 --runs 3 --round-trips 2000
 
 Local, in this OS process's CPU time (benchmarks/local.py; steadier than wall time on a shared
-machine), each the median of `--runs` runs, libproc and its baselines interleaved:
+machine), each the median of `--runs` runs, libproc and its baselines interleaved; a ratio is
+the median over rounds of libproc / baseline within the round:
 
 1. Local messages: two processes, a burst of pings each answered by a pong (`send`), against
    two asyncio tasks passing the same items through two asyncio.Queues. Target >= 0.6x.
@@ -321,9 +322,14 @@ def _row(label: str, samples: list[float], unit: str) -> str:
 
 
 def _target(label: str, ours: list[float], theirs: list[float], at_least: float) -> str:
-    value = statistics.median(ours) / statistics.median(theirs)
+    """The median over rounds of ours / theirs in the same round (a round's two runs share
+    the machine's load), against the target."""
+    ratios = [a / b for a, b in zip(ours, theirs)]
+    value = statistics.median(ratios)
     verdict = "met" if value >= at_least else "NOT met"
-    return f"   {label:<38}{value:>12.2f}x      (target >= {at_least}x: {verdict})"
+    spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+    return (f"   {label:<38}{value:>12.2f}x      (target >= {at_least}x: {verdict}; "
+            f"rounds {spread})")
 
 
 async def _section(title: str, runs: int, unit: str, rows: list[tuple[str, Measure | None]],
