@@ -110,8 +110,8 @@ class Dispatch(Future[Any]):
         self._associated = False
         self._abandoned = False
         self._abandoned_callbacks = None
-        self._fn: Callable[..., Any] | None = fn
-        self._args: tuple[Any, ...] | None = args
+        self._fn: Any = fn  # None once run
+        self._args: Any = args  # None once run
         self._kwargs = kwargs
         self._method = method
 
@@ -127,12 +127,9 @@ class Dispatch(Future[Any]):
         proc = self._target
         if (self._state is PENDING and not proc._busy and not proc._in_run
                 and proc._mailbox and proc._mailbox[0] is self):
-            proc._mailbox.popleft()
-            if not proc._mailbox and proc._run_handle is not None:  # nothing left to run
+            if proc._run_handle is not None:  # _run reschedules itself if more events wait
                 proc._run_handle.cancel()
-                proc._run_handle = None
-                proc._scheduled = False
-            copy_context().run(proc._run_inline, self)
+            copy_context().run(proc._run, 1)
             if self._state is not PENDING:
                 yield  # one turn of the loop, as awaiting a pending future would give
                 if self._state is READY:
@@ -313,10 +310,11 @@ class Process:
     def _idle(self) -> bool:
         return not self._mailbox and not self._busy
 
-    def _run(self) -> None:
-        """Handle up to _BATCH events, then yield to the loop (rescheduled if more wait).
+    def _run(self, batch: int = _BATCH) -> None:
+        """Handle up to `batch` events, then yield to the loop (rescheduled if more wait).
 
-        Dispatches and messages, the hot kinds, are handled inline; the rest in `_handle`.
+        Dispatches and messages, the hot kinds, are handled here; the rest in `_handle`. An
+        awaited Dispatch at the head of an idle mailbox calls `_run(1)` itself (see Dispatch).
         """
         self._scheduled = False
         self._run_handle = None
@@ -328,7 +326,7 @@ class Process:
         self._in_run = True
         try:
             n = 0
-            while mailbox and n < _BATCH:
+            while mailbox and n < batch:
                 event = popleft()
                 n += 1
                 if event is _MESSAGE:
@@ -352,8 +350,23 @@ class Process:
                     self._current_from = None
                     continue
                 if type(event) is Dispatch:
-                    if self._run_dispatch(event):
+                    fn, args, kwargs = event._fn, event._args, event._kwargs
+                    event._fn = event._args = event._kwargs = None  # the Future may outlive
+                    try:
+                        if event._method:
+                            result = fn(self, *args, **kwargs) if kwargs else fn(self, *args)
+                        else:
+                            result = fn(*args, **kwargs) if kwargs else fn(*args)
+                    except Exception as exc:
+                        event._fail(exc)
+                        continue
+                    if type(result) in _PLAIN:
+                        event._complete(READY, result)
+                    elif type(result) is CoroutineType:
+                        self._start_handler(result, event)
                         return
+                    else:
+                        event._set(result)
                     continue
                 pending = self._handle(event)
                 if pending is not None:
@@ -366,38 +379,6 @@ class Process:
             _context.current_pid.reset(token)
         if mailbox and not self._scheduled:
             self._schedule_run()
-
-    def _run_dispatch(self, call: Dispatch) -> bool:
-        """Run one dispatch; True when it started a coroutine handler (the mailbox waits)."""
-        fn, args, kwargs = call._fn, call._args, call._kwargs
-        call._fn = call._args = call._kwargs = None
-        assert fn is not None and args is not None
-        try:
-            if call._method:
-                result = fn(self, *args, **kwargs) if kwargs else fn(self, *args)
-            else:
-                result = fn(*args, **kwargs) if kwargs else fn(*args)
-        except Exception as exc:
-            call._fail(exc)
-            return False
-        if type(result) in _PLAIN:
-            call._complete(READY, result)
-        elif type(result) is CoroutineType:
-            self._start_handler(result, call)
-            return True
-        else:
-            call._set(result)
-        return False
-
-    def _run_inline(self, call: Dispatch) -> None:
-        """Run `call`, taken off the head of an idle mailbox, on the caller's stack (in a
-        context of its own: see Dispatch)."""
-        _context.current_pid.set(self._pid)
-        self._in_run = True
-        try:
-            self._run_dispatch(call)
-        finally:
-            self._in_run = False
 
     def _start_handler(self, pending: Awaitable[Any], event: tuple[Any, ...] | Dispatch
                        ) -> None:
