@@ -150,7 +150,7 @@ def main() -> int:
     tasks: list[dict[str, object]] = []
     while time.time() < deadline:
         try:
-            tasks = http("GET", cluster.url + "/master/tasks")["tasks"]  # type: ignore[index]
+            tasks = http("GET", cluster.url + "/master/tasks?limit=10000")["tasks"]  # type: ignore[index]
             if len(tasks) >= len(ids) and all(t["state"] in TERMINAL for t in tasks):
                 break
         except OSError:

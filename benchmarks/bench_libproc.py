@@ -1,15 +1,28 @@
 """libproc's message throughput and latency, each beside a baseline measured in the same run.
 
     python -m benchmarks.bench_libproc            # or: python -m benchmarks
+    python -m benchmarks.bench_libproc --local-only --runs 5
     python -m benchmarks.bench_libproc --count 20000 --runs 3 --round-trips 2000
 
-1. Local: two actors in one OS process, a burst of pings each answered by a pong, against two
-   asyncio tasks passing the same items through two asyncio.Queues.
-2. Remote, pipelined: `examples.pingpong ping` against `examples.pingpong serve` (two OS
-   processes over loopback), against a plain asyncio-streams peer pair speaking the same wire
-   format (start_server/open_connection, parsing with readuntil/readexactly) in the same two
-   roles. Also the pong process's CPU per message, read from /proc/<pid>/stat.
-3. Remote round-trip latency, one message at a time, p50/p99, for both.
+Local, in this OS process's CPU time (benchmarks/local.py; steadier than wall time on a shared
+machine), each the median of `--runs` runs, libproc and its baselines interleaved; a ratio is
+the median over rounds of libproc / baseline within the round:
+
+1. Local messages: two processes, a burst of pings each answered by a pong (`send`), against
+   two asyncio tasks passing the same items through two asyncio.Queues. Target >= 0.6x.
+2. Local dispatch: `--dispatches` calls of `libproc.dispatch(pid, Sink.hit)`, a method that only
+   counts, awaiting the last; against Pykka 4.5's `ThreadingActor` tell (target >= 3x) and a
+   plain asyncio queue actor (a task calling what it takes off an asyncio.Queue; target >= 0.3x).
+3. One call at a time: `--asks` times `await libproc.dispatch(pid, Sink.hit)`, against an
+   asyncio.Future completed by `loop.call_soon` and awaited. Target >= 0.9x.
+
+Remote, over loopback:
+
+4. Pipelined: `examples.pingpong ping` against `examples.pingpong serve` (two OS processes),
+   against a plain asyncio-streams peer pair speaking the same wire format
+   (start_server/open_connection, parsing with readuntil/readexactly) in the same two roles.
+   Also the pong process's CPU per message, read from /proc/<pid>/stat.
+5. Round-trip latency, one message at a time, p50/p99, for both.
 
 The baseline peer runs as `python -m benchmarks.bench_libproc baseline-serve|baseline-ping`.
 """
@@ -18,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import inspect
 import os
 import platform
 import select
@@ -25,9 +40,11 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from benchmarks import local
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCEPTED = b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"
@@ -217,69 +234,6 @@ def measure_pipelined(
 # -- the three benchmarks -------------------------------------------------------------
 
 
-async def bench_local(n: int, runs: int) -> tuple[float, float]:
-    import libproc
-    from libproc import UPID, Process, Promise
-
-    class Pong(Process):
-        def initialize(self) -> None:
-            self.install("ping", lambda sender, body: self.send(sender, "pong", body))
-
-    class Ping(Process):
-        def __init__(self, to: UPID) -> None:
-            super().__init__(prefix="local-ping")
-            self.to = to
-            self.received = 0
-            self.done: Promise[float] = Promise()
-            self.started = 0.0
-
-        def initialize(self) -> None:
-            self.install("pong", self.pong)
-
-        def go(self) -> None:
-            self.started = time.perf_counter()
-            for _ in range(n):
-                self.send(self.to, "ping", b"x" * 32)
-
-        def pong(self, sender: UPID, body: bytes) -> None:
-            self.received += 1
-            if self.received == n:
-                self.done.set(time.perf_counter() - self.started)
-
-    async def queues() -> float:
-        q1: asyncio.Queue[bytes] = asyncio.Queue()
-        q2: asyncio.Queue[bytes] = asyncio.Queue()
-
-        async def echo() -> None:
-            while True:
-                q2.put_nowait(await q1.get())
-
-        task = asyncio.ensure_future(echo())
-        started = time.perf_counter()
-        for _ in range(n):
-            q1.put_nowait(b"x" * 32)
-        for _ in range(n):
-            await q2.get()
-        elapsed = time.perf_counter() - started
-        task.cancel()
-        return elapsed
-
-    pong = Pong(prefix="local-pong")
-    libproc.spawn(pong)
-    ours, theirs = [], []
-    for _ in range(runs):
-        ping = Ping(pong.pid)
-        libproc.spawn(ping)
-        libproc.dispatch(ping.pid, Ping.go)
-        ours.append(2 * n / await ping.done.future)
-        libproc.terminate(ping)
-        await libproc.wait(ping)
-        theirs.append(2 * n / await queues())
-    libproc.terminate(pong)
-    await libproc.wait(pong)
-    return statistics.median(ours), statistics.median(theirs)
-
-
 async def latency_libproc(to_text: str, n: int) -> list[float]:
     import libproc
     from libproc import UPID, Process, Promise
@@ -348,6 +302,83 @@ def us(seconds: float | None) -> str:
     return "n/a" if seconds is None else f"{seconds * 1e6:.1f} us"
 
 
+Measure = Callable[[], Awaitable[float] | float]
+
+
+async def _medians(runs: int, measures: list[tuple[str, Measure]]) -> dict[str, list[float]]:
+    """Each measure `runs` times, interleaved (one of each per round); the samples by name."""
+    samples: dict[str, list[float]] = {name: [] for name, _ in measures}
+    for _ in range(runs):
+        for name, measure in measures:
+            gc.collect()  # each starts from the same heap, not the last one's garbage
+            result = measure()
+            samples[name].append(await result if inspect.isawaitable(result) else result)
+    return samples
+
+
+def _row(label: str, samples: list[float], unit: str) -> str:
+    runs = ", ".join(f"{v:,.0f}" for v in samples)
+    return f"   {label:<38}{statistics.median(samples):>12,.0f} {unit}   (runs: {runs})"
+
+
+def _target(label: str, ours: list[float], theirs: list[float], at_least: float) -> str:
+    """The median over rounds of ours / theirs in the same round (a round's two runs share
+    the machine's load), against the target."""
+    ratios = [a / b for a, b in zip(ours, theirs)]
+    value = statistics.median(ratios)
+    verdict = "met" if value >= at_least else "NOT met"
+    spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+    return (f"   {label:<38}{value:>12.2f}x      (target >= {at_least}x: {verdict}; "
+            f"rounds {spread})")
+
+
+async def _section(title: str, runs: int, unit: str, rows: list[tuple[str, Measure | None]],
+                   targets: list[tuple[str, str, str, float]]) -> None:
+    """Print a local section: each row's median (a None measure: "not installed"), then each
+    target (its label, our row's label, the baseline's, the ratio it must reach)."""
+    s = await _medians(runs, [(label, m) for label, m in rows if m is not None])
+    print(f"\n{title} (CPU time, median of {runs})")
+    for label, m in rows:
+        if m is None:
+            print(f"   {label:<38}not installed: pip install -e '.[test]'")
+        else:
+            print(_row(label, s[label], unit))
+    for name, ours, theirs, at_least in targets:
+        if ours in s and theirs in s:
+            print(_target(name, s[ours], s[theirs], at_least))
+
+
+async def bench_local(args: argparse.Namespace) -> None:
+    """Sections 1-3 (see the module docstring); libproc must be running."""
+    n, runs = args.local, args.runs
+    await _section(
+        f"1. Local messages, two processes in one OS process ({n:,} pings + {n:,} pongs)",
+        runs, "msg/s",
+        [("libproc send", lambda: local.send_pair(n)),
+         ("baseline: asyncio.Queue pair", lambda: local.queue_pair(n))],
+        [("libproc / asyncio.Queue pair", "libproc send", "baseline: asyncio.Queue pair", 0.6)])
+    n = args.dispatches
+    pykka: Measure | None = (lambda: local.pykka_tell(n)) if local.has_pykka() else None
+    await _section(
+        f"2. Local dispatch: {n:,} calls of a method that only counts, awaiting the last",
+        runs, "calls/s",
+        [("libproc dispatch(pid, Sink.hit)", lambda: local.dispatch_burst(n)),
+         ("Pykka 4.5 ThreadingActor tell", pykka),
+         ("baseline: asyncio queue actor", lambda: local.queue_actor(n))],
+        [("libproc / Pykka tell", "libproc dispatch(pid, Sink.hit)",
+          "Pykka 4.5 ThreadingActor tell", 3.0),
+         ("libproc / asyncio queue actor", "libproc dispatch(pid, Sink.hit)",
+          "baseline: asyncio queue actor", 0.3)])
+    n = args.asks
+    await _section(
+        f"3. One call at a time: {n:,} x `await libproc.dispatch(pid, Sink.hit)`",
+        runs, "calls/s",
+        [("libproc await dispatch", lambda: local.ask_one_at_a_time(n)),
+         ("baseline: asyncio future round trip", lambda: local.future_round_trip(n))],
+        [("libproc / asyncio future round trip", "libproc await dispatch",
+          "baseline: asyncio future round trip", 0.9)])
+
+
 async def bench_all(args: argparse.Namespace) -> None:
     import libproc
     from libproc import wire
@@ -361,20 +392,10 @@ async def bench_all(args: argparse.Namespace) -> None:
 
     await libproc.start(host="127.0.0.1", port=0)
     try:
-        # 1. local
-        ours, theirs = await bench_local(args.local, args.runs)
-        print(
-            f"\n1. Local messages between two actors in one OS process "
-            f"({args.local:,} pings + {args.local:,} pongs, median of {args.runs})"
-        )
-        print(f"   libproc                        {ours:>12,.0f} msg/s")
-        print(f"   baseline: asyncio.Queue pair   {theirs:>12,.0f} msg/s")
-        print(
-            f"   libproc / baseline             {ratio(ours, theirs):>12}"
-            f"    (target >= 200,000 msg/s: {'met' if ours >= 200_000 else 'NOT met'})"
-        )
-
-        # 2 and 3. remote
+        await bench_local(args)
+        if args.local_only:
+            return
+        # 4 and 5. remote
         count, size = args.count, args.size
         with (
             server(["examples.pingpong", "serve", "--port", "0"]) as (lp, lp_to),
@@ -412,7 +433,7 @@ async def bench_all(args: argparse.Namespace) -> None:
             lp_cpu = _median_or_none([c for _, c in lp_runs])
             bp_cpu = _median_or_none([c for _, c in bp_runs])
             print(
-                f"\n2. Remote pipelined ping-pong, two OS processes over loopback "
+                f"\n4. Remote pipelined ping-pong, two OS processes over loopback "
                 f"({count:,} x {size} B, median of {args.runs})"
             )
             print("                                   round trips/s   pong CPU/message")
@@ -432,7 +453,7 @@ async def bench_all(args: argparse.Namespace) -> None:
             n = args.round_trips
             lp_lat = await latency_libproc(lp_to, n)
             bp_lat = await latency_baseline(bp_to, n)
-            print(f"\n3. Remote round-trip latency, one message at a time ({n:,} round trips)")
+            print(f"\n5. Remote round-trip latency, one message at a time ({n:,} round trips)")
             print("                                          p50          p99")
             print(
                 f"   libproc                        {us(percentile(lp_lat, 0.5)):>12} "
@@ -449,7 +470,7 @@ async def bench_all(args: argparse.Namespace) -> None:
             )
     finally:
         await libproc.stop()
-    print(f"\n(total {time.perf_counter() - t0:.1f}s)")
+        print(f"\n(total {time.perf_counter() - t0:.1f}s)")
 
 
 def _median_or_none(values: list[float | None]) -> float | None:
@@ -471,6 +492,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--round-trips", type=int, default=2_000)
     parser.add_argument("--local", type=int, default=200_000, help="local pings per run")
+    parser.add_argument("--dispatches", type=int, default=200_000,
+                        help="dispatches per run (section 2)")
+    parser.add_argument("--asks", type=int, default=50_000,
+                        help="one-at-a-time dispatches per run (section 3)")
+    parser.add_argument("--local-only", action="store_true",
+                        help="sections 1-3 only (no second OS process)")
     parser.add_argument("--port", type=int, default=0, help="baseline-serve's port")
     parser.add_argument("--to", help="baseline-ping's target pong@host:port")
     args = parser.parse_args(argv)

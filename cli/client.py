@@ -157,9 +157,57 @@ class MasterClient:
 
     # -- the API ----------------------------------------------------------------------------
 
-    def tasks(self, states: str | None = None) -> list[dict[str, Any]]:
-        query = f"?state={urllib.parse.quote(states)}" if states else ""
-        return list(self._json("GET", f"/master/tasks{query}").get("tasks", []))
+    def tasks(self, states: str | None = None, name: str | None = None) -> list[dict[str, Any]]:
+        """Every task (in `states`, named `name`...), oldest first: the paged listing
+        followed to its end."""
+        out: list[dict[str, Any]] = []
+        offset = 0
+        while True:
+            page = self.task_page(limit=10_000, offset=offset, states=states, name=name)
+            tasks = page["tasks"]
+            out += tasks
+            offset += len(tasks)
+            if not tasks or page.get("next") is None:
+                return out
+
+    def task_page(
+        self,
+        *,
+        limit: int,
+        offset: int = 0,
+        states: str | None = None,
+        name: str | None = None,
+        order: str = "asc",
+    ) -> dict[str, Any]:
+        """One page of `GET /master/tasks`: {"tasks": [...], "total": T, "next": ...}."""
+        params: dict[str, str | int] = {"limit": limit, "offset": offset, "order": order}
+        if states:
+            params["state"] = states
+        if name:
+            params["name"] = name
+        page = self._json("GET", f"/master/tasks?{urllib.parse.urlencode(params)}")
+        if not isinstance(page, dict) or not isinstance(page.get("tasks"), list):
+            raise ClusterError(f"the master at {self.where} sent a task listing without tasks")
+        if not isinstance(page.get("total"), int):  # a master older than the paged listing
+            page["total"] = len(page["tasks"])
+            page["next"] = None
+        return page
+
+    def kill_many(
+        self,
+        *,
+        ids: list[str] | None = None,
+        states: list[str] | None = None,
+        name: str | None = None,
+    ) -> int:
+        """`POST /master/tasks/kill` by ids or by a state/name filter; how many it reached."""
+        body: dict[str, Any] = {"ids": ids} if ids is not None else {}
+        if states:
+            body["state"] = states
+        if name:
+            body["name"] = name
+        answer = self._json("POST", "/master/tasks/kill", body)
+        return int(answer.get("killed", 0)) if isinstance(answer, dict) else 0
 
     def task(self, task_id: str) -> dict[str, Any]:
         return dict(self._json("GET", f"/master/tasks/{_quote(task_id)}"))

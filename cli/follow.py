@@ -40,10 +40,28 @@ def fetch_tasks(client: MasterClient, ids: list[str]) -> dict[str, dict[str, Any
     """The current JSON of each task; ClusterError (the master's words) for an unknown id."""
     if len(ids) <= PER_TASK_FETCH_LIMIT:
         return {tid: client.task(tid) for tid in ids}
-    by_id = {str(t.get("id")): t for t in client.tasks() if isinstance(t, dict)}
+    by_id = _newest_pages(client, set(ids))
     missing = [tid for tid in ids if tid not in by_id]
     by_id.update({tid: client.task(tid) for tid in missing})  # raises the master's error
     return {tid: by_id[tid] for tid in ids}
+
+
+def _newest_pages(client: MasterClient, wanted: set[str]) -> dict[str, dict[str, Any]]:
+    """Tasks of `wanted` from the listing, newest first, stopping at the oldest id wanted
+    (ids are numbers: a master with a million tasks is not read to its beginning)."""
+    oldest = min((int(t) for t in wanted if t.isdigit()), default=None)
+    found: dict[str, dict[str, Any]] = {}
+    offset, limit = 0, min(10_000, max(100, 2 * len(wanted)))
+    while True:
+        page = client.task_page(limit=limit, offset=offset, order="desc")
+        tasks = [t for t in page["tasks"] if isinstance(t, dict)]
+        found.update((str(t.get("id")), t) for t in tasks if str(t.get("id")) in wanted)
+        offset += len(tasks)
+        last = str(tasks[-1].get("id")) if tasks else ""
+        if (not tasks or page.get("next") is None or wanted <= found.keys()
+                or (oldest is not None and len(wanted) == sum(t.isdigit() for t in wanted)
+                    and last.isdigit() and int(last) <= oldest)):
+            return found
 
 
 class Follower:

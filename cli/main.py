@@ -255,8 +255,10 @@ def _wait_and_report(
 
 @app.command(
     epilog=examples(
-        "cluster tasks",
+        ("cluster tasks", "the newest 50, and how many more there are"),
         "cluster tasks --state running,pending",
+        ("cluster tasks --name build --limit 200", "names starting with 'build'"),
+        ("cluster tasks --all", "every task, oldest first"),
         ("cluster tasks --json | jq '.tasks[] | select(.state==\"FAILED\") | .id'", "for scripts"),
     )
 )
@@ -271,28 +273,53 @@ def tasks(
             "PENDING,STAGING,RUNNING,FINISHED,FAILED,KILLED,LOST.",
         ),
     ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(show_default=False, help="Only tasks whose name starts with this."),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", "-l", help="Show the newest N tasks (1 to 10000).")
+    ] = 50,
+    all_tasks: Annotated[
+        bool, typer.Option("--all", "-a", help="Show every task (however many there are).")
+    ] = False,
     json_output: JsonOpt = False,
     master: MasterOpt = DEFAULT_MASTER,
     secret: SecretOpt = None,
 ) -> None:
-    """List tasks, oldest first."""
+    """List tasks, oldest first: the newest 50 (--limit N), or --all of them."""
+    if not 1 <= limit <= 10_000:
+        bad_value(f"--limit must be between 1 and 10000, got {limit}")
     states = ",".join(s.strip().upper() for s in state.split(",") if s.strip()) if state else None
-    found = _client(master, secret).tasks(states)
+    client = _client(master, secret)
+    if all_tasks:
+        found = client.tasks(states, name)
+        total = len(found)
+    else:
+        page = client.task_page(limit=limit, states=states, name=name, order="desc")
+        found, total = list(reversed(page["tasks"])), int(page["total"])
     from cli.render import print_json, print_table, tasks_table
 
     if json_output:
-        print_json({"tasks": found})
+        print_json({"tasks": found, "total": total})
     elif not found:
+        what = _which(states, name)
         print(
-            "no tasks"
-            + (
-                f" in state {states}"
-                if states
-                else f"; submit one with: cluster submit{again(master)} 'echo hello'"
-            )
+            f"no tasks {what}"
+            if what
+            else f"no tasks; submit one with: cluster submit{again(master)} 'echo hello'"
         )
     else:
         print_table(tasks_table(found))
+        more = total - len(found)
+        if more > 0:
+            print(f"... {more} more (older); cluster tasks --limit N or --all shows them")
+
+
+def _which(states: str | None, name: str | None) -> str:
+    """`in state A,B and named PREFIX*`, for messages about a filter."""
+    parts = [f"in state {states}" if states else "", f"named {name}*" if name else ""]
+    return " and ".join(p for p in parts if p)
 
 
 @app.command(
@@ -343,13 +370,46 @@ def slaves(
         print_table(slaves_table(found))
 
 
-@app.command(epilog=examples("cluster kill 7", ("cluster kill 7 8 9", "several at once")))
+@app.command(
+    epilog=examples(
+        "cluster kill 7",
+        ("cluster kill 7 8 9", "several at once"),
+        ("cluster kill --state PENDING", "every task still waiting"),
+        ("cluster kill --name build-", "every live task whose name starts with 'build-'"),
+    )
+)
 def kill(
-    task_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Task id(s) to kill.")],
+    task_ids: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="ID...", show_default=False, help="Task id(s) to kill."),
+    ] = None,
+    state: Annotated[
+        str | None,
+        typer.Option(
+            "--state",
+            "-s",
+            show_default=False,
+            help="Kill every task in these states (comma-separated), e.g. PENDING.",
+        ),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(show_default=False, help="Kill every live task whose name starts with this."),
+    ] = None,
     master: MasterOpt = DEFAULT_MASTER,
     secret: SecretOpt = None,
 ) -> None:
     """Kill tasks: SIGTERM to the command's process group, SIGKILL after a grace period."""
+    if task_ids and (state or name):
+        bad_value("give task ids or --state/--name, not both")
+    if not task_ids and not (state or name):
+        bad_value("name the tasks to kill: IDs, --state STATES or --name PREFIX")
+    if not task_ids:
+        states = [s.strip().upper() for s in (state or "").split(",") if s.strip()]
+        n = _client(master, secret).kill_many(states=states or None, name=name)
+        print(f"killed {n} task(s) {_which(','.join(states), name)}" + (
+            " (those on slaves end when their slave reports it)" if n else ""))
+        return
     client = _client(master, secret)
     errors = []
     task_ids = list(dict.fromkeys(task_ids))  # each once

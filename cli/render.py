@@ -1,7 +1,8 @@
 """How the client commands show tasks and slaves to people (rich) and to scripts (JSON).
 
-Tables go to stdout; JSON output is the master's own shape (`{"tasks": [...]}`, one task
-object, `{"slaves": [...]}`), so `cluster tasks --json` and `curl .../master/tasks` agree.
+Tables go to stdout; JSON output is the master's own shape (`{"tasks": [...], "total": T}`,
+one task object, `{"slaves": [...]}`), so `cluster tasks --json` and `curl .../master/tasks`
+agree.
 """
 
 from __future__ import annotations

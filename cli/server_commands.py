@@ -85,6 +85,25 @@ def master(
             help="A slave silent this long is lost and its tasks LOST \\[default: 5].",
         ),
     ] = None,
+    max_completed_tasks: Annotated[
+        int,
+        typer.Option(
+            envvar="CLUSTER_MAX_COMPLETED_TASKS",
+            min=0,
+            help="Ended tasks kept in memory; older ones are read from the database.",
+        ),
+    ] = 10_000,
+    task_retention: Annotated[
+        float | None,
+        typer.Option(
+            parser=duration,
+            metavar="DURATION",
+            envvar="CLUSTER_TASK_RETENTION",
+            show_default=False,
+            help="Delete tasks that ended longer ago than this (90m, 12h, 7d, 2w) from the "
+            r"database, in the background \[default: keep them].",
+        ),
+    ] = None,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Run the master: accepts tasks, schedules them onto slaves, stores state in SQLite.
@@ -105,6 +124,8 @@ def master(
         verbose=verbose,
         heartbeat_interval=heartbeat_interval,
         slave_timeout=slave_timeout,
+        max_completed_tasks=max_completed_tasks,
+        task_retention=task_retention,
     )
 
 

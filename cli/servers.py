@@ -149,6 +149,8 @@ def serve_master(
     verbose: int,
     heartbeat_interval: float | None,
     slave_timeout: float | None,
+    max_completed_tasks: int = 10_000,
+    task_retention: float | None = None,
 ) -> None:
     configure_logging(verbose, "master")
     warn_if_exposed("master", host, port, secret)
@@ -156,7 +158,8 @@ def serve_master(
     from master.process import MasterConfig
     from master.store import StoreError
 
-    config = MasterConfig(secret=secret or None)
+    config = MasterConfig(secret=secret or None, max_completed_tasks=max_completed_tasks,
+                          task_retention=task_retention)
     if heartbeat_interval is not None:
         config.heartbeat_interval = heartbeat_interval
     if slave_timeout is not None:

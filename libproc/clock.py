@@ -10,6 +10,9 @@ A paused clock still fires the timers that are already due (`delay(0, ...)`, or 
 the paused instant) on the next turn of the event loop, and `settle()` waits for them and for
 the work they start, as libprocess's `Clock::settle()` does. Unlike libprocess, which keeps a
 paused time per process, there is one paused time for every process.
+
+The clock knows nothing of processes: the runtime registers, with `set_idle_check`, how
+`settle()` asks whether every process is idle (libproc.runtime does it in `start()`).
 """
 
 from __future__ import annotations
@@ -21,9 +24,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from libproc import _context
+__all__ = ["Clock", "Timer", "set_idle_check"]
 
-__all__ = ["Clock", "Timer"]
+# Whether every process is idle, as settle() must wait for it; None: no runtime, nothing to
+# wait for. Registered by the runtime (set_idle_check), so the clock imports no runtime.
+_idle_check: Callable[[], bool] | None = None
+
+
+def set_idle_check(check: Callable[[], bool] | None) -> None:
+    """Tell `Clock.settle()` how to ask whether every process is idle (no queued event, no
+    handler running); the runtime registers its own on start and None on stop."""
+    global _idle_check
+    _idle_check = check
 
 
 class Timer:
@@ -213,8 +225,8 @@ class Clock:
 
     @classmethod
     def _settled(cls) -> bool:
-        rt = _context.runtime
-        return (rt is None or rt.all_idle()) and not cls._due()
+        idle = _idle_check
+        return (idle is None or idle()) and not cls._due()
 
     @classmethod
     def reset(cls) -> None:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from types import FunctionType
 from typing import Any
 
-from libproc import runtime
+from libproc import _context
+from libproc import process as _process
 from libproc.errors import ProcessNotFoundError
 from libproc.future import Future
 from libproc.pid import UPID
-from libproc.process import DISPATCH, Process
+from libproc.process import Dispatch, Process
 
 __all__ = ["dispatch", "resolve_method"]
 
@@ -46,25 +48,41 @@ def _method_name(cls: type, fn: Callable[..., Any]) -> str | None:
     return found
 
 
-def resolve_method(proc: Process, method: Callable[..., Any] | str) -> Callable[..., Any]:
-    """The callable that `dispatch(proc, method)` runs (bound to `proc` for a method).
-
-    Raises AttributeError for a method name the process does not have.
-    """
+def _resolve(proc: Process, method: Callable[..., Any] | str) -> tuple[Callable[..., Any], bool]:
+    """(callable, is_method): what `dispatch(proc, method)` calls, as `callable(proc, *args)`
+    when is_method, else `callable(*args)`. Raises AttributeError for a method name the
+    process does not have."""
+    if type(method) is FunctionType:
+        cls = type(proc)
+        if getattr(cls, method.__name__, None) is method:  # the common case: no override
+            return method, True
+        name = _method_name(cls, method)
+        if name is not None:
+            return getattr(proc, name), False  # the override, bound
+        return method, False
     if isinstance(method, str):
         fn = getattr(proc, method, None)
         if fn is None or not callable(fn):
             raise AttributeError(f"process {proc.id!r} ({type(proc).__name__}) has no method "
                                  f"{method!r}")
-        return fn  # type: ignore[no-any-return]
-    if inspect.isfunction(method):
-        cls = type(proc)
-        if getattr(cls, method.__name__, None) is method:  # the common case: no override
-            return method.__get__(proc)  # type: ignore[no-any-return]
-        name = _method_name(cls, method)
+        return fn, False
+    if inspect.isfunction(method):  # a subclass of function (rare)
+        name = _method_name(type(proc), method)
         if name is not None:
-            return getattr(proc, name)  # type: ignore[no-any-return]  # the override
-    return method
+            return getattr(proc, name), False
+    return method, False
+
+
+def resolve_method(proc: Process, method: Callable[..., Any] | str) -> Callable[..., Any]:
+    """The callable that `dispatch(proc, method)` runs (bound to `proc` for a method).
+
+    Raises AttributeError for a method name the process does not have.
+    """
+    fn, is_method = _resolve(proc, method)
+    return fn.__get__(proc) if is_method else fn
+
+
+_GONE = ("terminating", "terminated")
 
 
 def dispatch(pid: UPID | Process | str, method: Callable[..., Any] | str, *args: Any,
@@ -78,14 +96,22 @@ def dispatch(pid: UPID | Process | str, method: Callable[..., Any] | str, *args:
     local process, and DISCARDED if the process terminates before running it. Call it from
     the event loop's thread.
     """
-    proc = runtime.lookup(pid)
-    if proc is None or proc._state in ("terminating", "terminated"):
+    rt = _context.runtime
+    proc = rt.lookup(pid) if rt is not None else None
+    if proc is None or proc._state in _GONE:
         return Future.failed(ProcessNotFoundError(pid))
-    try:
-        fn = resolve_method(proc, method)
-    except AttributeError as exc:
-        return Future.failed(exc)
-    future: Future[Any] = Future(False)
-    future._target = proc
-    proc._enqueue((DISPATCH, fn, args, kwargs, future))
-    return future
+    if type(method) is FunctionType and getattr(type(proc), method.__name__, None) is method:
+        call = Dispatch(proc, method, args, kwargs or None, True)  # _resolve's common case
+    else:
+        try:
+            fn, is_method = _resolve(proc, method)
+        except AttributeError as exc:
+            return Future.failed(exc)
+        call = Dispatch(proc, fn, args, kwargs or None, is_method)
+    if _process._filter is not None:
+        proc._enqueue(call)
+        return call
+    proc._mailbox.append(call)  # Process._enqueue, inlined: this is the hot path
+    if not proc._scheduled and not proc._busy:
+        proc._schedule_run()
+    return call

@@ -22,24 +22,27 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator, Iterator
+from contextvars import copy_context
+from types import CoroutineType
 from typing import Any
 
 from libproc import _context
-from libproc.future import DISCARDED, Future, Promise
+from libproc.future import _PLAIN, DISCARDED, PENDING, READY, Future, Promise
 from libproc.metrics import metrics
 from libproc.pid import ID, UPID
 
-__all__ = ["Process", "MessageHandler", "RouteHandler"]
+__all__ = ["Process", "Dispatch", "MessageHandler", "RouteHandler"]
 
 log = logging.getLogger("libproc.process")
 
 MessageHandler = Callable[[UPID, bytes], Any]
 RouteHandler = Callable[[Any], Any]
 
-# Event kinds (tuples keep the hot path cheap).
+# Event kinds: an event is a tuple (kind, ...), but for a Dispatch and a message (see _MESSAGE).
 MESSAGE, DISPATCH, HTTP, EXITED, TERMINATE, INITIALIZE = range(6)
 _KIND_NAMES = ("MESSAGE", "DISPATCH", "HTTP", "EXITED", "TERMINATE", "INITIALIZE")
 
@@ -53,10 +56,86 @@ _filter: EventFilter | None = None
 _FILTERED = frozenset((MESSAGE, DISPATCH, EXITED))
 
 
+class _Mark:
+    """Marks where a message starts in a mailbox; see `Process._enqueue_message`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<message>"
+
+
+# A message waits in a mailbox as four entries, _MESSAGE, sender, name, body, not as one
+# tuple: a burst of messages then leaves nothing new for the garbage collector to trace (a
+# name and a body are not containers, the sender is one shared UPID), where a tuple a message
+# had every collection walk the whole backlog. Every other event is one entry: a tuple, or a
+# Dispatch.
+_MESSAGE = _Mark()
+
+
 def set_filter(event_filter: EventFilter | None) -> None:
     """Install (or, with None, remove) the one event filter; see libproc.testing."""
     global _filter
     _filter = event_filter
+
+
+class Dispatch(Future[Any]):
+    """A dispatch waiting in a mailbox: the call and the Future of its result, one object.
+
+    Made by `libproc.dispatch`. A burst of dispatches is paid mostly in the garbage
+    collector's passes over what waits in the mailbox, so a dispatch is one allocation (not an
+    event tuple, a Future and a bound method). A method of the target process is kept as its
+    function and called with the process first. The call is dropped once it has run (the
+    Future may outlive it; its arguments need not).
+
+    Awaiting one (`await dispatch(pid, ...)`) whose process is idle, with this call first in
+    its mailbox, runs the call at once on the awaiting task (in a copy of its context, as the
+    event loop would), then yields to the loop once, as an await of a pending future does: one
+    turn of the loop instead of two, with the mailbox order kept (nothing was before it).
+    """
+
+    __slots__ = ("_fn", "_args", "_kwargs", "_method")
+
+    def __init__(self, target: Process, fn: Callable[..., Any], args: tuple[Any, ...],
+                 kwargs: dict[str, Any] | None, method: bool) -> None:
+        # Future.__init__(self, False), inlined (tests/test_libproc_dispatch.py checks that
+        # every slot of Future is set here too).
+        self._state = PENDING
+        self._value = None
+        self._error = None
+        self._callbacks = None
+        self._discard_requested = False
+        self._discard_callbacks = None
+        self._target = target
+        self._associated = False
+        self._abandoned = False
+        self._abandoned_callbacks = None
+        self._fn: Any = fn  # None once run
+        self._args: Any = args  # None once run
+        self._kwargs = kwargs
+        self._method = method
+
+    def _event(self) -> tuple[Any, ...]:
+        """The event as the filter (libproc.testing) sees it:
+        (DISPATCH, callable, args, kwargs, future)."""
+        fn = self._fn
+        if self._method and fn is not None:
+            fn = fn.__get__(self._target)
+        return (DISPATCH, fn, self._args, self._kwargs or {}, self)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        proc = self._target
+        if (self._state is PENDING and not proc._busy and not proc._in_run
+                and proc._mailbox and proc._mailbox[0] is self):
+            if proc._run_handle is not None:  # _run reschedules itself if more events wait
+                proc._run_handle.cancel()
+            copy_context().run(proc._run, 1)
+            if self._state is not PENDING:
+                yield  # one turn of the loop, as awaiting a pending future would give
+                if self._state is READY:
+                    return self._value
+                return self.get()
+        return (yield from Future.__await__(self))
 
 
 class Process:
@@ -65,11 +144,13 @@ class Process:
     def __init__(self, id: str | None = None, *, prefix: str | None = None) -> None:  # noqa: A002
         self._id = id if id is not None else ID.generate(prefix or type(self).__name__.lower())
         self._pid: UPID | None = None
-        self._mailbox: deque[tuple[Any, ...]] = deque()
+        self._mailbox: deque[Any] = deque()  # events: see _MESSAGE
         self._handlers: dict[str, MessageHandler] = {}
         self._routes: dict[str, tuple[RouteHandler, str]] = {}
-        self._scheduled = False
-        self._busy = False
+        self._scheduled = False  # a call of _run is on its way (_run_handle)
+        self._run_handle: asyncio.Handle | None = None
+        self._in_run = False  # inside _run (its handlers may make more events)
+        self._busy = False  # a coroutine handler is running: the mailbox waits for it
         self._handler_task: asyncio.Task[None] | None = None
         self._state = "created"  # created | running | terminating | terminated
         self._current_from: UPID | None = None
@@ -156,7 +237,10 @@ class Process:
 
     def send(self, to: UPID, name: str, body: bytes = b"") -> None:
         """Send a message (at most once, FIFO per receiver); never blocks."""
-        self._require_runtime("send").send(self.pid, to, name, body)
+        rt = self._runtime
+        if rt is None:
+            self._require_runtime("send")
+        rt.send(self._pid, to, name, body)
 
     def link(self, to: UPID, relink: bool = False) -> UPID:
         """Be told through `exited(to)` when `to` goes away (once per link)."""
@@ -175,10 +259,14 @@ class Process:
 
     # -- mailbox ------------------------------------------------------------------------
 
-    def _enqueue(self, event: tuple[Any, ...], front: bool = False) -> None:
-        if _filter is not None and event[0] in _FILTERED and _filter(self, event):
-            if event[0] == DISPATCH:
-                event[4]._abandon()  # a dropped dispatch will never run
+    def _enqueue(self, event: tuple[Any, ...] | Dispatch, front: bool = False) -> None:
+        """Put an event into the mailbox (at its front for an injected termination), past
+        the event filter; the process runs soon. A (MESSAGE, sender, name, body) tuple is
+        taken as `_enqueue_message`."""
+        if type(event) is tuple and event[0] == MESSAGE:
+            self._enqueue_message(event[1], event[2], event[3], front)
+            return
+        if _filter is not None and self._filter_drops(event):
             return
         if front:
             self._mailbox.appendleft(event)
@@ -187,44 +275,125 @@ class Process:
         if not self._scheduled and not self._busy:
             self._scheduled = True
             assert self._loop is not None
-            self._loop.call_soon(self._run)
+            self._run_handle = self._loop.call_soon(self._run)
+
+    def _enqueue_message(self, sender: UPID, name: str, body: bytes, front: bool = False
+                         ) -> None:
+        """Put a message into the mailbox, past the event filter (see _MESSAGE)."""
+        if _filter is not None and _filter(self, (MESSAGE, sender, name, body)):
+            return
+        if front:
+            self._mailbox.extendleft((body, name, sender, _MESSAGE))
+        else:
+            self._mailbox.extend((_MESSAGE, sender, name, body))
+        if not self._scheduled and not self._busy:
+            self._scheduled = True
+            assert self._loop is not None
+            self._run_handle = self._loop.call_soon(self._run)
+
+    def _schedule_run(self) -> None:
+        """Have the loop call `_run` soon (`_enqueue` does the same, inlined)."""
+        self._scheduled = True
+        assert self._loop is not None
+        self._run_handle = self._loop.call_soon(self._run)
+
+    def _filter_drops(self, event: tuple[Any, ...] | Dispatch) -> bool:
+        """True if the event filter drops `event` (a dropped dispatch is abandoned)."""
+        assert _filter is not None
+        if isinstance(event, Dispatch):
+            if _filter(self, event._event()):
+                event._abandon()  # it will never run
+                return True
+            return False
+        return event[0] in _FILTERED and _filter(self, event)
 
     def _idle(self) -> bool:
         return not self._mailbox and not self._busy
 
-    def _run(self) -> None:
+    def _run(self, batch: int = _BATCH) -> None:
+        """Handle up to `batch` events, then yield to the loop (rescheduled if more wait).
+
+        Dispatches and messages, the hot kinds, are handled here; the rest in `_handle`. An
+        awaited Dispatch at the head of an idle mailbox calls `_run(1)` itself (see Dispatch).
+        """
         self._scheduled = False
+        self._run_handle = None
         if self._busy:
             return
         mailbox = self._mailbox
+        popleft = mailbox.popleft
         token = _context.current_pid.set(self._pid)
+        self._in_run = True
         try:
             n = 0
-            while mailbox and n < _BATCH:
-                event = mailbox.popleft()
+            while mailbox and n < batch:
+                event = popleft()
                 n += 1
+                if event is _MESSAGE:
+                    sender = popleft()
+                    name = popleft()
+                    body = popleft()
+                    self._current_from = sender
+                    handler = self._handlers.get(name)
+                    try:
+                        if handler is None:
+                            result = self.visit_message(sender, name, body)
+                        else:
+                            result = handler(sender, body)
+                    except Exception as exc:
+                        self._current_from = None
+                        self._handler_failed((MESSAGE, sender, name, body), exc)
+                        continue
+                    if result is not None and type(result) is CoroutineType:
+                        self._start_handler(result, (MESSAGE, sender, name, body))
+                        return
+                    self._current_from = None
+                    continue
+                if type(event) is Dispatch:
+                    fn, args, kwargs = event._fn, event._args, event._kwargs
+                    event._fn = event._args = event._kwargs = None  # the Future may outlive
+                    try:
+                        if event._method:
+                            result = fn(self, *args, **kwargs) if kwargs else fn(self, *args)
+                        else:
+                            result = fn(*args, **kwargs) if kwargs else fn(*args)
+                    except Exception as exc:
+                        event._fail(exc)
+                        continue
+                    if type(result) in _PLAIN:
+                        event._complete(READY, result)
+                    elif type(result) is CoroutineType:
+                        self._start_handler(result, event)
+                        return
+                    else:
+                        event._set(result)
+                    continue
                 pending = self._handle(event)
                 if pending is not None:
-                    self._busy = True
-                    assert self._loop is not None
-                    self._handler_task = self._loop.create_task(
-                        self._await_handler(pending, event))
+                    self._start_handler(pending, event)
                     return
                 if self._state == "terminated":
                     return
         finally:
+            self._in_run = False
             _context.current_pid.reset(token)
         if mailbox and not self._scheduled:
-            self._scheduled = True
-            assert self._loop is not None
-            self._loop.call_soon(self._run)
+            self._schedule_run()
 
-    async def _await_handler(self, pending: Awaitable[Any], event: tuple[Any, ...]) -> None:
+    def _start_handler(self, pending: Awaitable[Any], event: tuple[Any, ...] | Dispatch
+                       ) -> None:
+        """Run a coroutine handler as a task; the mailbox waits until it is done."""
+        self._busy = True
+        assert self._loop is not None
+        self._handler_task = self._loop.create_task(self._await_handler(pending, event))
+
+    async def _await_handler(self, pending: Awaitable[Any], event: tuple[Any, ...] | Dispatch
+                             ) -> None:
+        kind = DISPATCH if isinstance(event, Dispatch) else event[0]
         try:
             result = await pending
-            kind = event[0]
-            if kind == DISPATCH:
-                event[4]._set(result)
+            if isinstance(event, Dispatch):
+                event._set(result)
             elif kind == HTTP:
                 event[3]._set(result)
         except BaseException as exc:  # noqa: BLE001 - a handler must never kill the actor
@@ -235,18 +404,16 @@ class Process:
             self._current_from = None
             self._busy = False
             self._handler_task = None
-            if event[0] in (TERMINATE, INITIALIZE):
-                self._after_special(event[0])
+            if kind in (TERMINATE, INITIALIZE):
+                self._after_special(kind)
             if self._state != "terminated" and self._mailbox and not self._scheduled:
-                self._scheduled = True
-                assert self._loop is not None
-                self._loop.call_soon(self._run)
+                self._schedule_run()
 
-    def _handler_failed(self, event: tuple[Any, ...], exc: BaseException) -> None:
-        kind = event[0]
-        if kind == DISPATCH:
-            event[4]._fail(exc)
+    def _handler_failed(self, event: tuple[Any, ...] | Dispatch, exc: BaseException) -> None:
+        if isinstance(event, Dispatch):
+            event._fail(exc)
             return
+        kind = event[0]
         if kind == HTTP:
             event[3]._fail(exc)
             return
@@ -257,28 +424,10 @@ class Process:
             log.error("%s: %s handler raised", self._id, _KIND_NAMES[kind], exc_info=exc)
 
     def _handle(self, event: tuple[Any, ...]) -> Awaitable[Any] | None:
-        """Handle one event; returns an awaitable when the handler is a coroutine."""
+        """Handle one HTTP, EXITED, INITIALIZE or TERMINATE event (`_run` handles messages
+        and dispatches itself); returns an awaitable when the handler is a coroutine."""
         kind = event[0]
         try:
-            if kind == MESSAGE:
-                _, sender, name, body = event
-                self._current_from = sender
-                handler = self._handlers.get(name)
-                if handler is None:
-                    result = self.visit_message(sender, name, body)
-                else:
-                    result = handler(sender, body)
-                if result is not None and inspect.iscoroutine(result):
-                    return result
-                self._current_from = None
-                return None
-            if kind == DISPATCH:
-                _, fn, args, kwargs, future = event
-                result = fn(*args, **kwargs)
-                if inspect.iscoroutine(result):
-                    return result
-                future._set(result)
-                return None
             if kind == HTTP:
                 _, handler, request, future = event
                 result = handler(request)
@@ -314,17 +463,22 @@ class Process:
         if kind == TERMINATE and self._state != "terminated":
             self._state = "terminated"
             leftover, self._mailbox = self._mailbox, deque()
-            for event in leftover:  # DISCARDED (not abandoned): awaiting callers learn at once
-                if event[0] == DISPATCH:
-                    event[4]._complete(DISCARDED)
+            for event in _mailbox_events(leftover):  # DISCARDED (not abandoned): awaiting
+                if isinstance(event, Dispatch):   # callers learn at once
+                    event._fn = event._args = event._kwargs = None
+                    event._complete(DISCARDED)
                 elif event[0] == HTTP:
                     event[3]._complete(DISCARDED)
+            leftover.clear()
             self._runtime._terminated(self)
             self._done.set(True)
 
     def _describe_events(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        for event in list(self._mailbox)[:1000]:
+        for event in itertools.islice(_mailbox_events(self._mailbox.copy()), 1000):
+            if isinstance(event, Dispatch):
+                out.append({"type": "DISPATCH"})
+                continue
             item: dict[str, Any] = {"type": _KIND_NAMES[event[0]]}
             if event[0] == MESSAGE:
                 item["name"] = event[2]
@@ -333,6 +487,17 @@ class Process:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._pid or self._id} {self._state}>"
+
+
+def _mailbox_events(mailbox: deque[Any]) -> Iterator[tuple[Any, ...] | Dispatch]:
+    """The events of a mailbox in order, each message as a (MESSAGE, sender, name, body)
+    tuple (see _MESSAGE)."""
+    entries = iter(mailbox)
+    for entry in entries:
+        if entry is _MESSAGE:
+            yield (MESSAGE, next(entries), next(entries), next(entries))
+        else:
+            yield entry
 
 
 def _done_future(process: Process) -> Future[bool]:

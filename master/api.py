@@ -13,6 +13,10 @@ Nothing a client sends makes them raise anything else: this is where hostile inp
   (``"\\ud800"`` decodes to one, and no database or ``exec`` can take it); every number
   finite and inside its range (``10**400`` is an int Python cannot turn into a float).
 - ``parse_task_id``, ``parse_states``, ``parse_log_query``: path ids and query parameters.
+- ``parse_page_query``: ``GET /master/tasks?limit&offset&state&name&order`` (contract:
+  ``limit`` defaults to 1,000 and is at most 10,000; ``order`` is ``asc`` or ``desc``).
+- ``parse_bulk_kill``: the body of ``POST /master/tasks/kill``, ``{"ids": [...]}`` or
+  ``{"state": [...], "name": "PREFIX"}`` (at least one of them; never both forms).
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
+from urllib.parse import urlencode
 
 from master.tasks import DEFAULT_RETRY_DELAY, STATES
 
 __all__ = ["ApiError", "TaskSpec", "LIMITS", "decode_json", "parse_submit", "parse_task",
-           "check_text", "parse_task_id", "parse_states", "parse_log_query", "shown"]
+           "check_text", "parse_task_id", "parse_states", "parse_log_query", "shown",
+           "PageQuery", "BulkKill", "parse_page_query", "parse_bulk_kill"]
 
 LIMITS = {
     "max_body_bytes": 1024 * 1024,  # aiohttp's default client_max_size, stated here
@@ -44,6 +50,10 @@ LIMITS = {
     "max_retry_delay": 3600.0,  # seconds before the first retry (later ones double it)
     "max_log_offset": 2**63 - 1,
     "max_log_limit": 2**31 - 1,
+    "default_page": 1000,
+    "max_page": 10_000,
+    "max_offset": 2**53,
+    "max_kill_ids": 10_000,
 }
 DEFAULT_CPUS = 0.1
 DEFAULT_MEM = 32.0
@@ -284,3 +294,97 @@ def parse_log_query(query: Mapping[str, str]) -> dict[str, str]:
                            f"{shown(query['attempt'])}")
         out["attempt"] = str(int(attempt))
     return out
+
+
+@dataclass(frozen=True)
+class PageQuery:
+    """One page of the task listing: ``states`` None means any, ``name`` a prefix or None."""
+
+    limit: int = int(LIMITS["default_page"])
+    offset: int = 0
+    states: frozenset[str] | None = None
+    name: str | None = None
+    order: str = "asc"
+
+    def query_string(self, offset: int) -> str:
+        """This query's parameters at another offset (for the ``next`` link)."""
+        params: dict[str, str] = {"limit": str(self.limit), "offset": str(offset)}
+        if self.states is not None:
+            params["state"] = ",".join(s for s in STATES if s in self.states)
+        if self.name:
+            params["name"] = self.name
+        params["order"] = self.order
+        return urlencode(params)
+
+
+def parse_page_query(query: Mapping[str, str]) -> PageQuery:
+    """``limit``, ``offset``, ``state``, ``name`` and ``order`` of a listing, checked."""
+    limit = _count(query, "limit", int(LIMITS["max_page"]))
+    offset = _count(query, "offset", int(LIMITS["max_offset"]))
+    order = query.get("order", "asc")
+    if order not in ("asc", "desc"):
+        raise ApiError(f"'order' must be 'asc' or 'desc', got {shown(order)}")
+    name = query.get("name") or None
+    if name is not None:
+        _check_name(name, "'name'")
+    return PageQuery(limit=int(LIMITS["default_page"]) if limit is None else int(limit),
+                     offset=0 if offset is None else int(offset),
+                     states=parse_states(query.get("state")), name=name, order=order)
+
+
+def _check_name(name: str, what: str) -> None:
+    if len(name) > LIMITS["max_name_chars"]:
+        raise ApiError(f"{what} is longer than {LIMITS['max_name_chars']} characters "
+                       "(no task name is)")
+    check_text(name, what, controls=False)
+
+
+@dataclass(frozen=True)
+class BulkKill:
+    """Which tasks a bulk kill names: ``ids``, or a ``states``/``name`` filter."""
+
+    ids: tuple[str, ...] | None = None
+    states: frozenset[str] | None = None
+    name: str | None = None
+
+
+def parse_bulk_kill(payload: Any) -> BulkKill:
+    """The body of ``POST /master/tasks/kill``; ApiError for anything else. An empty
+    filter is refused: killing every task takes ``{"state": ["PENDING", "STAGING",
+    "RUNNING"]}``, said out loud."""
+    if not isinstance(payload, dict):
+        raise ApiError('expected a JSON object: {"ids": [...]} or {"state": [...], '
+                       '"name": "PREFIX"}')
+    unknown = set(payload) - {"ids", "state", "name"}
+    if unknown:
+        listed = ", ".join(shown(n, 30) for n in sorted(unknown, key=str)[:5])
+        raise ApiError(f"unknown field(s) {listed}; allowed: ids, state, name")
+    if "ids" in payload and ("state" in payload or "name" in payload):
+        raise ApiError("give either 'ids' or a 'state'/'name' filter, not both")
+    if "ids" in payload:
+        ids = payload["ids"]
+        if not isinstance(ids, list) or not ids:
+            raise ApiError("'ids' must be a non-empty list of task ids")
+        if len(ids) > LIMITS["max_kill_ids"]:
+            raise ApiError(f"too many ids in one request ({len(ids)}); at most "
+                           f"{LIMITS['max_kill_ids']}", status=413)
+        if not all(isinstance(i, str) or (isinstance(i, int) and not isinstance(i, bool))
+                   for i in ids):
+            raise ApiError("'ids' must hold task ids, such as \"17\"")
+        return BulkKill(ids=tuple(dict.fromkeys(parse_task_id(str(i)) for i in ids)))
+    states = payload.get("state")
+    if states is not None:
+        if isinstance(states, str):
+            states = states.split(",")
+        if not isinstance(states, list) or not all(isinstance(s, str) for s in states):
+            raise ApiError("'state' must be a list of task states, such as [\"PENDING\"]")
+    name = payload.get("name")
+    if name is not None and not isinstance(name, str):
+        raise ApiError("'name' must be a string (a prefix of task names)")
+    wanted = parse_states(",".join(states)) if states else None
+    if wanted is None and not name:
+        raise ApiError("name the tasks to kill: 'ids', or a 'state' and/or 'name' filter "
+                       "(an empty filter would kill every task)")
+    if name:
+        _check_name(name, "'name'")
+    return BulkKill(states=wanted, name=name or None)

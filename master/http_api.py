@@ -1,7 +1,8 @@
 """The master's HTTP endpoints, on aiohttp's router.
 
     GET  /master/vars (also /vars)   GET /master/state   GET /master/slaves
-    GET  /master/tasks               POST /master/tasks                (submit)
+    GET  /master/tasks  (paged)      POST /master/tasks                (submit)
+    POST /master/tasks/kill  (bulk)  (GET /metrics is libproc's, with master/metrics.py's)
     GET  /master/tasks/{id}          POST /master/tasks/{id}/kill
     GET  /master/tasks/{id}/logs     GET  /master/events               (Server-Sent Events)
     GET  /  /dashboard/{name}  /favicon.ico                            (the web dashboard)
@@ -61,6 +62,7 @@ class MasterHttp:
             ("GET", "/master/slaves", self._slaves),
             ("GET", "/master/tasks", self.tasks.list_tasks),
             ("POST", "/master/tasks", self.tasks.submit_http),
+            ("POST", "/master/tasks/kill", self.tasks.kill_many),
             ("GET", "/master/tasks/{id}", self.tasks.get_task),
             ("POST", "/master/tasks/{id}/kill", self.tasks.kill_task),
             ("GET", "/master/tasks/{id}/logs", self.tasks.task_logs),

@@ -23,6 +23,11 @@ Guarantees it keeps:
   message; a re-registration must be signed with the slave's credential and a growing
   sequence. Refused messages change nothing, are counted (`messages_refused` in /vars,
   `master/messages_refused` in /metrics/snapshot) and logged once per sender and minute.
+- Memory is bounded by what is live: every task that has not ended is in `tasks`, and of the
+  ended ones only the `max_completed_tasks` most recent (whose last save has committed); the
+  database holds them all, and the HTTP API reads it for the others. A restart loads only
+  the tasks that have not ended, and the counts by state. Counters and `/master/vars` are
+  kept as tasks change (`TaskIndex`), never by iterating tasks.
 """
 
 from __future__ import annotations
@@ -37,16 +42,19 @@ from typing import Any
 import libproc
 from libproc import UPID, ProtobufProcess, defer, delay
 from libproc.future import as_future
-from master import scheduler
+from master import scheduler, task_queries
 from master.api import TaskSpec, shown
 from master.events import EventHub
 from master.http_api import MasterHttp
+from master.metrics import MasterMetrics
 from master.registrar import Registrar
 from master.registry import SlaveInfo
 from master.store import RecordRefused, Store, StoreError
 from master.task_attempts import TaskAttempts
+from master.task_gc import TaskGC
 from master.task_index import TaskIndex, task_key
-from master.tasks import ACTIVE_STATES, STATES, TERMINAL_STATES, TaskRecord
+from master.task_memory import TaskMemory
+from master.tasks import ACTIVE_STATES, TERMINAL_STATES, TaskRecord
 from protos import cluster_pb2 as pb
 
 __all__ = ["Master", "MasterConfig", "VERSION"]
@@ -66,6 +74,9 @@ class MasterConfig:
     secret: str | None = None  # required of slaves and API writers when set
     slave_retention: float = 600.0  # a lost or removed slave leaves the table after this
     max_slaves: int = 10_000  # the table's bound (lost slaves are forgotten first)
+    max_completed_tasks: int = 10_000  # ended tasks kept in memory (the rest: database)
+    task_retention: float | None = None  # delete tasks ended longer ago; None keeps them
+    gc_interval: float = 60.0  # seconds between retention passes
 
 
 def _progress(value: float) -> float:
@@ -82,6 +93,8 @@ class Master(ProtobufProcess):
         super().__init__("master")
         self.store = store
         self.config = config or MasterConfig()
+        # Every task that has not ended, and the most recently ended ones (see the module
+        # docstring); the database has them all.
         self.tasks: dict[str, TaskRecord] = {}
         self.slaves: dict[str, SlaveInfo] = {}
         self._by_pid: dict[UPID, str] = {}
@@ -98,7 +111,10 @@ class Master(ProtobufProcess):
                           "slaves_forgotten": 0, "records_refused": 0}
         self.attempts = TaskAttempts(self)  # attempt history, usage, retry backoff
         self._recovering_until: float | None = None
-        self._index = TaskIndex()  # the PENDING queue and launched tasks
+        self._index = TaskIndex()  # the PENDING queue, launched tasks, counts by state
+        self.metrics = MasterMetrics(self)  # GET /metrics
+        self.gc = TaskGC(self)  # --task-retention
+        self.memory = TaskMemory(self)  # which ended tasks stay in memory
         self._schedule_queued = False
         self._schedule_deferred = False  # a pass skipped for a store fault: retried later
 
@@ -114,10 +130,14 @@ class Master(ProtobufProcess):
         self.route("/", self.http.handle)
         libproc.add_health_check(f"{self.id}.store", self.store.fault)
         self.registrar.load()
-        for record in self.store.load_tasks_blocking():
+        self._index.load_counts(self.store.read_blocking(task_queries.count_by_state))
+        for record in self.store.read_blocking(task_queries.load_unended):
             self.tasks[record.id] = record
-            self._index.note(record)
+            self._index.adopt(record)
         self.attempts.recover(list(self.tasks.values()))
+        self.store.on_commit = self.metrics.store_batch_seconds.observe
+        self.metrics.install()
+        self.memory.load_positions()
         active = self._index.active(self.tasks)
         if active:
             # Their slaves get a while to re-register before the tasks are LOST.
@@ -132,6 +152,9 @@ class Master(ProtobufProcess):
         libproc.remove_health_check(f"{self.id}.store")
         self.attempts.close()
         self.events.close()
+        self.store.on_commit = None
+        self.metrics.remove()
+        self.gc.stop()
         try:
             await self.store.flush()
         except StoreError as exc:
@@ -287,6 +310,7 @@ class Master(ProtobufProcess):
                 self._schedule()
         if self._dirty:
             self._resave_dirty()
+        self.memory.heartbeat(now)
 
     # -- scheduling and launching --------------------------------------------------------
 
@@ -416,6 +440,7 @@ class Master(ProtobufProcess):
         if slave is None:
             return
         self._counters["status_updates"] += 1
+        received = time.monotonic()
         if slave.state in ("lost", "removed"):
             self._send_slave(slave, pb.PingSlaveMessage(connected=False))
         tid = update.task_id.value
@@ -468,11 +493,14 @@ class Master(ProtobufProcess):
             saved = pending_save if pending_save is not None else _done_future()
         # Acknowledge only what is durable: the slave re-sends until we do.
         saved.add_done_callback(
-            lambda f: None if (f.cancelled() or f.exception()) else self._ack(slave, ack))
+            lambda f: None if (f.cancelled() or f.exception()) else self._ack(slave, ack,
+                                                                              received))
 
-    def _ack(self, slave: SlaveInfo, ack: pb.StatusUpdateAcknowledgementMessage) -> None:
+    def _ack(self, slave: SlaveInfo, ack: pb.StatusUpdateAcknowledgementMessage,
+             received: float) -> None:
         # Runs between events (a future's callback): signed with the slave's session as
         # it is now, which is the one the slave holds unless it re-registered meanwhile.
+        self.metrics.status_update_seconds.observe(time.monotonic() - received)
         current = self.slaves.get(slave.id)
         if current is not None:
             self._send_slave(current, ack)
@@ -500,10 +528,7 @@ class Master(ProtobufProcess):
     # -- HTTP -----------------------------------------------------------------------------
 
     def _counts(self) -> dict[str, int]:
-        counts = {s: 0 for s in STATES}
-        for t in self.tasks.values():
-            counts[t.state] += 1
-        return counts
+        return dict(self._index.counts)
 
     def _slave_counts(self) -> dict[str, int]:
         counts = {"active": 0, "disconnected": 0, "lost": 0, "removed": 0}
@@ -523,15 +548,22 @@ class Master(ProtobufProcess):
                   ("cpus_used", f"{sum(s.used_cpus for s in slaves):g}"),
                   ("mem_total", f"{sum(s.mem for s in slaves):g}"),
                   ("mem_used", f"{sum(s.used_mem for s in slaves):g}")]
-        for state, n in self._counts().items():
+        counts = self._index.counts
+        for state, n in counts.items():
             lines.append((f"tasks_{state.lower()}", str(n)))
-        lines.append(("tasks_total", str(len(self.tasks))))
+        lines += [("tasks_total", str(sum(counts.values()))),
+                  ("tasks_in_memory", str(len(self.tasks))),
+                  ("tasks_ended_in_memory", str(self._index.ended_in_memory)),
+                  ("max_completed_tasks", str(self.config.max_completed_tasks)),
+                  ("memory_trims", str(self.memory.trimmer.trims))]
         for key, value in self._counters.items():
             lines.append((key, str(value)))
         for key, stat in self.store.stats().items():
             lines.append((f"store_{key}", f"{stat:g}" if isinstance(stat, float) else str(stat)))
         lines.append(("store_fault", " ".join((self.store.fault() or "-").split())))
         lines += [(k, str(v)) for k, v in self.events.stats().items()]
+        lines += [(f"gc_{k}", f"{v:g}" if isinstance(v, float) else str(v))
+                  for k, v in self.gc.stats().items()]
         return "".join(f"{k} {v}\n" for k, v in lines)
 
     def state_json(self) -> dict[str, Any]:

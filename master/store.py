@@ -28,6 +28,10 @@
   nothing of it is stored. A store that never claimed is not fenced.
 * ``save_progress`` is fire-and-forget and coalesced: the last value per task is written
   ``progress_interval`` seconds later or with the next batch, whichever comes first.
+* ``write(fn)`` runs ``fn(session)`` inside the next batch (bulk updates, deletions);
+  ``read(fn)`` runs it in a read-only transaction on a reader thread of its own (a file or
+  server database: reads never wait for writes, nor writes for reads), or on the writer
+  thread for an in-memory SQLite database (one connection holds it).
 """
 
 from __future__ import annotations
@@ -35,8 +39,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -73,6 +78,7 @@ __all__ = ["Store", "StoreError", "StoreUnavailable", "RecordRefused", "StoreFen
            "PgTuning", "SCHEMA_VERSION", "Base", "MetaRow", "TaskRow"]
 
 _Op = Op  # the queue's request type, under its historical name (tests hold the writer)
+_T = TypeVar("_T")
 _MAX_OWNER = 1024
 
 
@@ -88,6 +94,9 @@ class Store:
         self.url = where  #: the database, password hidden: for logs and /vars
         self.master_id = ""  #: stable id of this database, created at first open
         self._watchdog = watchdog
+        self._reader: concurrent.futures.ThreadPoolExecutor | None = None
+        self._reader_lock = threading.Lock()
+        self._read_engine: Engine = engine
         self._writer = Writer(
             engine, where, progress_interval=progress_interval, max_lock_wait=max_lock_wait,
             probe_interval=probe_interval, reconnect_wait=reconnect_wait, watchdog=watchdog)
@@ -291,6 +300,57 @@ class Store:
         return self._submit(Op(work=work, solo=True, writes=True,
                                committed=self._writer.claimed))
 
+    def write(self, work: Callable[[Session], _T]) -> asyncio.Future[_T]:
+        """Run ``work(session)`` in the next write batch; resolves with its result once
+        committed. ``work`` may run more than once (a batch retried or isolated): it must
+        only touch the database. Fails as ``save`` does."""
+        return self._submit(Op(work=work))
+
+    def read(self, work: Callable[[Session], _T], *,
+             in_order: bool = False) -> asyncio.Future[_T]:
+        """Run ``work(session)`` in a read-only transaction, off the event loop; resolves
+        with its result. It sees what was committed when it began; with ``in_order`` it runs
+        on the writer thread, after every write queued before it (and delays the later
+        ones). Fails with ``StoreError`` (the driver's message) when the database cannot
+        answer."""
+        self._writer.check_open()
+        memory = self._writer.guard is None and self._engine.dialect.name == "sqlite"
+        if in_order or memory:  # an in-memory database has one connection: the writer's
+            return self._submit(Op(work=work, solo=True))
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="master-store-read")
+                self._read_engine = self._engine.execution_options(read_only=True)
+            reader = self._reader
+        return asyncio.get_running_loop().run_in_executor(reader, self._read, work)
+
+    def read_blocking(self, work: Callable[[Session], _T]) -> _T:
+        """``read`` for start-up code that is not yet running on the loop."""
+        try:
+            result: _T = self._submit_blocking(Op(work=work, solo=True))
+        except Exception as exc:  # noqa: BLE001 - any driver error becomes a StoreError
+            raise StoreError(f"cannot read {self.url}: {db_message(exc)}") from None
+        return result
+
+    def _read(self, work: Callable[[Session], _T]) -> _T:
+        try:
+            with Session(self._read_engine) as session, session.begin():
+                return work(session)
+        except Exception as exc:  # noqa: BLE001 - any driver error becomes a StoreError
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreUnavailable(f"cannot read {self.url}: {db_message(exc)}") from None
+
+    @property
+    def on_commit(self) -> Callable[[float], None] | None:
+        """Called on the writer thread with each commit's latency (seconds)."""
+        return self._writer.on_commit
+
+    @on_commit.setter
+    def on_commit(self, observer: Callable[[float], None] | None) -> None:
+        self._writer.on_commit = observer
+
     # -- health (any thread) -------------------------------------------------------------
 
     @property
@@ -344,13 +404,21 @@ class Store:
 
         Later calls to the store raise ``StoreError``; closing twice is harmless.
         """
+        self._stop_reader()
         self._writer.stop()
         await asyncio.wrap_future(self._writer.done)
 
     def close_blocking(self) -> None:
         """``close`` for code not running on the event loop (it blocks until done)."""
+        self._stop_reader()
         self._writer.stop()
         self._writer.done.result()
+
+    def _stop_reader(self) -> None:
+        with self._reader_lock:
+            reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.shutdown(wait=False, cancel_futures=True)
 
     # -- queueing ------------------------------------------------------------------------
 

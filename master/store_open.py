@@ -184,4 +184,6 @@ def tune_sqlite(engine: Engine, busy_timeout: float, *, wal: bool) -> None:
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Store.read's transactions only read: a deferred BEGIN takes no write lock.
+        read_only = conn.get_execution_options().get("read_only")
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

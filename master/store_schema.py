@@ -58,6 +58,18 @@ class TaskRow(Base):
     retry_delay: Mapped[float | None] = mapped_column(sa.Float)
 
 
+# Paged and filtered listings, counts by state and retention, without full scans (the
+# queries are master/task_queries.py). Ids are numbers as text: (length(id), id) is their
+# numeric order. `initialize` adds any of these an existing database lacks.
+TASK_INDEXES = (
+    sa.Index("ix_tasks_order", sa.func.length(TaskRow.id), TaskRow.id, TaskRow.state,
+             TaskRow.name),
+    sa.Index("ix_tasks_state_order", TaskRow.state, sa.func.length(TaskRow.id), TaskRow.id),
+    sa.Index("ix_tasks_name_state", TaskRow.name, TaskRow.state),
+    sa.Index("ix_tasks_finished", TaskRow.finished_at),
+)
+
+
 class AttemptRow(Base):
     """One ended attempt of a task (master/attempts.py's ``Attempt.row()``); written in the
     transaction that saves the task, keyed by task id and attempt number."""
@@ -156,6 +168,8 @@ def initialize(session: Session) -> str:
         session.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK)))
     Base.metadata.create_all(session.connection())  # new tables (attempts) included
     _add_missing_columns(session)
+    for index in TASK_INDEXES:  # a database made before an index was added gets it now
+        session.execute(sa.schema.CreateIndex(index, if_not_exists=True))
     version = get_meta(session, "schema_version")
     if version is not None and version != SCHEMA_VERSION:
         raise StoreError(
@@ -195,6 +209,12 @@ def load_meta(session: Session, prefix: str) -> dict[str, str]:
     wanted = META.c.key.startswith(prefix, autoescape=True)
     return {row.key: row.value for row in session.execute(
         sa.select(META.c.key, META.c.value).where(wanted))}
+
+
+def last_number(session: Session, sequence: str) -> int:
+    """The last number of ``sequence`` handed out (0 before the first)."""
+    value = get_meta(session, f"seq.{sequence}")
+    return 0 if value is None else int(value)
 
 
 def allocate(session: Session, sequence: str, n: int) -> int:

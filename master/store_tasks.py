@@ -22,11 +22,16 @@ def load_tasks(session: Session) -> list[TaskRecord]:
     """Every task, oldest submission first (numeric ids in numeric order within one instant)."""
     stmt = sa.select(TASKS).order_by(TASKS.c.submitted_at, sa.func.length(TASKS.c.id),
                                      TASKS.c.id)
-    return [TaskRecord.from_json({k: v for k, v in row.items() if v is not None or k
-                                  not in _NOT_NULL}) for row in session.execute(stmt).mappings()]
+    return [record_from_row(row) for row in session.execute(stmt).mappings()]
 
 
 _NOT_NULL = frozenset({"retry_delay"})  # a NULL here (a row of an older master): the default
+
+
+def record_from_row(row: Any) -> TaskRecord:
+    """A task record from its row (a mapping), whichever master version wrote it."""
+    return TaskRecord.from_json({k: v for k, v in row.items()
+                                 if v is not None or k not in _NOT_NULL})
 
 
 def upsert_attempts(session: Session, rows: list[dict[str, Any]]) -> int:

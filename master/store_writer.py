@@ -97,6 +97,8 @@ class Writer:
         self.records_refused = 0
         self.writes_fenced = 0
         self.last_commit_latency = 0.0
+        #: Called on this thread with each commit's latency (seconds): a metrics observer.
+        self.on_commit: Callable[[float], None] | None = None
         self.thread = threading.Thread(target=self._run, name="master-store", daemon=True)
 
     # -- the queue (any thread) ------------------------------------------------------------
@@ -247,6 +249,11 @@ class Writer:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
         self.last_commit_latency = time.monotonic() - attempt
+        if self.on_commit is not None:
+            try:
+                self.on_commit(self.last_commit_latency)
+            except Exception:  # noqa: BLE001 - an observer must not fail a committed batch
+                log.exception("store commit observer failed")
         reason = self.guard.check() if writes and self.guard is not None else None
         if reason is not None:
             raise Fault(reason, committed=result)

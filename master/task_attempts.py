@@ -21,12 +21,14 @@ the master's mailbox unless they say otherwise. The decisions are in the pure
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
 import libproc
 from libproc import Timer, delay
 from master import attempts as at
+from master import task_queries
 from master.api import shown
 from master.attempts import Attempt, AttemptLog
 from master.store import StoreError
@@ -164,8 +166,12 @@ class TaskAttempts:
     async def _history(self, tid: str) -> tuple[TaskRecord, list[Attempt],
                                                 float | None] | None:
         found = await libproc.dispatch(self.master.pid, self._snapshot, tid)
-        if found is None:
-            return None
+        if found is None:  # not in memory: an older ended task, as the database has it
+            stored = await self.master.store.read(functools.partial(task_queries.get,
+                                                                    task_id=tid))
+            if stored is None:
+                return None
+            found = (stored, None, None)
         rec, attempts, held = found
         if attempts is None:  # an old final task: its attempts are in the database only
             try:

@@ -1,7 +1,8 @@
 """The master's task endpoints: list, get, submit, kill, and logs through the master.
 
-    GET  /master/tasks[?state=A,B]      POST /master/tasks          (submit)
-    GET  /master/tasks/<id>             POST /master/tasks/<id>/kill
+    GET  /master/tasks[?limit=&offset=&state=A,B&name=&order=]   (paged: task_listing.py)
+    POST /master/tasks          (submit)       POST /master/tasks/kill   (bulk: bulk_kill.py)
+    GET  /master/tasks/<id>                    POST /master/tasks/<id>/kill
     GET  /master/tasks/<id>/logs[?stream=&offset=&limit=&attempt=]
 
 `TaskHttp(master)` serves them for a `Master`, mounted on its router by `master/http_api.py`
@@ -18,6 +19,9 @@ master's mailbox; what reads or changes the master's state runs inside it, throu
   answered 202 once KILLED is committed; otherwise 503, with the task put back exactly as it
   was. Repeated kills while one is being committed share its outcome. A kill of a task on a
   live slave is sent to that slave (202 KILLING); its status update settles it.
+- A task the master no longer holds in memory (ended long enough ago) is read from the
+  database: `GET` shows it, a kill is 409 (it has ended), its logs are read from the slave
+  that ran it while that slave is known. A database that cannot be read is a 503.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import ClientSession, ClientTimeout, web
@@ -39,14 +43,16 @@ from master.api import (
     ApiError,
     TaskSpec,
     decode_json,
+    parse_bulk_kill,
     parse_log_query,
-    parse_states,
+    parse_page_query,
     parse_submit,
     parse_task_id,
     shown,
 )
+from master.bulk_kill import bulk_kill
 from master.store import RecordRefused, StoreError
-from master.task_index import task_key
+from master.task_listing import TaskListing
 from master.tasks import TaskRecord
 from protos import cluster_pb2 as pb
 
@@ -68,24 +74,32 @@ class TaskHttp:
     def __init__(self, master: Master) -> None:
         self.master = master
         self._kills: dict[str, asyncio.Future[str | None]] = {}  # kills being committed
+        self.listing = TaskListing(master)
+
+    def killing(self, tid: str) -> bool:
+        """Whether a kill of the task is being committed."""
+        return tid in self._kills
 
     # -- endpoints (outside the mailbox; see master/http_api.py) ------------------------
 
     async def list_tasks(self, request: web.BaseRequest, match: Mapping[str, str]) -> web.Response:
         try:
-            wanted = parse_states(request.query.get("state"))
+            query = parse_page_query(request.query)
+            return web.json_response(await self.listing.page(query))
         except ApiError as exc:
             return error(exc.status, str(exc))
-        tasks: list[dict[str, Any]] = await libproc.dispatch(self.master.pid, self._listed,
-                                                             wanted)
-        return web.json_response({"tasks": tasks})
+        except StoreError as exc:
+            return error(503, f"cannot read tasks from the database now: {exc}")
 
     async def get_task(self, request: web.BaseRequest, match: Mapping[str, str]) -> web.Response:
         try:
             tid = parse_task_id(match["id"])
+            task = await self.master.attempts.detail(tid)  # with its attempts and usage
         except ApiError as exc:
             return error(exc.status, str(exc))
-        task = await self.master.attempts.detail(tid)  # with its attempts and usage
+        except StoreError as exc:
+            return error(503, f"cannot read task {shown(match['id'])} from the database "
+                         f"now: {exc}")
         if task is None:
             return error(404, f"no task with id {shown(tid)}")
         return web.json_response(task)
@@ -95,8 +109,28 @@ class TaskHttp:
             tid = parse_task_id(match["id"])
         except ApiError as exc:
             return error(exc.status, str(exc))
-        answer: web.Response = await libproc.dispatch(self.master.pid, self._kill_id, tid)
-        return answer
+        answer: web.Response | None = await libproc.dispatch(self.master.pid, self._kill_id,
+                                                             tid)
+        if answer is not None:
+            return answer
+        try:  # not in memory: it has ended, or never existed
+            task = await self.listing.find(tid)
+        except StoreError as exc:
+            return error(503, f"cannot read task {shown(tid)} from the database now: {exc}")
+        if task is None:
+            return error(404, f"no task with id {shown(tid)}")
+        return error(409, f"task {tid} is already {task.state}")
+
+    async def kill_many(self, request: web.BaseRequest, match: Mapping[str, str]) -> web.Response:
+        """POST /master/tasks/kill (see master/bulk_kill.py)."""
+        try:
+            what = parse_bulk_kill(decode_json(await _read_body(request)))
+            killed = await bulk_kill(self.master, what)
+        except ApiError as exc:
+            return error(exc.status, str(exc))
+        except libproc.LibprocError as exc:
+            return error(503, f"the master is stopping; nothing was killed ({exc})")
+        return web.json_response({"killed": killed})
 
     async def task_logs(self, request: web.BaseRequest, match: Mapping[str, str]) -> web.Response:
         try:
@@ -105,23 +139,22 @@ class TaskHttp:
         except ApiError as exc:
             return error(exc.status, str(exc))
         attempt = params.pop("attempt", None)  # default: the latest attempt
-        source = await self.master.attempts.log_source(tid, int(attempt) if attempt else None)
+        try:
+            source = await self.master.attempts.log_source(tid, int(attempt) if attempt
+                                                           else None)
+        except StoreError as exc:
+            return error(503, f"cannot read task {shown(tid)} from the database now: {exc}")
         if isinstance(source, str):
             return error(404, source)
         return await _proxy_logs(tid, source, params)
 
     # -- in the mailbox ------------------------------------------------------------------
 
-    def _listed(self, wanted: frozenset[str] | None) -> list[dict[str, Any]]:
-        tasks: Iterable[TaskRecord] = self.master.tasks.values()
-        if wanted is not None:
-            tasks = [t for t in tasks if t.state in wanted]
-        return [t.to_json() for t in sorted(tasks, key=lambda t: task_key(t.id))]
-
     def _kill_id(self, tid: str) -> Any:
+        """The answer to a kill, or None when the master does not hold the task."""
         rec = self.master.tasks.get(tid)
         if rec is None:
-            return error(404, f"no task with id {shown(tid)}")
+            return None
         return self._kill(rec)
 
     # -- submit --------------------------------------------------------------------------

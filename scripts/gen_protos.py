@@ -1,7 +1,7 @@
-"""Regenerate *_pb2.py and *_pb2.pyi beside every .proto in protos/ and libproc/.
+"""Regenerate *_pb2.py and *_pb2.pyi beside every .proto in protos/ and libproc/names/.
 
-libproc's own protocol (the name service) lives in libproc/, so that libproc imports nothing
-else of ours; the cluster's messages live in protos/.
+libproc's own protocol (the name service) lives in libproc/names/, so that libproc imports
+nothing else of ours; the cluster's messages live in protos/.
 
 Uses grpcio-tools' bundled protoc (pinned in pyproject.toml beside the protobuf runtime), so
 the generated code always matches the runtime. `--check` exits 1 when the committed files are
@@ -17,7 +17,7 @@ from pathlib import Path
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCE_DIRS = [ROOT / "protos", ROOT / "libproc"]
+SOURCE_DIRS = [ROOT / "protos", ROOT / "libproc" / "names"]
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -42,11 +42,11 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         generate(Path(tmp))
         stale = []
-        for produced in sorted(Path(tmp).glob("*/*_pb2.py*")):
-            target = ROOT / produced.parent.name / produced.name
+        for produced in sorted(Path(tmp).rglob("*_pb2.py*")):
+            target = ROOT / produced.relative_to(tmp)  # protoc keeps the path below ROOT
             new = produced.read_bytes()
             if not target.exists() or target.read_bytes() != new:
-                stale.append(target.name)
+                stale.append(str(target.relative_to(ROOT)))
                 if not check:
                     target.write_bytes(new)
     if check and stale:

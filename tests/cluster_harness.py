@@ -230,8 +230,13 @@ class MasterClient:
         return tid
 
     def tasks(self, state: str | None = None) -> list[dict[str, Any]]:
-        path = "/master/tasks" + (f"?state={state}" if state else "")
-        tasks: list[dict[str, Any]] = self._json("GET", path)["tasks"]
+        """Every task (of `state`), oldest first: the paged listing followed to its end."""
+        path: str | None = "/master/tasks?limit=10000" + (f"&state={state}" if state else "")
+        tasks: list[dict[str, Any]] = []
+        while path is not None:
+            page = self._json("GET", path)
+            tasks += page["tasks"]
+            path = page["next"]
         return tasks
 
     def task(self, task_id: str) -> dict[str, Any]:

@@ -175,7 +175,7 @@ def test_quiet_by_default(tmp_path: Path) -> None:
     )
     try:
         wait_until(lambda: "listening" in master.stdout_text(), 30, "the master to listen")
-        assert run_json("tasks", master=f"127.0.0.1:{port}") == {"tasks": []}
+        assert run_json("tasks", master=f"127.0.0.1:{port}") == {"tasks": [], "total": 0}
     finally:
         stop(master)
     assert master.stderr_text() == ""

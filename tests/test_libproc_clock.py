@@ -233,3 +233,46 @@ async def test_a_delayed_call_that_raises_is_logged_not_silent(
     finally:
         await libproc.stop()
         Clock.reset()
+
+
+def test_the_clock_imports_nothing_of_libproc() -> None:
+    """STYLE.md: the clock knows nothing of the runtime; the runtime registers a hook."""
+    import ast
+    from pathlib import Path
+
+    source = Path(libproc.__file__).parent / "clock.py"
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            assert node.level == 0 and not (node.module or "").startswith("libproc"), node.module
+        elif isinstance(node, ast.Import):
+            assert not any(a.name.startswith("libproc") for a in node.names)
+
+
+async def test_settle_waits_for_the_registered_idle_check() -> None:
+    from libproc import clock
+
+    answers = [False, False, False, True]
+    asked: list[bool] = []
+
+    def idle() -> bool:
+        asked.append(answers[len(asked)] if len(asked) < len(answers) else True)
+        return asked[-1]
+
+    clock.set_idle_check(idle)
+    try:
+        await Clock.settle()
+    finally:
+        clock.set_idle_check(None)
+    assert asked[:4] == [False, False, False, True]
+
+
+async def test_the_runtime_registers_its_idle_check_while_it_runs() -> None:
+    from libproc import clock
+
+    assert clock._idle_check is None
+    await libproc.start(host="127.0.0.1", port=0)
+    try:
+        assert clock._idle_check is not None and clock._idle_check()
+    finally:
+        await libproc.stop()
+    assert clock._idle_check is None

@@ -631,3 +631,41 @@ async def test_future_is_usable_where_an_asyncio_awaitable_is(runtime: UPID) -> 
 
 async def _aw(f: Future[Any]) -> Any:
     return await f
+
+
+def test_no_process_subclass_of_ours_reuses_a_private_name_of_process() -> None:
+    """Process keeps its mailbox machinery in private names (`_run`, `_schedule_run`, ...); a
+    subclass that defined one of them for itself (the master has a `_schedule` of its own)
+    would silently replace it."""
+    import inspect
+    import re
+
+    import libproc.executor
+    import libproc.names
+    import master.process
+    import slave.process
+
+    del libproc.executor, libproc.names, master.process, slave.process
+
+    def private(names: Any) -> set[str]:
+        return {n for n in names if n.startswith("_") and not n.startswith("__")}
+
+    source = inspect.getsource(Process)
+    ours = private(vars(Process)) | set(re.findall(r"self\.(_[a-z]\w*)\s*[:=]", source))
+    subclasses: list[type] = []
+    todo = list(Process.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        subclasses.append(cls)
+        todo.extend(cls.__subclasses__())
+    assert any(c.__module__ == "master.process" for c in subclasses)
+    for cls in subclasses:
+        if cls.__module__.startswith(("tests.", "test_")):
+            continue
+        try:
+            text = inspect.getsource(cls)
+        except (OSError, TypeError):
+            text = ""
+        theirs = private(vars(cls)) | set(re.findall(r"self\.(_[a-z]\w*)\s*[:=]", text))
+        clash = sorted(theirs & ours)
+        assert not clash, f"{cls.__module__}.{cls.__qualname__} redefines {clash}"

@@ -16,7 +16,6 @@ import pytest
 
 import libproc
 from libproc import UPID, Clock, Future, ProtobufProcess, dispatch
-from libproc import names_pb2 as pb
 from libproc.names import (
     OFFLINE,
     ONLINE,
@@ -30,6 +29,7 @@ from libproc.names import (
     Notice,
     RegistrationRefusedError,
 )
+from libproc.names import names_pb2 as pb
 
 pytestmark = pytest.mark.timeout(30)
 

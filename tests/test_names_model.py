@@ -1,4 +1,4 @@
-"""libproc.names_model: names, queries, matching, routing choices and the instance cache."""
+"""libproc.names.model: names, queries, matching, routing choices and the instance cache."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from libproc.names import (
     parse_query,
     rendezvous_pick,
 )
-from libproc.names_model import rendezvous_score
+from libproc.names.model import rendezvous_score
 from libproc.pid import UPID
 
 

@@ -1,4 +1,4 @@
-"""The committed generated protobuf code must match protos/*.proto."""
+"""The committed generated protobuf code must match protos/*.proto and libproc/names/*.proto."""
 
 import subprocess
 import sys
@@ -32,7 +32,9 @@ def test_libproc_imports_nothing_else_of_ours() -> None:
     import ast
 
     ours = {"protos", "master", "slave", "cli", "examples", "benchmarks", "tests"}
-    for path in sorted((ROOT / "libproc").glob("*.py")):
+    paths = sorted((ROOT / "libproc").rglob("*.py"))
+    assert ROOT / "libproc" / "names" / "service.py" in paths  # subpackages are checked too
+    for path in paths:
         tree = ast.parse(path.read_text(), filename=str(path))
         for node in ast.walk(tree):
             names = []
@@ -41,4 +43,16 @@ def test_libproc_imports_nothing_else_of_ours() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names = [node.module]
             for name in names:
-                assert name.split(".")[0] not in ours, f"{path.name} imports {name}"
+                assert name.split(".")[0] not in ours, f"{path.relative_to(ROOT)} imports {name}"
+
+
+def test_the_name_service_proto_lives_in_its_subpackage_with_its_wire_names() -> None:
+    """libproc/names/ holds names.proto and the code generated from it; moving the file did
+    not rename a message on the wire (those are the package's full names)."""
+    from libproc.names import names_pb2
+
+    assert (ROOT / "libproc" / "names" / "names.proto").is_file()
+    assert names_pb2.DESCRIPTOR.name == "libproc/names/names.proto"
+    assert names_pb2.RegisterRequest.DESCRIPTOR.full_name == "names.RegisterRequest"
+    assert names_pb2.InstanceNotice.DESCRIPTOR.full_name == "names.InstanceNotice"
+    assert not list((ROOT / "libproc").glob("names*.py")), "the flat modules moved to names/"

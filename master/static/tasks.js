@@ -44,7 +44,7 @@ export function mount(root, {params}) {
     el('option', {value: '', text: 'any state'}),
     ...STATES.map((s) => el('option', {value: s, text: s})));
   const nameInput = el('input', {id: 'filter-name', name: 'name', type: 'search',
-    placeholder: 'name or id', autocomplete: 'off'});
+    placeholder: 'name starts with', autocomplete: 'off'});
   const caption = el('caption', {'aria-live': 'polite'});
   const tbody = el('tbody');
   const older = el('button', {type: 'button', id: 'page-older', text: 'Older →'});

@@ -60,11 +60,10 @@ export async function listTasks({limit = 50, offset = 0, state = '', name = ''} 
   return {tasks: all.slice(offset, offset + limit), total: all.length, paged: false};
 }
 
+// As the master's ?name= filter: the name starts with it (a task's name defaults to its id).
 export function matches(task, {state = '', name = ''}) {
   if (state && !state.split(',').includes(task.state)) return false;
-  const needle = name.toLowerCase();
-  return !needle || String(task.name || '').toLowerCase().includes(needle)
-    || String(task.id).toLowerCase() === needle;
+  return !name || String(task.name || task.id).startsWith(name);
 }
 
 // -- formatting ------------------------------------------------------------------------------

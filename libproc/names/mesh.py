@@ -31,8 +31,8 @@ from google.protobuf.message import Message as PbMessage
 from libproc.defer import defer
 from libproc.dispatch import dispatch
 from libproc.future import Future
-from libproc.names_client import NamesClient, NoticeCallback, Watch, default_client
-from libproc.names_model import (
+from libproc.names.client import NamesClient, NoticeCallback, Watch, default_client
+from libproc.names.model import (
     Instance,
     InvalidNameError,
     NamesError,

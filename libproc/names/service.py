@@ -2,7 +2,7 @@
 
 Embed it in any program with one line, `libproc.spawn(NameService(secret=...))`, or run it on
 its own with `python -m libproc.names --port P`. Its protocol is libproc/names.proto; the
-per-OS-process names client (names_client.py) speaks it for local processes.
+per-OS-process names client (client.py) speaks it for local processes.
 
 Contract:
 - A registration (RegisterRequest) comes from a names client and names an instance whose
@@ -31,12 +31,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from libproc import names_pb2 as pb
 from libproc.clock import Clock, Timer
 from libproc.delay import delay
 from libproc.errors import InvalidUPIDError
 from libproc.metrics import metrics
-from libproc.names_model import (
+from libproc.names import names_pb2 as pb
+from libproc.names.model import (
     OFFLINE,
     ONLINE,
     Instance,

@@ -1,6 +1,6 @@
 """NamesClient: the per-OS-process process (`names-client`) that talks to the name service.
 
-It registers and watches on behalf of the local processes (through `Mesh`, names_mesh.py),
+It registers and watches on behalf of the local processes (through `Mesh`, mesh.py),
 answers the name service's heartbeat pings, and keeps the OS process's cache of instances
 (a `Directory`) up to date from snapshots and notices, so that a send never waits for the
 name service once its query is resolved.
@@ -29,7 +29,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from libproc import names_pb2 as pb
 from libproc import runtime
 from libproc.clock import Timer
 from libproc.delay import delay
@@ -37,7 +36,8 @@ from libproc.dispatch import dispatch
 from libproc.errors import InvalidUPIDError
 from libproc.future import Future, Promise
 from libproc.metrics import metrics
-from libproc.names_model import (
+from libproc.names import names_pb2 as pb
+from libproc.names.model import (
     OFFLINE,
     ONLINE,
     Directory,
@@ -48,11 +48,11 @@ from libproc.names_model import (
     matches,
     parse_query,
 )
-from libproc.names_service import DEFAULT_ID, from_pb, to_pb
+from libproc.names.service import DEFAULT_ID, from_pb, to_pb
 from libproc.pid import UPID
 from libproc.protobuf import ProtobufProcess
 
-__all__ = ["NamesClient", "Watch", "connect", "default_client"]
+__all__ = ["NamesClient", "Watch", "connect", "default_client", "parse_names_pid", "watch"]
 
 log = logging.getLogger("libproc.names")
 
@@ -473,3 +473,12 @@ def default_client() -> NamesClient:
         raise NamesError("no names client runs in this OS process: call "
                          "libproc.names.connect('names@host:port') after libproc.start()")
     return current
+
+
+def watch(query: str, on_notice: Any = None, *, replay: bool = True) -> Watch:
+    """A watch owned by no process, for asyncio code: iterate it (`async for notice in w`),
+    or pass `on_notice`, which then runs on the names client's turn (keep it short)."""
+    client = default_client()
+    w = Watch(client, query, None, on_notice, replay)
+    dispatch(client, NamesClient.watch, w)
+    return w

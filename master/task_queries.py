@@ -1,0 +1,214 @@
+"""The master's task queries beyond one row: pages, counts, active tasks, bulk writes, retention.
+
+Pure functions over an open SQLAlchemy ``Session``, run through ``Store.read`` (a read-only
+transaction off the event loop) or ``Store.write`` (inside a write batch). Portable SQL
+(SQLite and PostgreSQL); the indexes they rely on are ``store_schema.TASK_INDEXES``.
+
+Why the plans look as they do (1,000,000 rows, SQLite on 2 cores): an OFFSET walks the
+index entries it skips, about 20 ns each when the index covers the query and ~1 µs when
+every skipped row is looked up; a filter the index does not order forces a sort of every
+match. So a page is found on a covering index in id order — per state, or the id-order
+index that also holds state and name — and only its rows are read; a page in the back half
+is taken from the other end (no skip is longer than half the matches); and few matches are
+simply sorted. Ids are numbers as text, so ``(length(id), id)`` is their numeric order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from master.api import PageQuery
+from master.store_schema import TaskRow, last_number
+from master.store_tasks import record_from_row
+from master.task_positions import Block
+from master.tasks import TERMINAL_STATES, TaskRecord
+
+__all__ = ["SMALL_MATCH", "block_counts", "count_by_state", "count_matching", "delete_ended",
+           "expired_ids", "get", "load_unended", "page", "page_statement", "save_records",
+           "seek_statements", "window_start"]
+
+#: Up to this many matches a filtered page is sorted; past it, found in id order.
+SMALL_MATCH = 20_000
+_CHUNK = 500  # ids per IN (...): well under every driver's parameter limit
+_UNENDED = ("PENDING", "STAGING", "RUNNING")
+_table = TaskRow.__table__
+_c = _table.c
+_length = sa.func.length(_c.id)
+
+
+_record = record_from_row
+
+
+def _chunks(ids: list[str]) -> Iterable[list[str]]:
+    for i in range(0, len(ids), _CHUNK):
+        yield ids[i : i + _CHUNK]
+
+
+def count_by_state(session: Session) -> dict[str, int]:
+    """How many tasks the database holds in each state (one pass over the state index)."""
+    stmt = sa.select(_c.state, sa.func.count()).group_by(_c.state)
+    return {str(state): int(n) for state, n in session.execute(stmt)}
+
+
+def block_counts(session: Session) -> tuple[dict[tuple[str, int, str], int], int]:
+    """({(state, length, prefix): n}, the last task id allocated): the snapshot behind
+    master/task_positions.py (ids of one length sharing all but their last 3 characters)."""
+    prefix = sa.case((_length > 3, sa.func.substr(_c.id, 1, _length - 3)), else_="")
+    stmt = (sa.select(_c.state, _length, prefix, sa.func.count())
+            .group_by(_c.state, _length, prefix))
+    counts = {(str(s), int(n), str(p)): int(c) for s, n, p, c in session.execute(stmt)}
+    return counts, last_number(session, "task")
+
+
+def load_unended(session: Session) -> list[TaskRecord]:
+    """Every PENDING, STAGING or RUNNING task, oldest submission first (recovery at start)."""
+    stmt = (sa.select(_table).where(_c.state.in_(_UNENDED))
+            .order_by(_c.submitted_at, _length, _c.id))
+    return [_record(row) for row in session.execute(stmt).mappings()]
+
+
+def get(session: Session, task_id: str) -> TaskRecord | None:
+    row = session.execute(sa.select(_table).where(_c.id == task_id)).mappings().first()
+    return None if row is None else _record(row)
+
+
+def _where(session: Session, states: frozenset[str] | None, name: str | None, *,
+           seek: bool = True) -> list[Any]:
+    """The filter's terms. With ``seek`` False, on SQLite, none of them can use an index
+    (``state || ''`` and no name range), so the planner walks the id-order index instead
+    of sorting every match; PostgreSQL's planner needs no such help."""
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    state: Any = _c.state if seek or not sqlite else _c.state.op("||")("")
+    terms: list[Any] = []
+    if states is not None:
+        terms.append(state.in_(sorted(states)) if len(states) > 1
+                     else state == next(iter(states)))
+    if name:
+        # Exact everywhere; on SQLite also a range the name index can seek (its BINARY
+        # collation orders UTF-8 bytes, and U+10FFFF sorts last).
+        terms.append(sa.func.substr(_c.name, 1, len(name)) == name)
+        if seek and sqlite:
+            terms += [_c.name >= name, _c.name < name + "\U0010ffff"]
+    return terms
+
+
+def count_matching(session: Session, states: frozenset[str] | None, name: str | None) -> int:
+    """Exact number of tasks matching the filter (on the name and state index)."""
+    stmt = sa.select(sa.func.count()).select_from(_table).where(*_where(session, states, name))
+    return int(session.execute(stmt).scalar_one())
+
+
+def page_statement(session: Session, q: PageQuery, total: int) -> tuple[Any, bool]:
+    """The query for the ids of page ``q`` among ``total`` matches (``q.offset < total``),
+    and whether it walks backwards (its ids then come in reverse)."""
+    offset, limit = q.offset, min(q.limit, total - q.offset)
+    descending = q.order == "desc"
+    flipped = 2 * offset + limit > total  # the back half: walk in from the other end
+    if flipped:
+        offset, descending = total - offset - limit, not descending
+    key = [_length.desc(), _c.id.desc()] if descending else [_length, _c.id]
+    single_state = q.states is not None and len(q.states) == 1 and not q.name
+    # Many matches: walk the id-order index (it holds state and name) rather than sort them.
+    walk = not single_state and total > SMALL_MATCH
+    stmt = (sa.select(_c.id).where(*_where(session, q.states, q.name, seek=not walk))
+            .order_by(*key).limit(limit).offset(offset))
+    return stmt, flipped
+
+
+def _page_ids(session: Session, q: PageQuery, total: int) -> list[str]:
+    """The ids of page ``q`` among ``total`` matches, in the order asked for."""
+    stmt, flipped = page_statement(session, q, total)
+    ids = [str(i) for i in session.scalars(stmt)]
+    return ids[::-1] if flipped else ids
+
+
+def seek_statements(session: Session, q: PageQuery, block: Block, skip: int,
+                    limit: int) -> tuple[Any, Any]:
+    """The two queries of a located page: from the first id of ``block`` (skipping
+    ``skip`` matches), then, if the page runs on, from the first id of the next length."""
+    length, prefix = block
+    walk = q.states is not None and len(q.states) > 1  # on the id-order index, filtering
+    terms = _where(session, q.states, None, seek=not walk)
+    # One length: id order alone (SQLite sorts when an ORDER BY names the fixed length).
+    first = (sa.select(_c.id).where(*terms, _length == length, _c.id >= prefix)
+             .order_by(_c.id).limit(limit).offset(skip))
+    rest = sa.select(_c.id).where(*terms, _length > length).order_by(_length, _c.id)
+    return first, rest
+
+
+def _seek_ids(session: Session, q: PageQuery, total: int, seek: tuple[Block, int]) -> list[str]:
+    limit = min(q.limit, total - q.offset)
+    block, skip = seek
+    first, rest = seek_statements(session, q, block, skip, limit)
+    ids = [str(i) for i in session.scalars(first)]
+    if len(ids) < limit:
+        ids += [str(i) for i in session.scalars(rest.limit(limit - len(ids)))]
+    return ids[::-1] if q.order == "desc" else ids
+
+
+def window_start(q: PageQuery, total: int) -> int:
+    """Where page ``q`` starts among ``total`` matches in ascending order (a descending
+    page is the ascending window that ends ``offset`` from the end)."""
+    limit = min(q.limit, total - q.offset)
+    return q.offset if q.order == "asc" else total - q.offset - limit
+
+
+def page(session: Session, q: PageQuery, total: int | None = None,
+         seek: tuple[Block, int] | None = None) -> tuple[int, list[TaskRecord]]:
+    """(total, records) of page ``q``. ``total`` may be given when the caller knows it
+    exactly (the master counts tasks by state); otherwise it is counted here, in the same
+    transaction as the page. ``seek``: the block where the page's ascending window starts
+    (``window_start``) and how many matches precede it there (master/task_positions.py);
+    without it the page is found by walking an index."""
+    if total is None:
+        total = count_matching(session, q.states, q.name)
+    if q.offset >= total or q.limit == 0:
+        return total, []
+    ids = _page_ids(session, q, total) if seek is None else _seek_ids(session, q, total, seek)
+    rows = {r.id: r for r in _fetch(session, ids)}
+    return total, [rows[i] for i in ids if i in rows]
+
+
+def _fetch(session: Session, ids: list[str]) -> list[TaskRecord]:
+    out: list[TaskRecord] = []
+    for chunk in _chunks(ids):
+        stmt = sa.select(_table).where(_c.id.in_(chunk))
+        out += [_record(row) for row in session.execute(stmt).mappings()]
+    return out
+
+
+def save_records(session: Session, rows: list[dict[str, Any]]) -> int:
+    """Update existing tasks to these whole-record snapshots (by id), in one statement per
+    chunk; rows touched. For bulk changes of tasks that exist (a bulk kill)."""
+    for i in range(0, len(rows), _CHUNK):
+        session.execute(sa.update(TaskRow), rows[i : i + _CHUNK])
+    return len(rows)
+
+
+def _ended_before(cutoff: float) -> list[Any]:
+    return [_c.finished_at < cutoff, _c.state.in_(sorted(TERMINAL_STATES))]
+
+
+def expired_ids(session: Session, cutoff: float, limit: int) -> list[str]:
+    """Up to ``limit`` ids of tasks that ended before ``cutoff``, earliest first."""
+    stmt = (sa.select(_c.id).where(*_ended_before(cutoff))
+            .order_by(_c.finished_at).limit(limit))
+    return [str(i) for i in session.scalars(stmt)]
+
+
+def delete_ended(session: Session, ids: list[str], cutoff: float) -> dict[str, str]:
+    """Delete those of ``ids`` that still ended before ``cutoff``; {id: state} of the
+    deleted. A task re-queued since (no longer ended in the database) is left alone."""
+    deleted: dict[str, str] = {}
+    for chunk in _chunks(ids):
+        wanted = [_c.id.in_(chunk), *_ended_before(cutoff)]
+        found = {str(i): str(s) for i, s in session.execute(
+            sa.select(_c.id, _c.state).where(*wanted))}
+        if found:
+            session.execute(sa.delete(TaskRow).where(_c.id.in_(list(found))))
+            deleted.update(found)
+    return deleted
