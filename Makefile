@@ -58,6 +58,15 @@ compose-test: $(STAMP)
 	$(call prerequisite,compose-test,scripts/docker-local.sh,Docker could not be set up by scripts/docker-local.sh (see above))
 	$(BIN)/python scripts/compose_test.py
 
+# `docker compose --profile ha` end to end: ZooKeeper and PostgreSQL images built from
+# docker/*.Dockerfile (Debian's packages on the same local base), three masters, two slaves;
+# scripts/compose_ha_test.py checks the election, a redirect, tasks through zk://, and a
+# `docker kill` of the leader with a task running across it; always `down -v`.
+.PHONY: compose-ha-test
+compose-ha-test: $(STAMP)
+	$(call prerequisite,compose-ha-test,scripts/docker-local.sh,Docker could not be set up by scripts/docker-local.sh (see above))
+	$(BIN)/python scripts/compose_ha_test.py
+
 # The web dashboard in a real browser: scripts/browser-local.sh installs Debian's chromium and
 # chromium-driver when missing (root), then scripts/ui_test.py starts a real master and slave
 # and drives headless Chromium through selenium (screenshots in .ui-test/). Never passes

@@ -7,13 +7,26 @@ requests to a master on 127.0.0.1).
 
 Every failure surfaces as `ClusterError` with one sentence fit for the terminal: the CLI
 prints `error: <message>` and exits non-zero, never a traceback.
+
+Several masters (`cluster master --zk`): `--master zk://HOST:PORT[,...]/PATH` finds the
+leader in ZooKeeper (`protos.detector.find_leader`, imported only then) and follows it. A
+standby's `307` is followed with the same method, body and secret (the secret goes where
+the master we were given sends us: it could hand it on anyway), at most `MAX_REDIRECTS`
+hops. Under `zk://`, for up to `follow_wait` seconds a request is sent again to the leader
+ZooKeeper names when the master it reached cannot have acted on it — the connection was
+refused, or a master answered that it does not lead or is between roles (a `503` naming
+`leader`, or with `Retry-After`) — and, for
+reads only, when the connection broke mid-request. A write whose connection broke after
+it was sent is not repeated (it may have been done): that error is the user's to see.
 """
 
 from __future__ import annotations
 
+import errno
 import http.client
 import json
 import socket
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,9 +34,24 @@ from dataclasses import dataclass
 from email.message import Message
 from typing import Any
 
-__all__ = ["DEFAULT_MASTER", "ClusterError", "LogChunk", "MasterClient", "master_base_url"]
+__all__ = [
+    "DEFAULT_MASTER",
+    "FOLLOW_WAIT",
+    "MAX_REDIRECTS",
+    "ClusterError",
+    "LogChunk",
+    "MasterClient",
+    "master_base_url",
+]
 
 DEFAULT_MASTER = "127.0.0.1:5050"
+MAX_REDIRECTS = 5
+# How long a request under --master zk://... keeps looking for a leader: a failover takes
+# ZooKeeper's session timeout (5 s by default) plus the new leader's recovery.
+FOLLOW_WAIT = 30.0
+# Connection errors that mean the request never reached anyone, so repeating it is safe.
+_NOT_SENT = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                       errno.EADDRNOTAVAIL})
 
 
 class ClusterError(Exception):
@@ -72,12 +100,60 @@ class MasterClient:
     master that accepts connections but does not answer.
     """
 
-    def __init__(self, master: str, secret: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        master: str,
+        secret: str | None = None,
+        timeout: float = 10.0,
+        follow_wait: float = FOLLOW_WAIT,
+    ) -> None:
         self.master = master
-        self.base = master_base_url(master)
+        # (not protos.zookeeper.is_zk_url: importing it imports kazoo, slow for a CLI)
+        self.zk = master.strip() if master.strip().lower().startswith("zk://") else None
+        self._base = None if self.zk else master_base_url(master)
+        if self.zk:  # a URL that cannot work fails now, not after `follow_wait` of retries
+            from protos.zookeeper import parse_zk_url
+
+            try:
+                parse_zk_url(self.zk)
+            except ValueError as exc:  # ZkUrlError: says what is wrong and shows a good one
+                raise ClusterError(f"--master: {exc}") from None
         self.secret = secret or None
         self.timeout = timeout
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self.follow_wait = follow_wait
+        self._zk_answered = False  # has ZooKeeper ever answered this client?
+        self._opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), _NoRedirects()
+        )
+
+    @property
+    def base(self) -> str:
+        """`http://HOST:PORT` of the master to ask: the given one, or the leader ZooKeeper
+        names (looked up on first use, and again after the leader seemed to change)."""
+        if self._base is None:
+            self._base = self._find_leader()
+        return self._base
+
+    def forget_leader(self) -> None:
+        """Under zk://: the leader may have changed; look it up again on the next use."""
+        if self.zk:
+            self._base = None
+
+    def _find_leader(self) -> str:
+        """The leader's base URL from ZooKeeper. ClusterError when there is none; a
+        ZooKeeper that never answered this client is not waited for (a wrong --master)."""
+        assert self.zk is not None
+        from protos.detector import DetectionError, ZooKeeperUnreachable, find_leader
+
+        try:
+            leader = find_leader(self.zk, timeout=min(self.timeout, 10.0))
+        except ZooKeeperUnreachable as exc:
+            kind = ClusterError if self._zk_answered else _GiveUp
+            raise kind(f"cannot find the leading master: {exc}") from None
+        except DetectionError as exc:
+            raise ClusterError(f"cannot find the leading master: {exc}") from None
+        self._zk_answered = True
+        return master_base_url(leader.http)
 
     # -- the API ----------------------------------------------------------------------------
 
@@ -192,12 +268,74 @@ class MasterClient:
 
     @property
     def where(self) -> str:
-        return self.base[len("http://") :]
+        """The master asked, for messages: HOST:PORT, or the zk:// URL before a lookup."""
+        return self._base[len("http://") :] if self._base else self.master
 
     def _request(
         self, method: str, path: str, data: bytes | None = None
     ) -> tuple[int, Message, bytes]:
-        request = urllib.request.Request(self.base + path, data=data, method=method)
+        """One call, following standbys' redirects and, under zk://, the leader (see the
+        module docstring); the final answer of any status."""
+        deadline = time.monotonic() + self.follow_wait if self.zk else None
+        url: str | None = None  # where a redirect sent us, else base + path
+        hops = 0
+        pause = 0.1
+        while True:
+            retry = False
+            try:
+                target = url or self.base + path
+                status, headers, body = self._send(method, target, data)
+            except _Unreachable as exc:
+                where = urllib.parse.urlsplit(url).netloc if url else None
+                if deadline is None or not (exc.not_sent or method in ("GET", "HEAD")):
+                    raise self.unreachable(exc.reason, where) from None
+                retry, last = True, self.unreachable(exc.reason, where)
+            except _GiveUp:
+                raise
+            except ClusterError as exc:  # no leader in ZooKeeper (yet)
+                if deadline is None:
+                    raise
+                retry, last = True, exc
+            if retry:
+                if time.monotonic() + pause > deadline:  # type: ignore[operator]
+                    raise last
+                self.forget_leader()  # ask ZooKeeper again
+                url = None
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+                continue
+            if status in (307, 308):
+                hops += 1
+                url = self._redirect(target, headers.get("Location"), hops)
+                self.forget_leader()  # the leader we were told of no longer leads
+                continue
+            if (deadline is not None and status == 503 and _retry_soon(headers, body)
+                    and time.monotonic() + pause < deadline):
+                self.forget_leader()
+                url = None
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+                continue
+            return status, headers, body
+
+    def _redirect(self, target: str, location: str | None, hops: int) -> str:
+        """Where a 307/308 from `target` sends us, checked."""
+        shown = urllib.parse.urlsplit(target).netloc
+        if not location:
+            raise ClusterError(f"the master at {shown} redirected without saying where to")
+        url = urllib.parse.urljoin(target, location)
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            raise ClusterError(f"the master at {shown} redirected to {location[:200]!r}, "
+                               "which is not an http URL")
+        if hops > MAX_REDIRECTS:
+            raise ClusterError(
+                f"redirected more than {MAX_REDIRECTS} times (last by {shown}): the masters "
+                "disagree about who leads; retry in a moment, or use --master zk://..."
+            )
+        return url
+
+    def _send(self, method: str, url: str, data: bytes | None) -> tuple[int, Message, bytes]:
+        request = urllib.request.Request(url, data=data, method=method)
         if data is not None:
             request.add_header("Content-Type", "application/json")
         if self.secret:
@@ -212,11 +350,14 @@ class MasterClient:
                 body = b""
             return exc.code, exc.headers, body
         except urllib.error.URLError as exc:
-            raise self.unreachable(exc.reason) from None
+            raise _Unreachable(exc.reason) from None
         except (OSError, http.client.HTTPException) as exc:
-            raise self.unreachable(exc) from None
+            raise _Unreachable(exc) from None
 
-    def unreachable(self, reason: object) -> ClusterError:
+    def unreachable(self, reason: object, where: str | None = None) -> ClusterError:
+        """`reason` (why a request got no answer) as one line naming the master asked:
+        `where` (HOST:PORT, e.g. where a redirect sent us), else this client's."""
+        where = where or self.where
         hint = (
             "start one with 'cluster up', or point --master / CLUSTER_MASTER at the running master"
         )
@@ -224,7 +365,7 @@ class MasterClient:
             why = "connection refused"
         elif isinstance(reason, (TimeoutError, socket.timeout)):
             return ClusterError(
-                f"the master at {self.where} did not answer within "
+                f"the master at {where} did not answer within "
                 f"{self.timeout:g}s; is it overloaded or stuck?"
             )
         elif isinstance(reason, socket.gaierror):
@@ -235,7 +376,7 @@ class MasterClient:
             why = reason.strerror.lower()
         else:
             why = str(reason) or type(reason).__name__
-        return ClusterError(f"cannot reach the master at {self.where} ({why}); {hint}")
+        return ClusterError(f"cannot reach the master at {where} ({why}); {hint}")
 
     def http_error(self, status: int, body: bytes) -> ClusterError:
         message = ""
@@ -255,3 +396,38 @@ class MasterClient:
 
 def _quote(task_id: str) -> str:
     return urllib.parse.quote(task_id, safe="")
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Redirects come back as answers: `_request` follows them itself, POSTs included."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class _GiveUp(ClusterError):
+    """A ClusterError that waiting cannot mend: `_request` reports it without retrying."""
+
+
+class _Unreachable(Exception):
+    """No answer; `not_sent` when the request surely reached nobody (safe to repeat)."""
+
+    def __init__(self, reason: object) -> None:
+        super().__init__(str(reason))
+        self.reason = reason
+        self.not_sent = isinstance(reason, (ConnectionRefusedError, socket.gaierror)) or (
+            isinstance(reason, OSError) and reason.errno in _NOT_SENT
+        )
+
+
+def _retry_soon(headers: Message, body: bytes) -> bool:
+    """A 503 that says nothing was done and to ask again: a master that does not lead
+    (naming the `leader`, or null), or one between roles (`Retry-After`). A 503 for a
+    database fault is the user's to see at once."""
+    if headers.get("Retry-After"):
+        return True
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(value, dict) and "leader" in value

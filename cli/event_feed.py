@@ -39,7 +39,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from cli.client import MasterClient
+from cli.client import MAX_REDIRECTS, ClusterError, MasterClient
 from cli.sse import SSEError, SSEParser
 
 __all__ = ["EVENTS_PATH", "Event", "EventFeed", "Gone", "Item", "Refusal", "Reset"]
@@ -226,26 +226,44 @@ class EventFeed:
     # -- one connection --------------------------------------------------------------------
 
     def _connect(self) -> None:
-        """Open the stream, resuming after the last id seen; _Refused when there is none."""
-        parts = urllib.parse.urlsplit(self.client.base)
+        """Open the stream, resuming after the last id seen; _Refused when there is none.
+        A standby's redirect is followed; under zk:// the leader is looked up again when
+        the one asked is gone or does not lead."""
+        try:
+            url = self.client.base + EVENTS_PATH
+        except ClusterError as exc:  # no leader in ZooKeeper (yet)
+            raise _Refused(Refusal(str(exc), transient=True)) from None
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
         if self._parser.last_id:
             headers["Last-Event-ID"] = self._parser.last_id
         if self.client.secret:
             headers["Authorization"] = f"Bearer {self.client.secret}"
-        conn = http.client.HTTPConnection(
-            parts.hostname or "127.0.0.1",
-            parts.port or 80,
-            timeout=min(self.client.timeout, CONNECT_TIMEOUT),
-        )
-        try:
-            conn.request("GET", EVENTS_PATH, headers=headers)
-            resp = conn.getresponse()
-        except (OSError, http.client.HTTPException) as exc:
+        for hop in range(MAX_REDIRECTS + 1):
+            parts = urllib.parse.urlsplit(url)
+            conn = http.client.HTTPConnection(
+                parts.hostname or "127.0.0.1",
+                parts.port or 80,
+                timeout=min(self.client.timeout, CONNECT_TIMEOUT),
+            )
+            try:
+                conn.request("GET", parts.path or EVENTS_PATH, headers=headers)
+                resp = conn.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                self.client.forget_leader()
+                raise _Refused(
+                    Refusal(str(self.client.unreachable(exc)), transient=True)
+                ) from None
+            location = resp.getheader("Location")
+            if resp.status not in (307, 308) or not location or hop == MAX_REDIRECTS:
+                break
             conn.close()
-            raise _Refused(Refusal(str(self.client.unreachable(exc)), transient=True)) from None
+            self.client.forget_leader()
+            url = urllib.parse.urljoin(url, location)
         ctype = resp.getheader("Content-Type") or ""
         if resp.status != 200 or not ctype.startswith("text/event-stream"):
+            if resp.status in (307, 308, 503):
+                self.client.forget_leader()
             raise _Refused(self._refusal(conn, resp, ctype))
         if conn.sock is not None:
             conn.sock.settimeout(self.idle_timeout)
@@ -267,7 +285,9 @@ class EventFeed:
         if resp.status == 200:
             return Refusal(f"{EVENTS_PATH} is not an event stream ({ctype or 'no type'})", False)
         detail = self.client.http_error(resp.status, body)
-        return Refusal(f"{EVENTS_PATH}: {detail}", transient=resp.status in (502, 503, 504))
+        return Refusal(
+            f"{EVENTS_PATH}: {detail}", transient=resp.status in (307, 308, 502, 503, 504)
+        )
 
     def _hang_up(self) -> None:
         with self._lock:

@@ -50,7 +50,8 @@ MasterOpt = Annotated[
         envvar="CLUSTER_MASTER",
         metavar="HOST:PORT",
         show_default=True,
-        help="The master to talk to.",
+        help="The master to talk to; zk://HOST:PORT/PATH for the leader of several masters "
+        "(found in ZooKeeper, followed when it changes).",
     ),
 ]
 EXIT_TIMEOUT = 124  # `wait --timeout` ran out before the tasks ended

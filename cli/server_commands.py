@@ -39,6 +39,8 @@ MASTER_EXAMPLES = examples(
     ("cluster master", "127.0.0.1:5050, ./cluster.db"),
     ("cluster master --host 0.0.0.0 --secret s3cret --db /var/lib/cluster.db", "for a network"),
     ("CLUSTER_PORT=6000 cluster master -v", "INFO logs on stderr"),
+    ("cluster master --zk zk://10.0.0.2:2181/cluster --db postgresql+psycopg://u:p@db/cluster "
+     "--host 0.0.0.0 --advertise-host 10.0.0.5 --secret s3cret", "one of several masters"),
 )
 
 
@@ -48,6 +50,24 @@ def master(
     db: Annotated[
         str, typer.Option(envvar="CLUSTER_DB", help="SQLite file, or any SQLAlchemy URL.")
     ] = "cluster.db",
+    zk: Annotated[
+        str | None,
+        env_option(
+            "CLUSTER_ZK",
+            "Contend for leadership with the other masters under this ZooKeeper path, "
+            "zk://HOST:PORT\\[,HOST:PORT...]/PATH (give them all one --db, e.g. PostgreSQL) "
+            "\\[default: lead alone].",
+            metavar="URL",
+        ),
+    ] = None,
+    zk_session_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.5,
+            max=600.0,
+            help="Seconds ZooKeeper waits before it takes leadership from a silent master.",
+        ),
+    ] = 5.0,
     advertise_host: AdvertiseHostOpt = None,
     advertise_port: AdvertisePortOpt = None,
     secret: MasterSecretOpt = None,
@@ -86,13 +106,18 @@ def master(
     ] = None,
     verbose: VerboseOpt = 0,
 ) -> None:
-    """Run the master: accepts tasks, schedules them onto slaves, stores state in SQLite."""
+    """Run the master: accepts tasks, schedules them onto slaves, stores state in SQLite.
+
+    With --zk, one of several masters: the one ZooKeeper elects leads, the others redirect
+    every request to it (307) and take over when it goes."""
     from cli.servers import bind_host, bind_port, serve_master
 
     serve_master(
         host=bind_host(host),
         port=bind_port(port, 5050),
         db=db,
+        zk=zk or None,
+        zk_session_timeout=zk_session_timeout,
         advertise_host=advertise_host or None,
         advertise_port=advertise_port,
         secret=secret or None,

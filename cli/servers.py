@@ -141,6 +141,8 @@ def serve_master(
     host: str,
     port: int,
     db: str,
+    zk: str | None = None,
+    zk_session_timeout: float | None = None,
     advertise_host: str | None,
     advertise_port: int | None,
     secret: str | None,
@@ -168,6 +170,8 @@ def serve_master(
                 host=host,
                 port=port,
                 db=db,
+                zk=zk,
+                zk_session_timeout=zk_session_timeout,
                 advertise_host=advertise_host,
                 advertise_port=advertise_port,
                 config=config,
@@ -202,12 +206,22 @@ def serve_slave(
     gc_interval: float = 60.0,
 ) -> None:
     configure_logging(verbose, "slave")
+    from protos.zookeeper import is_zk_url, parse_zk_url
     from slave.main import master_upid, run_slave
 
-    try:
-        master_upid(master)
-    except Exception:  # noqa: BLE001 - InvalidUPIDError, ValueError: report the input
-        raise ClusterError(f"--master {master!r} is not HOST:PORT (e.g. 127.0.0.1:5050)") from None
+    if is_zk_url(master):
+        try:
+            parse_zk_url(master)
+        except ValueError as exc:  # ZkUrlError: says what is wrong and shows a good one
+            raise ClusterError(f"--master: {exc}") from None
+    else:
+        try:
+            master_upid(master)
+        except Exception:  # noqa: BLE001 - InvalidUPIDError, ValueError: report the input
+            raise ClusterError(
+                f"--master {master!r} is not HOST:PORT (e.g. 127.0.0.1:5050) "
+                "or zk://HOST:PORT/PATH"
+            ) from None
     try:
         os.makedirs(work_dir, exist_ok=True)
     except OSError as exc:

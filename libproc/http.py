@@ -8,6 +8,9 @@ figures and every collector of `libproc.prometheus`, in Prometheus's text format
 Every HTTP
 request (not the libprocess messages) first passes the rules of `libproc.firewall`.
 
+A request for a process that is terminating is answered 503 with `Retry-After: 1` (a
+process of the same id may replace it in a moment); once it is gone, 404.
+
 `/health` answers 200 `{"healthy": true, ...}`, or 503 with `"healthy": false` and the
 `reason` once any check registered with `add_health_check` reports a problem (a process
 whose database is gone, say): libproc knows nothing of what is checked.
@@ -139,7 +142,13 @@ class HttpServer:
         refusal = firewall.check(request, unquote(routed), endpoint)
         if refusal is not None:
             return refusal
-        if proc is None or proc._state in ("terminating", "terminated"):
+        if proc is not None and proc._state == "terminating":
+            # Like the requests already in its mailbox (DISCARDED: 503), and maybe replaced
+            # by a process of the same id in a moment: not a 404's "no such thing".
+            return web.json_response(
+                {"error": f"process {proc.id!r} is terminating; retry in a moment"},
+                status=503, headers={"Retry-After": "1"})
+        if proc is None or proc._state == "terminated":
             return json_error(404, f"no process serves {path!r}")
         if found is None:
             return json_error(404, f"process {proc.id!r} has no endpoint {rest!r}")

@@ -30,31 +30,58 @@ async def run_master(
     advertise_port: int | None = None,
     config: MasterConfig | None = None,
     ready: asyncio.Event | None = None,
+    zk: str | None = None,
+    zk_session_timeout: float | None = None,
 ) -> int:
     """Serve until a signal arrives. Raises StoreError / OSError with a clear message when the
-    database cannot be opened or the port cannot be bound (the CLI prints them)."""
-    store = Store.open(default_db_url(db))
+    database cannot be opened or the port cannot be bound (the CLI prints them).
+
+    With `zk` (a `zk://HOST:PORT[,...]/PATH` URL; ZkUrlError, a ValueError, when malformed)
+    this master contends for leadership there and leads in terms (master/leadership.py):
+    the database is opened by each term, so it need not be reachable at start."""
+    config = config or MasterConfig()
+    ha = None
+    store = None if zk is not None else Store.open(default_db_url(db))
+    if zk is not None:
+        from master.leadership import HighAvailability
+        from master.store_open import parse_url
+        from protos.zookeeper import DEFAULT_SESSION_TIMEOUT
+
+        parse_url(default_db_url(db))  # a malformed URL fails now, not at the first term
+        ha = HighAvailability(zk, default_db_url(db), config,
+                              session_timeout=zk_session_timeout or DEFAULT_SESSION_TIMEOUT)
     try:
         address = await libproc.start(host, port, advertise_host=advertise_host,
                                       advertise_port=advertise_port, delegate="master")
     except BaseException:
-        await store.close()
+        if store is not None:
+            await store.close()
         raise
-    master = Master(store, config)
-    libproc.spawn(master)
+    if ha is not None:
+        await ha.start()
+        pid = libproc.address().with_id("master")
+    else:
+        assert store is not None
+        master = Master(store, config)
+        libproc.spawn(master)
+        pid = master.pid
     # The cluster's name service lives at the master's address (names@host:port), so
     # services running as tasks can register and find each other with no extra daemon.
-    libproc.spawn(NameService(secret=master.config.secret))
-    log.info("master %s serving on http://%s:%s/master/vars", master.pid, host, address.port)
+    libproc.spawn(NameService(secret=config.secret))
+    log.info("master %s serving on http://%s:%s/master/vars", pid, host, address.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if ready is not None:
         ready.set()
-    print(f"master {master.pid} listening on {host}:{address.port}", flush=True)
+    print(f"master {pid} listening on {host}:{address.port}"
+          + (f", contending under {zk}" if zk is not None else ""), flush=True)
     await stop.wait()
     log.info("master shutting down")
+    if ha is not None:
+        await ha.close()
     await libproc.stop()
-    await store.close()
+    if store is not None:
+        await store.close()
     return 0

@@ -309,3 +309,11 @@ class ShutdownSlaveMessage(_message.Message):
     message: str
     auth: Auth
     def __init__(self, message: _Optional[str] = ..., auth: _Optional[_Union[Auth, _Mapping]] = ...) -> None: ...
+
+class NotLeaderMessage(_message.Message):
+    __slots__ = ("leader", "reason")
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    leader: str
+    reason: str
+    def __init__(self, leader: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...

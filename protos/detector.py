@@ -6,8 +6,8 @@ module reads that, and lives in `protos/` because slaves and the CLI both need i
 `slave/` may not import `master/`.
 
 - `find_leader(url, timeout)` — blocking, one look (the CLI): the leader's `LeaderInfo`, or
-  `DetectionError` saying what is wrong (ZooKeeper unreachable, no master contends, the
-  leader's znode is malformed).
+  `DetectionError` saying what is wrong (ZooKeeper unreachable — `ZooKeeperUnreachable` —,
+  no master contends, the leader's znode is malformed).
 - `LeaderDetector` — follows the leader for as long as it runs (a slave): a watch on the
   path's children, so a new leader is seen as soon as ZooKeeper says so. Changes reach the
   asyncio loop in order (`changes()`, `on_change`), each a `Detected`; the leader is None
@@ -37,13 +37,18 @@ from protos.zookeeper import (
     parse_zk_url,
 )
 
-__all__ = ["Detected", "DetectionError", "LeaderDetector", "find_leader"]
+__all__ = ["Detected", "DetectionError", "LeaderDetector", "ZooKeeperUnreachable",
+           "find_leader"]
 
 log = logging.getLogger("detector")
 
 
 class DetectionError(Exception):
     """The leader cannot be found; the message says why and what to check."""
+
+
+class ZooKeeperUnreachable(DetectionError):
+    """No ZooKeeper server of the URL answered at all (rather than: nobody leads)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +94,7 @@ def find_leader(url: ZkUrl | str, timeout: float = 10.0) -> LeaderInfo:
         try:
             client.start(timeout=timeout)
         except KazooTimeoutError:
-            raise DetectionError(f"no ZooKeeper server of {zk_url.hosts} answered within "
+            raise ZooKeeperUnreachable(f"no ZooKeeper server of {zk_url.hosts} answered within "
                                  f"{timeout:g} s; check --master and that ZooKeeper runs") from None
         try:
             found = _read_leader(client, zk_url, timeout)
@@ -161,6 +166,11 @@ class LeaderDetector(ZooKeeperWorker):
                     return found.leader
             raise RuntimeError("the detector was closed")
         return await asyncio.wait_for(first(), timeout)
+
+    def refresh(self) -> None:
+        """Read the leader again now (any thread): for a hint that it may have changed,
+        such as a standby saying it does not lead. What is read comes from ZooKeeper only."""
+        self._wake()
 
     async def close(self) -> None:
         """Stop following: end the session and the threads."""

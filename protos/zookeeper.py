@@ -36,7 +36,7 @@ from kazoo.retry import KazooRetry
 
 __all__ = [
     "DEFAULT_PORT", "DEFAULT_SESSION_TIMEOUT", "LoopChannel", "ZkUrl", "ZkUrlError",
-    "ZooKeeperWorker", "parse_zk_url",
+    "ZooKeeperWorker", "is_zk_url", "parse_zk_url",
 ]
 
 log = logging.getLogger("zookeeper")
@@ -80,6 +80,11 @@ class ZkUrl:
 
     def __str__(self) -> str:
         return f"zk://{self.hosts}{self.path}"
+
+
+def is_zk_url(text: str) -> bool:
+    """Does `text` (a --master or --zk value) name ZooKeeper rather than one master?"""
+    return text.strip().lower().startswith("zk://")
 
 
 def parse_zk_url(url: str) -> ZkUrl:

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import libproc
 from libproc import UPID
+from protos.zookeeper import is_zk_url
 from slave.gc import DAY, GcConfig
 from slave.isolation import DEFAULT_TASK_PIDS_MAX, IsolationError, create_isolator
+from slave.leader import LeaderFollower
 from slave.process import Slave, SlaveConfig
 
 __all__ = ["run_slave", "master_upid"]
@@ -72,8 +74,10 @@ async def run_slave(
     gc_interval: float = 60.0,
 ) -> int:
     """Run until SIGINT/SIGTERM; 0, or 2 (one clear line on stderr) when the isolation asked
-    for cannot be had here."""
-    master_pid = master_upid(master)
+    for cannot be had here. `master` is `HOST:PORT`, or `zk://HOST:PORT[,...]/PATH` to follow
+    whichever master leads there (slave/leader.py; ZkUrlError, a ValueError, if malformed)."""
+    follower = LeaderFollower(master) if is_zk_url(master) else None
+    master_pid = master_upid(master) if follower is None else None
     raise_fd_limit()
     work_path = Path(work_dir).absolute()
     try:
@@ -88,6 +92,21 @@ async def run_slave(
     log.info("isolation: %s", " ".join(f"{k}={v}" for k, v in isolator.describe().items()))
     await libproc.start(host, port, advertise_host=advertise_host,
                         advertise_port=advertise_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if follower is not None:
+        follower.start()
+        print(f"slave waiting for a leading master under {follower.url}", flush=True)
+        leader = await follower.first_leader(stop)
+        if leader is None:  # stopped while waiting
+            isolator.close()
+            await follower.close()
+            await libproc.stop()
+            return 0
+        master_pid = leader.upid
+    assert master_pid is not None
     config = SlaveConfig(master=master_pid, work_dir=work_path, cpus=cpus,
                          mem=mem, secret=secret, progress_interval=progress_interval,
                          isolation=isolation, cpu_limit=cpu_limit, task_pids_max=task_pids_max,
@@ -95,12 +114,11 @@ async def run_slave(
                          gc=GcConfig(delay=gc_delay, watermark=gc_disk_watermark,
                                      interval=gc_interval))
     slave = Slave(config)
+    slave.registration.follower = follower
     libproc.spawn(slave)
+    if follower is not None:
+        follower.follow(slave)
     print(f"slave {slave.pid} registering with {master_pid}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     stopped = asyncio.ensure_future(_wait(slave.stopped()))
     waiter = asyncio.ensure_future(stop.wait())
     await asyncio.wait([stopped, waiter], return_when=asyncio.FIRST_COMPLETED)
@@ -109,6 +127,8 @@ async def run_slave(
         await libproc.dispatch(slave.pid, "shutdown")
         await asyncio.sleep(0.2)  # let UnregisterSlaveMessage leave
     waiter.cancel()
+    if follower is not None:
+        await follower.close()
     await libproc.stop()
     return 0
 

@@ -16,6 +16,10 @@ contract:
   before it is sent, so one the master saw is never reused.
 - Refused messages change nothing; they are counted (`commands_refused`,
   `/metrics/snapshot` `slave/messages_refused`) and logged once per sender and minute.
+- Under `--master zk://…` (`follower` set, slave/leader.py) the master is whichever one
+  ZooKeeper names: a new leader (or the same master leading anew) means re-registering with
+  it, running tasks and unacknowledged updates included. A standby's `NotLeaderMessage`
+  only makes the follower look in ZooKeeper again; without a follower it is logged.
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ from libproc import UPID, delay
 from libproc.metrics import metrics
 from protos import auth
 from protos import cluster_pb2 as pb
+from protos.leader_info import LeaderInfo
 
 if TYPE_CHECKING:
+    from slave.leader import LeaderFollower
     from slave.process import Slave
 
 __all__ = ["VERSION", "Registration"]
@@ -56,6 +62,9 @@ class Registration:
         self._backoff = 0.25
         self._register_timer: libproc.Timer | None = None
         self.last_master_contact = 0.0
+        self.follower: LeaderFollower | None = None  # set under --master zk://...
+        self._leader_member: str | None = None  # the leader's znode, as last followed
+        self._standby_warnings = auth.Refusals()
 
     def install(self) -> None:
         """Install the registration messages' handlers on the slave (in its initialize)."""
@@ -64,6 +73,7 @@ class Registration:
         s.install(pb.SlaveReregisteredMessage, self._reregistered)
         s.install(pb.RegistrationRefusedMessage, self._refused)
         s.install(pb.PingSlaveMessage, self._ping)
+        s.install(pb.NotLeaderMessage, self._not_leader)
 
     # -- identity (slave.json) -------------------------------------------------------------
 
@@ -328,3 +338,45 @@ class Registration:
             return
         if s.mode == "registered":
             self.send_master(pb.PongSlaveMessage(slave_id=pb.SlaveID(value=s.slave_id or "")))
+
+    # -- following the leader (--master zk://...) -----------------------------------------
+
+    def leader_changed(self, leader: LeaderInfo | None, member: str | None) -> None:
+        """The follower's news, in the mailbox: another leader (or a new term of the same
+        master, a new member) means re-registering with it; nobody leading keeps the last
+        master (it may still be there)."""
+        s = self.slave
+        if leader is None:
+            return
+        upid = leader.upid
+        if upid == s.config.master and member == self._leader_member:
+            return
+        first = self._leader_member is None and upid == s.config.master
+        old, self._leader_member = s.config.master, member
+        if first:
+            return  # the leader we started with, now with its member known
+        s.config.master = upid
+        if s.mode == "shutting_down":
+            return
+        log.info("the leading master is now %s (was %s): %s", upid, old,
+                 "re-registering" if s.slave_id else "registering")
+        self.restart()
+
+    def _not_leader(self, sender: UPID, msg: pb.NotLeaderMessage) -> None:
+        """A master says it does not lead. Unsigned: it only sends us to ZooKeeper."""
+        metrics.inc("slave/not_leader_hints")
+        if self.follower is not None:
+            if self.follower.refresh():
+                log.info("%s says it does not lead%s: looking the leader up in ZooKeeper "
+                         "again", sender, f" (it names {shown_pid(msg.leader)})"
+                         if msg.leader else "")
+        elif self._standby_warnings.refuse(str(sender), libproc.Clock.now()):
+            log.warning("%s says it is a standby master that does not lead%s; start this "
+                        "slave with --master zk://HOST:PORT/PATH to follow the leader", sender,
+                        f" (it names {shown_pid(msg.leader)})" if msg.leader else "")
+
+
+def shown_pid(text: str) -> str:
+    """A UPID a peer sent, safe to log (bounded, printable)."""
+    clean = "".join(c if c.isprintable() else "?" for c in text[:200])
+    return clean + ("..." if len(text) > 200 else "")

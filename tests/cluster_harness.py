@@ -60,7 +60,8 @@ config = MasterConfig(heartbeat_interval={heartbeat!r}, slave_timeout={slave_tim
 {runner}
 """
 
-_MASTER_RUN = ("main = run_master(host='127.0.0.1', port={port!r}, db={db!r}, config=config)\n"
+_MASTER_RUN = ("main = run_master(host='127.0.0.1', port={port!r}, db={db!r}, config=config,\n"
+               "                  zk={zk!r}, zk_session_timeout={zk_timeout!r})\n"
                "{tail}")
 
 _SLAVE_CODE = """\
@@ -438,16 +439,19 @@ class Cluster:
         self._children.append(child)
         return child
 
-    def start_master(self, *, port: int | None = None, db: Path | None = None,
-                     wait: bool = True, profile: Path | None = None) -> Child:
+    def start_master(self, *, port: int | None = None, db: Path | str | None = None,
+                     wait: bool = True, profile: Path | None = None, zk: str | None = None,
+                     zk_session_timeout: float | None = None) -> Child:
         """Start a master (same port as the last one when `port` is None and there was
-        one, else a free port) on `db` (default: this cluster's SQLite file); wait until
-        it answers /master/vars. With `profile`, it runs under cProfile and dumps its stats
-        there when SIGTERM stops it."""
+        one, else a free port) on `db` (a path or an SQLAlchemy URL; default: this
+        cluster's SQLite file); wait until it answers /master/vars. With `profile`, it runs
+        under cProfile and dumps its stats there when SIGTERM stops it. With `zk`, it is
+        one of several masters contending there (`cluster master --zk`)."""
         self.master_port = port or self.master_port or free_port()
         db_path = str(db or self.db)
         tail = _PROFILED.format(profile=str(profile)) if profile else _RUN
-        runner = _MASTER_RUN.format(port=self.master_port, db=db_path, tail=tail)
+        runner = _MASTER_RUN.format(port=self.master_port, db=db_path, tail=tail, zk=zk,
+                                    zk_timeout=zk_session_timeout)
         code = _MASTER_CODE.format(level=self.log_level, heartbeat=self.heartbeat_interval,
                                    slave_timeout=self.slave_timeout,
                                    staging_timeout=self.staging_timeout, runner=runner,
@@ -475,21 +479,23 @@ class Cluster:
     def start_slave(self, *, cpus: float = 4.0, mem: float = 4096.0,
                     progress_interval: float | None = None, wait: bool = True,
                     profile: Path | None = None, work_dir: Path | None = None,
-                    secret: str | None = None, **options: Any) -> Child:
+                    secret: str | None = None, master: str | None = None,
+                    **options: Any) -> Child:
         """Start a slave with a fresh work dir (or `work_dir`, e.g. a killed slave's); with
         `wait`, until the master lists it active. `options` go to `run_slave` (isolation,
         cpu_limit, task_pids_max).
 
-        `secret` defaults to the cluster's.
+        `secret` defaults to the cluster's; `master` (`HOST:PORT` or `zk://…`) to the last
+        master started.
 
         With `profile`, it runs under cProfile and dumps its stats there when stopped.
         """
-        assert self.master_port, "start the master first"
+        assert self.master_port or master, "start the master first"
         n = len(self.slaves) + 1
         port = free_port()
         work_dir = work_dir or self.root / f"slave{n}"
         code = _SLAVE_CODE.format(
-            level=self.log_level, master=f"127.0.0.1:{self.master_port}", port=port,
+            level=self.log_level, master=master or f"127.0.0.1:{self.master_port}", port=port,
             cpus=float(cpus), mem=float(mem), work_dir=str(work_dir),
             progress_interval=progress_interval or self.progress_interval,
             secret=secret if secret is not None else self.secret,

@@ -115,8 +115,9 @@ class SignedSlave(ProtobufProcess):
 class SignedMaster(ProtobufProcess):
     """The master side, for slave tests: answers registrations, signs its commands."""
 
-    def __init__(self, secret: str | None = None, slave_id: str = "S1") -> None:
-        super().__init__("master")
+    def __init__(self, secret: str | None = None, slave_id: str = "S1",
+                 id: str = "master") -> None:  # noqa: A002
+        super().__init__(id)
         self.secret = secret
         self.slave_id = slave_id
         self.credential = auth.new_key()

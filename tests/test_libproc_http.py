@@ -295,6 +295,29 @@ async def test_route_request_pending_when_its_process_terminates_is_503(
     assert "terminated before serving" in json.loads(body)["error"]
 
 
+async def test_route_request_to_a_terminating_process_is_503_with_retry_after(
+    runtime: UPID, inbox: Inbox
+) -> None:
+    """A process being terminated may be replaced by one of the same id in a moment (a
+    master stepping down): its routes answer 'retry', never a 404's 'no such endpoint'."""
+    gate = asyncio.Event()
+
+    async def hold() -> None:
+        await gate.wait()
+
+    libproc.dispatch(inbox.pid, hold)
+    await Clock.settle(max_rounds=20)
+    libproc.terminate(inbox.pid, inject=False)
+    try:
+        status, headers, body = await get(runtime.port, "/inbox/text")
+        assert status == 503 and headers["retry-after"] == "1"
+        assert "is terminating" in json.loads(body)["error"]
+    finally:
+        gate.set()
+    await libproc.wait(inbox.pid)
+    assert (await get(runtime.port, "/inbox/text"))[0] == 404  # gone for good: 404
+
+
 async def test_delegate_serves_unprefixed_paths(delegated_runtime: UPID) -> None:
     class Boss(Process):
         def initialize(self) -> None:

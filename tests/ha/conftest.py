@@ -16,11 +16,16 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from cluster_harness import Cluster
 from ha_servers import PostgresServer, ZooKeeperServer, missing_prerequisites
+
+if TYPE_CHECKING:
+    from ha_cluster import HaCluster
 
 # Short, so that expiry and failover tests run in seconds; long enough for a loaded machine
 # (kazoo pings every third of it).
@@ -84,3 +89,17 @@ def zk_url(zookeeper: ZooKeeperServer, request: pytest.FixtureRequest) -> str:
 def pg_url(postgres: PostgresServer, request: pytest.FixtureRequest) -> str:
     """`postgresql+psycopg://…/<test>`: a fresh, empty database for this test."""
     return postgres.create_database(_unique(request))
+
+
+@pytest.fixture
+def ha(tmp_path: Path, zk_url: str, pg_url: str) -> Iterator[HaCluster]:
+    """Masters and slaves on the shared servers, under this test's path and database;
+    every child is ended at the end (its logs printed when the test fails)."""
+    from ha_cluster import HaCluster
+
+    cluster = Cluster(tmp_path / "cluster")
+    try:
+        yield HaCluster(cluster, zk_url, pg_url)
+    finally:
+        cluster.close()
+        print(cluster.logs())
