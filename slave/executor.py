@@ -424,29 +424,19 @@ class Executor:
             t.grace.cancel()  # the group is gone; its pgid may be reused, never signal it again
         if t.kill_reason is not None:  # killed: also what left the group, found by its env
             await asyncio.to_thread(c.kill_all)
-        self._final_usage(t, c.final_usage(rusage))
+        t.usage = Usage.at_end(t.usage, c.final_usage(rusage))
         return None
 
     def _release(self, t: _Task, c: Container, rusage: Any) -> str | None:
         """In a worker thread: the cgroup's verdict and final usage, then kill and remove it."""
         try:
             violation = c.violation()
-            self._final_usage(t, c.final_usage(rusage))
+            t.usage = Usage.at_end(t.usage, c.final_usage(rusage))
             c.destroy()
         except IsolationError as e:
             log.warning("task %s: could not release its cgroup: %s", t.task_id, e)
             return None
         return violation
-
-    @staticmethod
-    def _final_usage(t: _Task, final: Usage | None) -> None:
-        last = t.usage
-        if final is None or last is None:
-            t.usage = final or last
-        else:  # memory "now" is the last figure seen while it ran
-            t.usage = Usage(max(final.cpu_seconds, last.cpu_seconds), last.mem_mib,
-                            max(final.mem_peak_mib, last.mem_peak_mib), final.source,
-                            final.timestamp)
 
     async def shutdown(self) -> None:
         """Kill every running task (SIGTERM, SIGKILL after grace) and wait for their results.
@@ -533,10 +523,8 @@ class Executor:
         """{task_id: usage} of the running tasks whose usage changed since the last poll."""
         changed = {}
         for t in self._tasks.values():
-            u, last = t.usage, t.reported_usage
-            if u is not None and not t.exited and (
-                    last is None or round(u.cpu_seconds, 2) != round(last.cpu_seconds, 2)
-                    or round(u.mem_mib, 1) != round(last.mem_mib, 1)):
+            u = t.usage
+            if u is not None and not t.exited and u.reportable_change(t.reported_usage):
                 t.reported_usage = changed[t.task_id] = u
         return changed
 

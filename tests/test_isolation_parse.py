@@ -105,3 +105,24 @@ def test_group_usage_sums_the_groups_processes_and_their_reaped_children() -> No
     assert cpu == pytest.approx(200 / CLOCK_TICKS)
     assert mem == pytest.approx(1280 * PAGE_SIZE / (1024 * 1024))
     assert group_usage(stats, 77) is None
+
+
+def test_usage_at_end_keeps_cumulative_maxima_and_the_last_memory_seen() -> None:
+    from slave.isolation import Usage
+
+    last = Usage(2.0, 40.0, 64.0, "cgroups v1", 10.0)
+    final = Usage(2.5, 0.0, 50.0, "cgroups v1", 11.0)  # the cgroup emptied: memory now 0
+    assert Usage.at_end(last, final) == Usage(2.5, 40.0, 64.0, "cgroups v1", 11.0)
+    assert Usage.at_end(None, final) is final
+    assert Usage.at_end(last, None) is last
+    assert Usage.at_end(None, None) is None
+
+
+def test_usage_is_reported_again_only_when_it_moved_as_the_api_rounds_it() -> None:
+    from slave.isolation import Usage
+
+    last = Usage(1.001, 10.01, 10.01, "proc", 1.0)
+    assert Usage(1.004, 10.04, 12.0, "proc", 2.0).reportable_change(last) is False
+    assert Usage(1.02, 10.01, 10.01, "proc", 2.0).reportable_change(last) is True
+    assert Usage(1.001, 10.2, 10.2, "proc", 2.0).reportable_change(last) is True
+    assert last.reportable_change(None) is True

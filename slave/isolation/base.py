@@ -53,6 +53,21 @@ class Usage:
                 "mem_peak_mib": round(self.mem_peak_mib, 2), "source": self.source,
                 "timestamp": self.timestamp}
 
+    def reportable_change(self, last: Usage | None) -> bool:
+        """Whether this sample is worth reporting after `last` (what was reported before):
+        CPU seconds that moved by 0.01 s or memory by 0.1 MiB, as rounded for the API."""
+        return last is None or (round(self.cpu_seconds, 2) != round(last.cpu_seconds, 2)
+                                or round(self.mem_mib, 1) != round(last.mem_mib, 1))
+
+    @staticmethod
+    def at_end(last: Usage | None, final: Usage | None) -> Usage | None:
+        """A task's usage once it ended: the final reading (cumulative figures can only
+        grow) with memory "now" taken from `last`, the last sample seen while it ran."""
+        if final is None or last is None:
+            return final or last
+        return Usage(max(final.cpu_seconds, last.cpu_seconds), last.mem_mib,
+                     max(final.mem_peak_mib, last.mem_peak_mib), final.source, final.timestamp)
+
 
 class Container(ABC):
     """All the processes of one task attempt, and what they are allowed."""
