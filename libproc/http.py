@@ -9,7 +9,9 @@ Every HTTP
 request (not the libprocess messages) first passes the rules of `libproc.firewall`.
 
 A request for a process that is terminating is answered 503 with `Retry-After: 1` (a
-process of the same id may replace it in a moment); once it is gone, 404.
+process of the same id may replace it in a moment); once it is gone, 404 — except while
+`libproc.stop()` runs, when every request no running process takes is answered 503 with
+`Retry-After: 1` (the whole server is going: the client may ask again, elsewhere).
 
 `/health` answers 200 `{"healthy": true, ...}`, or 503 with `"healthy": false` and the
 `reason` once any check registered with `add_health_check` reports a problem (a process
@@ -142,6 +144,10 @@ class HttpServer:
         refusal = firewall.check(request, unquote(routed), endpoint)
         if refusal is not None:
             return refusal
+        if self.rt.stopping and (proc is None or proc._state != "running"):
+            return web.json_response(
+                {"error": "this server is shutting down; retry in a moment"},
+                status=503, headers={"Retry-After": "1"})
         if proc is not None and proc._state == "terminating":
             # Like the requests already in its mailbox (DISCARDED: 503), and maybe replaced
             # by a process of the same id in a moment: not a 404's "no such thing".

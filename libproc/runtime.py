@@ -66,6 +66,9 @@ class Runtime:
         # Ids of processes that terminated here (bounded), so `wait` can tell "gone" from
         # "never spawned".
         self.terminated_ids: OrderedDict[str, None] = OrderedDict()
+        # Set by stop(): from then on a request finding no process is told 503 (this whole
+        # runtime is going away; ask again, maybe elsewhere), not 404 (no such thing here).
+        self.stopping = False
 
     # -- locality -----------------------------------------------------------------------
 
@@ -268,6 +271,7 @@ async def stop(timeout: float = 5.0) -> None:
     rt = _runtime
     if rt is None:
         return
+    rt.stopping = True
     for proc in list(rt.processes.values()):
         rt.terminate(proc)
     waiters = [p._done.future for p in list(rt.processes.values())]

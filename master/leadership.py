@@ -222,8 +222,14 @@ class HighAvailability:
                 await self._task
         actor, self.actor = self.actor, None
         if actor is not None and actor.state in ("running", "created"):
+            done = libproc.wait(actor)
+            if isinstance(actor, LeadingMaster) and self.info is not None:
+                # A standby takes the name at once: until this server is gone, requests
+                # get its 503 (we still lead) or 307 (to whoever leads next), not a 404.
+                standby = self.actor = self._standby()
+                done.on_ready(lambda _: libproc.spawn(standby))
             libproc.terminate(actor)
-            await libproc.wait(actor)
+            await done
         if store is not None:
             self._close_later(store)
         if self._closers:

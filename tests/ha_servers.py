@@ -136,13 +136,16 @@ def _alive(pid: int) -> bool:
 def _live_processes() -> dict[int, int]:
     """pid -> parent pid of every process that is not a zombie, from /proc."""
     found = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    # Not Path.glob: it stats each match, and a process exiting meanwhile raises ESRCH there.
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            fields = Path("/proc", name, "stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
         if len(fields) > 1 and fields[0] != "Z":
-            found[int(stat.parent.name)] = int(fields[1])
+            found[int(name)] = int(fields[1])
     return found
 
 

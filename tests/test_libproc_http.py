@@ -318,6 +318,31 @@ async def test_route_request_to_a_terminating_process_is_503_with_retry_after(
     assert (await get(runtime.port, "/inbox/text"))[0] == 404  # gone for good: 404
 
 
+async def test_while_the_runtime_stops_requests_no_process_takes_are_503(
+    runtime: UPID, inbox: Inbox
+) -> None:
+    """During libproc.stop() a request for a process already gone (or never there) is told
+    to retry (503 + Retry-After), not that nothing serves it: the whole server is going and
+    a client following a leader should look again, not give up on a 404."""
+    gate = asyncio.Event()
+
+    async def hold() -> None:
+        await gate.wait()
+
+    libproc.dispatch(inbox.pid, hold)
+    await Clock.settle(max_rounds=20)
+    stopping = asyncio.ensure_future(libproc.stop(timeout=30))
+    try:
+        await asyncio.sleep(0.05)
+        for path in ("/nosuch/endpoint", "/inbox/text"):
+            status, headers, body = await get(runtime.port, path)
+            assert (status, headers["retry-after"]) == (503, "1"), (path, status, body)
+            assert "error" in json.loads(body)
+    finally:
+        gate.set()
+        await stopping
+
+
 async def test_delegate_serves_unprefixed_paths(delegated_runtime: UPID) -> None:
     class Boss(Process):
         def initialize(self) -> None:
