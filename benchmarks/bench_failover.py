@@ -14,8 +14,10 @@ cluster serving (a task just submitted through the CLI's client and FINISHED):
   as a long-lived client would), one task is submitted: the time from the kill until the
   new leader accepts it (`201`), and, measured alongside, until a standby's own
   `/master/state` first says it leads (polled every 20 ms);
-* both beside the ZooKeeper session timeout the masters were started with (the floor:
-  ZooKeeper keeps a silent session that long, so nobody can lead sooner) as a ratio;
+* both beside the ZooKeeper session timeout the masters were started with and report in
+  their /master/state, as a ratio. It is the floor, give or take: ZooKeeper keeps a silent
+  session that long counted from the last packet it heard (a ping up to a third of it
+  before the kill), so a round may come in a little under it;
 * the killed master is started again (it joins as a standby) before the next round.
 
 Every figure is the median of the rounds. Every server and process is stopped and removed
@@ -241,6 +243,12 @@ def run(rounds: int, masters: int, session_timeout: float, tick: float) -> list[
         db = pg.create_database("bench_failover")
         for _ in range(masters):
             ha.add_master(db)
+        # The baseline, as the masters themselves report it (their /master/state).
+        reported = {(m.state() or {}).get("zookeeper", {}).get("session_timeout")
+                    for m in ha.masters}
+        if reported != {session_timeout}:
+            raise RuntimeError(f"the masters report session timeouts {reported}, "
+                               f"not the {session_timeout:g} s they were started with")
         ha.leader()
         ha.add_slave()
         client = MasterClient(ha.zk_url, timeout=10.0, follow_wait=READY)
