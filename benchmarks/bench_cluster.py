@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_cluster [--tasks 2000] [--progress-tasks 1000] [--profile]
                                        [--isolation auto|cgroups|none] [--compare-isolation]
+                                       [--compare-db] [--skip-progress]
 
 Three figures, each beside its baseline, measured in one run:
 
@@ -23,6 +24,14 @@ same N `true` tasks on fresh sets of 4 slaves with --isolation none, then cgroup
 and cgroups again (interleaved, best of two each, so drifting machine load hurts neither),
 as tasks/s and slave CPU per task, cgroups as a ratio of none.
 
+--compare-db adds phase 4, the master's database: the same N `true` tasks with a fresh master
+on an empty SQLite file, then on an empty database of a private PostgreSQL server (started
+for this phase from tests/ha_servers.py, removed after it; scripts/ha-local.sh installs
+PostgreSQL), then both again (interleaved, best of two each, 4 fresh slaves each time), as
+tasks/s and CPU per task (the master's; the PostgreSQL server's too), PostgreSQL as a ratio
+of SQLite. Without PostgreSQL it is
+NOT RUN (exit 1) before anything starts.
+
 With --profile the master runs under cProfile (stats dumped when SIGTERM stops it) and the
 top functions are printed after the table.
 """
@@ -43,7 +52,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.cluster_harness import Cluster, MasterClient, wait_for
+from tests.cluster_harness import Cluster, MasterClient, free_port, wait_for
+
+# tests/ha_servers.py (the private PostgreSQL of --compare-db) imports `cluster_harness`.
+sys.path.append(str(Path(__file__).resolve().parent.parent / "tests"))
 
 SLAVES = 4
 SLAVE_CPUS = 64.0
@@ -166,17 +178,23 @@ def end_to_end(cluster: Cluster, n: int, cpus: float = TASK_CPUS
                          "per_slave": sorted(per_slave.values(), reverse=True)}
 
 
+def _fresh_slaves(cluster: Cluster, isolation: str, label: str) -> None:
+    """Stop the slaves and start SLAVES new ones of the current master with `isolation`,
+    their work dirs named by `label`."""
+    for child in cluster.slaves:
+        child.stop()
+    cluster.slaves[:] = []  # end_to_end measures the CPU of the live ones only
+    for i in range(SLAVES):
+        cluster.start_slave(cpus=SLAVE_CPUS, mem=SLAVE_MEM, wait=False, isolation=isolation,
+                            work_dir=cluster.root / f"{label}-{i}")
+    cluster.api.wait_slaves(SLAVES, timeout=30)
+
+
 def compare_isolation(cluster: Cluster, n: int, report: Report) -> None:
     """The same burst of `true` tasks on slaves without isolation and with cgroups."""
     runs: dict[str, list[tuple[float, dict[str, Any]]]] = {"none": [], "cgroups": []}
     for round_, mode in enumerate(("none", "cgroups", "none", "cgroups")):
-        for child in cluster.slaves:
-            child.stop()
-        cluster.slaves[:] = []  # end_to_end measures the CPU of the live ones only
-        for i in range(SLAVES):
-            cluster.start_slave(cpus=SLAVE_CPUS, mem=SLAVE_MEM, wait=False, isolation=mode,
-                                work_dir=cluster.root / f"compare{round_}-{mode}-{i}")
-        cluster.api.wait_slaves(SLAVES, timeout=30)
+        _fresh_slaves(cluster, mode, f"compare{round_}-{mode}")
         print(f"  {n} x `true` with --isolation {mode}", flush=True)
         runs[mode].append(end_to_end(cluster, n))
     best = {mode: max(r, key=lambda x: x[0]) for mode, r in runs.items()}
@@ -191,6 +209,87 @@ def compare_isolation(cluster: Cluster, n: int, report: Report) -> None:
                f"{cpu['cgroups']:.2f} ms / {cpu['none']:.2f} ms", "-",
                f"{cpu['cgroups'] / max(cpu['none'], 1e-9):.2f}x; "
                f"+{cpu['cgroups'] - cpu['none']:.2f} ms per task")
+
+
+# -- 4. the master's database ------------------------------------------------------------
+
+
+def postgres_missing() -> list[str]:
+    """What --compare-db lacks to start a private PostgreSQL (scripts/ha-local.sh installs
+    it), each as a sentence; empty when it can run."""
+    from ha_servers import missing_prerequisites
+
+    return [m for m in missing_prerequisites() if "PostgreSQL" in m]
+
+
+def _tree_cpu_secs(root: int) -> float:
+    """CPU seconds of root and every live descendant, plus what root reaped from children
+    that ended (PostgreSQL: the postmaster and its backends)."""
+    from ha_servers import process_tree
+
+    ticks = 0
+    for pid in process_tree(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile: its parent reaped it
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+        if pid == root:
+            ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def compare_db(cluster: Cluster, n: int, isolation: str, report: Report) -> None:
+    """The same burst of `true` tasks with the master on SQLite and on PostgreSQL (a private
+    server, tests/ha_servers.py, stopped and removed at the end, on failure too): a fresh
+    master on an empty database and 4 fresh slaves each time, interleaved SQLite, PostgreSQL,
+    SQLite, PostgreSQL, best of two each; PostgreSQL as a ratio of SQLite."""
+    from ha_servers import PostgresServer
+
+    runs: dict[str, list[tuple[float, dict[str, Any]]]] = {"sqlite": [], "postgresql": []}
+    pg = PostgresServer()
+    try:
+        pg.start()
+        for round_, kind in enumerate(("sqlite", "postgresql") * 2):
+            db = (cluster.root / f"comparedb{round_}.db" if kind == "sqlite"
+                  else pg.create_database(f"bench_cluster_{round_}"))
+            for child in cluster.slaves:
+                child.stop()
+            if cluster.master is not None:
+                cluster.master.stop()
+            cluster.start_master(port=free_port(), db=db)
+            _fresh_slaves(cluster, isolation, f"comparedb{round_}-{kind}")
+            print(f"  {n} x `true` with the master on {kind}", flush=True)
+            assert pg.popen is not None
+            server_cpu = _tree_cpu_secs(pg.popen.pid)
+            rate, info = end_to_end(cluster, n)
+            info["cpu_server"] = _tree_cpu_secs(pg.popen.pid) - server_cpu
+            runs[kind].append((rate, info))
+    finally:
+        for child in cluster.slaves:  # before its database goes
+            child.stop()
+        if cluster.master is not None:
+            cluster.master.stop()
+        pg.close()
+    best = {kind: max(r, key=lambda x: x[0]) for kind, r in runs.items()}
+    (lite, lite_info), (pg_rate, pg_info) = best["sqlite"], best["postgresql"]
+    report.add(f"end to end, master on PostgreSQL: {n} `true` tasks (best of 2)",
+               f"{pg_rate:,.0f} tasks/s", f"{lite:,.0f} tasks/s on SQLite",
+               f"{pg_rate / lite:.2f}x PostgreSQL/SQLite"
+               + ("" if pg_info["failed"] == 0 else f"; {pg_info['failed']:.0f} FAILED/LOST!")
+               + ("" if lite_info["failed"] == 0 else
+                  f"; {lite_info['failed']:.0f} FAILED/LOST on SQLite!"))
+    ms = 1000 / n
+    report.add("  master CPU per task: PostgreSQL / SQLite (the master's own process)",
+               f"{pg_info['cpu_master'] * ms:.2f} ms / {lite_info['cpu_master'] * ms:.2f} ms",
+               "-", f"{pg_info['cpu_master'] / max(lite_info['cpu_master'], 1e-9):.2f}x")
+    report.add("  PostgreSQL server CPU per task (postmaster and backends)",
+               f"{pg_info['cpu_server'] * ms:.2f} ms", "-",
+               f"master + server {(pg_info['cpu_master'] + pg_info['cpu_server']) * ms:.2f} ms "
+               f"against {lite_info['cpu_master'] * ms:.2f} ms on SQLite")
+    report.add("  every run, tasks/s: SQLite / PostgreSQL",
+               " / ".join(f"{rate:,.0f}" for rate, _ in runs["sqlite"]) + "  |  "
+               + " / ".join(f"{rate:,.0f}" for rate, _ in runs["postgresql"]), "-", "-")
 
 
 # -- 3. progress ingestion ---------------------------------------------------------------
@@ -303,7 +402,14 @@ def main() -> None:
                         help="the slaves' --isolation for phases 2 and 3")
     parser.add_argument("--compare-isolation", action="store_true",
                         help="measure cgroups against --isolation none (phase 2c)")
+    parser.add_argument("--compare-db", action="store_true",
+                        help="measure the master on PostgreSQL against SQLite (phase 4; "
+                        "a private PostgreSQL, scripts/ha-local.sh installs it)")
     args = parser.parse_args()
+    if args.compare_db and (missing := postgres_missing()):
+        print("bench_cluster --compare-db NOT RUN: " + "; ".join(missing)
+              + " (run scripts/ha-local.sh as root)", file=sys.stderr)
+        sys.exit(1)
     # SIGTERM (e.g. from `timeout`) must still run the finally that stops the children.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
@@ -420,6 +526,10 @@ def main() -> None:
             report.add("progress phase wall time", f"{p['total_secs']:.1f} s",
                        f"{PROGRESS_STEPS / 10:.1f} s of task work",
                        f"{p['finished']:.0f}/{m} FINISHED, {p['failed']:.0f} FAILED")
+        if args.compare_db:
+            print(f"4. the master's database: {args.tasks} x `true` on SQLite and on "
+                  "PostgreSQL", flush=True)
+            compare_db(cluster, args.tasks, args.isolation, report)
     finally:
         cluster.close()
     total = time.perf_counter() - total_start
