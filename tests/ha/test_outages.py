@@ -86,8 +86,16 @@ def test_postgres_killed_and_restarted_under_load(
     assert ha.leader() is leader  # the database's outage is no reason to fail over
     ended = ha.api(leader).wait_terminal(trickle.acked, timeout=120.0)
     assert {t["state"] for t in ended.values()} == {"FINISHED"}
-    rows = dict(ha.sql("SELECT id, state FROM tasks"))
-    assert all(rows.get(tid) == "FINISHED" for tid in trickle.acked)
+    # The API shows a task's state as soon as the master knows it; its row is committed by
+    # the store's writer a moment later (and the slave acknowledged only then): wait for it.
+
+    def not_yet_stored() -> list[tuple[str, object]] | None:
+        rows = dict(ha.sql("SELECT id, state FROM tasks"))
+        missing = [(tid, rows.get(tid)) for tid in trickle.acked if rows.get(tid) != "FINISHED"]
+        return missing or None
+
+    wait_for(lambda: not_yet_stored() is None, 30.0, what="every acknowledged task's row FINISHED",
+             show=not_yet_stored)
     assert ha.leadership()[0] == 1  # the same term throughout
 
 
