@@ -45,6 +45,7 @@ from aiohttp import web
 
 import libproc
 from libproc import delay
+from libproc.metrics import metrics
 from master.election import LeaderContender
 from master.process import VERSION, Master, MasterConfig
 from master.standby import Standby, leader_json
@@ -60,6 +61,7 @@ log = logging.getLogger("master.leadership")
 POLL = 0.05  # how often a term checks that it still holds (the lease is a clock read)
 WITHDRAW_AFTER = 10.0  # a leader that cannot use the database this long lets another try
 ZK_CHECK = "master.zookeeper"
+ELECTED = "master/elected"  # the /metrics/snapshot gauge: 1 while this master leads
 CLOSE_WAIT = 30.0  # bound on closing a term's store in the background
 
 
@@ -206,6 +208,9 @@ class HighAvailability:
         self.detector.start()
         self.detector.on_change(lambda _: self._changed.set())
         libproc.add_health_check(ZK_CHECK, self._health)
+        # As Mesos's master/elected: 1 on the master serving as the leader, 0 on the others
+        # (each master serves its own /metrics and /metrics/snapshot, standbys too).
+        metrics.gauge(ELECTED, lambda: 1.0 if isinstance(self.actor, LeadingMaster) else 0.0)
         await self._set_actor(self._standby())
         self._new_contender()
         self._task = asyncio.ensure_future(self._run())
@@ -235,6 +240,7 @@ class HighAvailability:
         if self._closers:
             await asyncio.wait(set(self._closers), timeout=CLOSE_WAIT)
         libproc.remove_health_check(ZK_CHECK)
+        metrics.remove(ELECTED)
         for worker in (self.contender, self.detector):
             if worker is not None:
                 await worker.close()

@@ -63,6 +63,10 @@ def test_three_masters_one_leads_and_the_standbys_redirect_to_it(ha: HaCluster) 
         assert raw.json()["leader"]["pid"] == info.pid
     health = no_redirects(standby.port, "GET", "/health")
     assert health.status == 200 and health.json()["healthy"] is True
+    # Each master's own metrics, standbys' too: which one is elected (Mesos's master/elected).
+    elected = {m.port: no_redirects(m.port, "GET", "/metrics/snapshot").json()["master/elected"]
+               for m in masters}
+    assert elected == {m.port: (1.0 if m is leader else 0.0) for m in masters}
     assert "version" in ha.api(leader).vars()  # the leader serves itself
 
     # A client given a standby follows it to the leader, a POST included (same body).
