@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # tests/ha first: ha_cluster's `conftest` is tests/ha/conftest.py.
 sys.path[:0] = [str(ROOT / "tests" / "ha"), str(ROOT / "tests")]
 
-from ha_cluster import no_redirects  # noqa: E402
+from ha_cluster import own_state  # noqa: E402
 
 from cli.client import ClusterError, MasterClient  # noqa: E402
 from cluster_harness import wait_for  # noqa: E402
@@ -90,16 +90,7 @@ class ClusterProcess(_Server):
 
     def state(self) -> dict[str, Any] | None:
         """A master's own /master/state (redirects not followed), None if it does not answer."""
-        if not self.running:
-            return None
-        try:
-            raw = no_redirects(self.port, "GET", "/master/state", timeout=3.0)
-        except OSError:
-            return None
-        if raw.status != 200:
-            return None
-        value: dict[str, Any] = raw.json()
-        return value
+        return own_state(self.port) if self.running else None
 
 
 @dataclass

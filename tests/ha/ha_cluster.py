@@ -50,6 +50,19 @@ class Raw:
         return json.loads(self.body)
 
 
+def own_state(port: int) -> dict[str, Any] | None:
+    """The /master/state a master on `port` answers itself (no redirect followed), or None
+    when it does not answer 200 (stopped, starting, between roles)."""
+    try:
+        raw = no_redirects(port, "GET", "/master/state", timeout=3.0)
+    except OSError:
+        return None
+    if raw.status != 200:
+        return None
+    value: dict[str, Any] = raw.json()
+    return value
+
+
 def no_redirects(port: int, method: str, path: str, body: Any = None,
                  timeout: float = 10.0) -> Raw:
     data = None if body is None else json.dumps(body).encode()
@@ -99,16 +112,7 @@ class HaCluster:
 
     def state(self, child: Child) -> dict[str, Any] | None:
         """Its own /master/state, or None when it does not answer (stopped, starting)."""
-        if not child.alive():
-            return None
-        try:
-            raw = no_redirects(child.port, "GET", "/master/state", timeout=3.0)
-        except OSError:
-            return None
-        if raw.status != 200:
-            return None
-        value: dict[str, Any] = raw.json()
-        return value
+        return own_state(child.port) if child.alive() else None
 
     def leader(self, timeout: float = FAILOVER, among: list[Child] | None = None) -> Child:
         """The one master (of `among`, default every live one) that says it leads and
