@@ -108,4 +108,7 @@ def test_restarted_master_runs_the_tasks_left_pending(cluster: Cluster) -> None:
     tasks = api.wait_terminal(ids, timeout=15)
     assert [(tasks[i]["state"], tasks[i]["exit_code"]) for i in ids] == [
         ("FINISHED", 0), ("FAILED", 1), ("FAILED", 2)]
-    assert {r[0] for r in _rows(cluster.db).values()} <= TERMINAL
+    # The API shows an end as soon as the master knows it; the store's writer commits it a
+    # moment later (the slave is acknowledged only then): wait for the rows.
+    wait_for(lambda: {r[0] for r in _rows(cluster.db).values()} <= TERMINAL, 15,
+             what="every row terminal", show=lambda: _rows(cluster.db))
