@@ -86,7 +86,7 @@ def collect(*futures: Any) -> Future[list[Any]]:
     def step(f: Future[Any]) -> None:
         nonlocal remaining
         if f._state is FAILED:
-            out._complete(FAILED, error=f._error or FutureFailedError("collect failed"))
+            out._complete(FAILED, error=f.exception or FutureFailedError("collect failed"))
         elif f._state is DISCARDED:
             out._complete(FAILED, error=FutureFailedError("collect failed: a future was "
                                                           "discarded"))

@@ -97,7 +97,14 @@ def dispatch(pid: UPID | Process | str, method: Callable[..., Any] | str, *args:
     the event loop's thread.
     """
     rt = _context.runtime
-    proc = rt.lookup(pid) if rt is not None else None
+    if rt is None:
+        return Future.failed(ProcessNotFoundError(pid))
+    if type(pid) is UPID:  # Runtime.lookup, short-cut for a process's own UPID object
+        proc = rt.processes.get(pid.id)
+        if proc is not None and proc._pid is not pid:
+            proc = rt.lookup(pid)  # an equal UPID, or one of another address
+    else:
+        proc = rt.lookup(pid)
     if proc is None or proc._state in _GONE:
         return Future.failed(ProcessNotFoundError(pid))
     if type(method) is FunctionType and getattr(type(proc), method.__name__, None) is method:

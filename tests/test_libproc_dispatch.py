@@ -22,7 +22,8 @@ from libproc import (
     Process,
     testing,
 )
-from libproc.process import Dispatch
+from libproc.errors import ProcessNotFoundError
+from libproc.process import DISPATCH, Dispatch, set_filter
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -92,8 +93,43 @@ def test_a_dispatch_sets_every_slot_of_a_future() -> None:
             continue
         want = getattr(plain, slot)
         got = getattr(call, slot)  # AttributeError here: Dispatch.__init__ misses the slot
-        if slot != "_target":
-            assert got == want, slot
+        assert got == want, slot
+    assert call._target is not None and plain._target is None  # a slot of Dispatch only
+
+
+async def test_the_event_filter_sees_a_dispatch_with_its_keywords(rec: Recorder) -> None:
+    """A dispatch keeps (args, kwargs) in one slot and whether it is a method in a flag; the
+    filter still sees the bound method, the arguments and the keywords apart."""
+    seen: list[tuple[Any, ...]] = []
+
+    def record(proc: Process, event: Any) -> bool:
+        if event[0] == DISPATCH:
+            seen.append(event[1:4])
+        return False
+
+    set_filter(record)
+    try:
+        assert await libproc.dispatch(rec.pid, Recorder.note, what="kw") == "kw"
+        assert await libproc.dispatch(rec.pid, Recorder.note, "positional") == "positional"
+        assert await libproc.dispatch(rec.pid, lambda a, b=0: a + b, 1, b=2) == 3
+    finally:
+        set_filter(None)
+    assert seen[0] == (rec.note, (), {"what": "kw"})
+    assert seen[1] == (rec.note, ("positional",), {})
+    assert seen[2][1:] == ((1,), {"b": 2})
+
+
+async def test_a_copy_of_the_pid_reaches_the_process_and_another_address_does_not(
+        rec: Recorder) -> None:
+    """dispatch short-cuts the look-up for a process's own UPID object: an equal copy still
+    reaches it, the same id at another port is not this process."""
+    copy = UPID.parse(str(rec.pid))
+    assert copy is not rec.pid
+    assert await libproc.dispatch(copy, Recorder.note, "copy") == "copy"
+    elsewhere = UPID(rec.pid.id, rec.pid.host, rec.pid.port % 65535 + 1)
+    with pytest.raises(ProcessNotFoundError):
+        await libproc.dispatch(elsewhere, Recorder.note, "elsewhere")
+    assert rec.log == [("dispatch", "copy")]
 
 
 async def test_a_burst_of_dispatches_runs_in_order_with_every_result(rec: Recorder) -> None:

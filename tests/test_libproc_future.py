@@ -68,6 +68,18 @@ def test_fail_with_exception_reraises_that_exception() -> None:
         p.future.get()
 
 
+def test_exception_is_none_unless_failed_even_for_an_exception_value() -> None:
+    """A FAILED future keeps its exception where a READY one keeps its value: a READY future
+    whose value is an exception is not failed, and has no `exception`."""
+    p: Promise[Exception] = Promise()
+    assert p.future.exception is None
+    value = ValueError("a value, not a failure")
+    p.set(value)
+    assert p.future.is_ready() and p.future.get() is value
+    assert p.future.exception is None
+    assert str(p.future) == "Ready"
+
+
 def test_promise_discard_makes_future_discarded() -> None:
     p: Promise[int] = Promise()
     assert p.discard() is True
