@@ -9,8 +9,9 @@ The database orders and filters (master/task_queries.py, on indexes, in a read t
 off the writer thread); a task the master holds in memory is shown as the master knows it,
 which may be a moment ahead of its row. Without a name filter ``total`` comes from the
 master's counts by state (kept as tasks change); with one it is counted in the same read
-transaction as the page. Everything here runs outside the mailbox and reads the master's
-state through `dispatch`.
+transaction as the page, on the name index or, when the states asked for hold few tasks
+(those counts say), on the state index. Everything here runs outside the mailbox and reads
+the master's state through `dispatch`.
 """
 
 from __future__ import annotations
@@ -40,12 +41,10 @@ class TaskListing:
     async def page(self, q: PageQuery) -> dict[str, Any]:
         """The listing's answer. Raises StoreError when the database cannot be read."""
         m = self.master
-        total: int | None = None
-        seek: tuple[Block, int] | None = None
-        if q.name is None:
-            total, seek = await libproc.dispatch(m.pid, self._locate, q)
-        found, records = await m.store.read(functools.partial(task_queries.page, q=q,
-                                                              total=total, seek=seek))
+        in_states, seek = await libproc.dispatch(m.pid, self._locate, q)
+        total = in_states if q.name is None else None  # a name is counted with the page
+        found, records = await m.store.read(functools.partial(
+            task_queries.page, q=q, total=total, seek=seek, in_states=in_states))
         shown: list[dict[str, Any]] = await libproc.dispatch(m.pid, self._overlay, q, records)
         more = q.offset + q.limit < found and q.limit > 0
         return {"tasks": shown, "total": found,
@@ -53,11 +52,12 @@ class TaskListing:
 
     def _locate(self, q: PageQuery) -> tuple[int, tuple[Block, int] | None]:
         """In the mailbox: how many tasks are in the states asked for, and where the page
-        starts (None: unknown, let the database walk)."""
+        starts (None: unknown, let the database walk; always so with a name filter, which
+        the master has no counts of)."""
         index = self.master._index
         states = [s for s in STATES if q.states is None or s in q.states]
         total = sum(index.counts[s] for s in states)
-        if q.offset >= total or q.limit == 0:
+        if q.name is not None or q.offset >= total or q.limit == 0:
             return total, None
         return total, index.positions.locate(states, task_queries.window_start(q, total))
 

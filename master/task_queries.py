@@ -20,6 +20,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.elements import UnaryExpression
 
 from master.api import PageQuery
 from master.store_schema import TaskRow, last_number
@@ -28,7 +30,8 @@ from master.task_positions import Block
 from master.tasks import TERMINAL_STATES, TaskRecord
 
 __all__ = ["SMALL_MATCH", "block_counts", "count_by_state", "count_matching", "delete_ended",
-           "expired_ids", "get", "load_unended", "page", "page_statement", "save_records",
+           "expired_ids", "get", "load_unended", "page", "page_statement", "prefix_end",
+           "save_records",
            "seek_statements", "window_start"]
 
 #: Up to this many matches a filtered page is sorted; past it, found in id order.
@@ -76,52 +79,101 @@ def get(session: Session, task_id: str) -> TaskRecord | None:
     return None if row is None else _record(row)
 
 
+def prefix_end(prefix: str) -> str | None:
+    """The least string above every string that starts with ``prefix`` (in code point order,
+    which is SQLite's BINARY order of UTF-8), or None when there is none (``prefix`` is all
+    U+10FFFF): ``prefix <= name < prefix_end(prefix)`` is exactly ``name.startswith(prefix)``.
+    Pure; the surrogates, which no stored name holds, are skipped."""
+    chars = list(prefix)
+    while chars:
+        code = ord(chars[-1]) + 1
+        if code <= 0x10FFFF:
+            chars[-1] = chr(0xE000 if 0xD800 <= code <= 0xDFFF else code)
+            return "".join(chars)
+        chars.pop()
+    return None
+
+
+def _unindexed(column: Any) -> Any:
+    """``+column`` on SQLite: the same value, but no index may serve a term on it, so the
+    planner walks the index the query means instead of guessing (it has no statistics)."""
+    return UnaryExpression(column, operator=operators.custom_op("+"), type_=column.type)
+
+
 def _where(session: Session, states: frozenset[str] | None, name: str | None, *,
-           seek: bool = True) -> list[Any]:
-    """The filter's terms. With ``seek`` False, on SQLite, none of them can use an index
-    (``state || ''`` and no name range), so the planner walks the id-order index instead
-    of sorting every match; PostgreSQL's planner needs no such help."""
+           index: str | None) -> list[Any]:
+    """The filter's terms. ``index`` names the one term an index may serve ("state" or
+    "name"); on SQLite the others are written so that none can (``+column``), and with
+    None the planner walks the index that orders the query. PostgreSQL's planner needs no
+    such help: there every term is plain, and a name prefix is compared exactly with
+    ``substr`` (its collation need not be byte order)."""
     sqlite = session.get_bind().dialect.name == "sqlite"
-    state: Any = _c.state if seek or not sqlite else _c.state.op("||")("")
     terms: list[Any] = []
+    if name:
+        if sqlite:
+            # BINARY collation orders UTF-8 bytes: the prefix is exactly a range, which the
+            # name index seeks and which a walk compares cheaply (no function per row).
+            column = _c.name if index == "name" else _unindexed(_c.name)
+            terms.append(column >= name)
+            end = prefix_end(name)
+            if end is not None:
+                terms.append(column < end)
+        else:
+            terms.append(sa.func.substr(_c.name, 1, len(name)) == name)
     if states is not None:
+        state = _c.state if index == "state" or not sqlite else _unindexed(_c.state)
         terms.append(state.in_(sorted(states)) if len(states) > 1
                      else state == next(iter(states)))
-    if name:
-        # Exact everywhere; on SQLite also a range the name index can seek (its BINARY
-        # collation orders UTF-8 bytes, and U+10FFFF sorts last).
-        terms.append(sa.func.substr(_c.name, 1, len(name)) == name)
-        if seek and sqlite:
-            terms += [_c.name >= name, _c.name < name + "\U0010ffff"]
     return terms
 
 
-def count_matching(session: Session, states: frozenset[str] | None, name: str | None) -> int:
-    """Exact number of tasks matching the filter (on the name and state index)."""
-    stmt = sa.select(sa.func.count()).select_from(_table).where(*_where(session, states, name))
+def _few_in_states(states: frozenset[str] | None, in_states: int | None) -> bool:
+    """True when the states asked for hold few tasks (``in_states``: how many, if known)."""
+    return states is not None and in_states is not None and in_states <= SMALL_MATCH
+
+
+def count_matching(session: Session, states: frozenset[str] | None, name: str | None,
+                   in_states: int | None = None) -> int:
+    """Exact number of tasks matching the filter: on the name index when there is a name
+    (it holds the state too), unless the states hold few tasks (``in_states``, when the
+    caller knows how many) — then on the state index, whatever the name matches."""
+    by_name = bool(name) and not _few_in_states(states, in_states)
+    stmt = sa.select(sa.func.count()).select_from(_table).where(
+        *_where(session, states, name, index="name" if by_name else "state"))
     return int(session.execute(stmt).scalar_one())
 
 
-def page_statement(session: Session, q: PageQuery, total: int) -> tuple[Any, bool]:
+def page_statement(session: Session, q: PageQuery, total: int,
+                   in_states: int | None = None) -> tuple[Any, bool]:
     """The query for the ids of page ``q`` among ``total`` matches (``q.offset < total``),
-    and whether it walks backwards (its ids then come in reverse)."""
+    and whether it walks backwards (its ids then come in reverse). ``in_states``: how many
+    tasks the states asked for hold, when the caller knows."""
     offset, limit = q.offset, min(q.limit, total - q.offset)
     descending = q.order == "desc"
     flipped = 2 * offset + limit > total  # the back half: walk in from the other end
     if flipped:
         offset, descending = total - offset - limit, not descending
     key = [_length.desc(), _c.id.desc()] if descending else [_length, _c.id]
-    single_state = q.states is not None and len(q.states) == 1 and not q.name
-    # Many matches: walk the id-order index (it holds state and name) rather than sort them.
-    walk = not single_state and total > SMALL_MATCH
-    stmt = (sa.select(_c.id).where(*_where(session, q.states, q.name, seek=not walk))
+    few_in_states = _few_in_states(q.states, in_states)
+    index: str | None
+    if total <= SMALL_MATCH or few_in_states:
+        # Few matches: seek them on the smaller side's index, and sort them.
+        index = "name" if q.name and not few_in_states else "state"
+    elif q.states is not None and len(q.states) == 1 and not q.name:
+        index = "state"  # that state's index is in id order
+    else:
+        # Many matches: walk the id-order index, which holds state and name (the state
+        # index does not hold the name: a walk there would read every row).
+        index = None
+    stmt = (sa.select(_c.id).where(*_where(session, q.states, q.name, index=index))
             .order_by(*key).limit(limit).offset(offset))
     return stmt, flipped
 
 
-def _page_ids(session: Session, q: PageQuery, total: int) -> list[str]:
+def _page_ids(session: Session, q: PageQuery, total: int, in_states: int | None
+              ) -> list[str]:
     """The ids of page ``q`` among ``total`` matches, in the order asked for."""
-    stmt, flipped = page_statement(session, q, total)
+    stmt, flipped = page_statement(session, q, total, in_states)
     ids = [str(i) for i in session.scalars(stmt)]
     return ids[::-1] if flipped else ids
 
@@ -132,7 +184,7 @@ def seek_statements(session: Session, q: PageQuery, block: Block, skip: int,
     ``skip`` matches), then, if the page runs on, from the first id of the next length."""
     length, prefix = block
     walk = q.states is not None and len(q.states) > 1  # on the id-order index, filtering
-    terms = _where(session, q.states, None, seek=not walk)
+    terms = _where(session, q.states, None, index=None if walk else "state")
     # One length: id order alone (SQLite sorts when an ORDER BY names the fixed length).
     first = (sa.select(_c.id).where(*terms, _length == length, _c.id >= prefix)
              .order_by(_c.id).limit(limit).offset(skip))
@@ -158,17 +210,20 @@ def window_start(q: PageQuery, total: int) -> int:
 
 
 def page(session: Session, q: PageQuery, total: int | None = None,
-         seek: tuple[Block, int] | None = None) -> tuple[int, list[TaskRecord]]:
+         seek: tuple[Block, int] | None = None, in_states: int | None = None
+         ) -> tuple[int, list[TaskRecord]]:
     """(total, records) of page ``q``. ``total`` may be given when the caller knows it
     exactly (the master counts tasks by state); otherwise it is counted here, in the same
     transaction as the page. ``seek``: the block where the page's ascending window starts
     (``window_start``) and how many matches precede it there (master/task_positions.py);
-    without it the page is found by walking an index."""
+    without it the page is found by walking an index. ``in_states``: how many tasks the
+    states asked for hold (the master's counts), which picks the index for a name filter."""
     if total is None:
-        total = count_matching(session, q.states, q.name)
+        total = count_matching(session, q.states, q.name, in_states)
     if q.offset >= total or q.limit == 0:
         return total, []
-    ids = _page_ids(session, q, total) if seek is None else _seek_ids(session, q, total, seek)
+    ids = (_page_ids(session, q, total, in_states) if seek is None
+           else _seek_ids(session, q, total, seek))
     rows = {r.id: r for r in _fetch(session, ids)}
     return total, [rows[i] for i in ids if i in rows]
 

@@ -12,6 +12,7 @@ import functools
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -63,12 +64,20 @@ FILTERS = [(None, None), (frozenset({"KILLED"}), None), (frozenset({"KILLED", "P
            (None, "nothing"), (frozenset({"LOST"}), None)]
 
 
+def _in_states(states: frozenset[str] | None) -> int:
+    return sum(1 for r in _rows(157) if states is None or r["state"] in states)
+
+
+@pytest.mark.parametrize("counts", [True, False], ids=["state-counts", "no-counts"])
 @pytest.mark.parametrize("small", [1_000_000, 5], ids=["sorted", "walked"])
 @pytest.mark.parametrize(("states", "name"), FILTERS)
 def test_every_page_matches_a_plain_sort(db: sa.Engine, states: frozenset[str] | None,
-                                         name: str | None, small: int,
+                                         name: str | None, small: int, counts: bool,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every plan — sorted or walked, on the name, state or id-order index, chosen with
+    or without the master's counts by state — cuts the same pages as a plain sort."""
     monkeypatch.setattr(tq, "SMALL_MATCH", small)  # both plans for filtered pages
+    in_states = _in_states(states) if counts else None
     with Session(db) as session:
         for order in ("asc", "desc"):
             for limit in (1, 7, 50):
@@ -77,36 +86,94 @@ def test_every_page_matches_a_plain_sort(db: sa.Engine, states: frozenset[str] |
                                   order=order)
                     total, want = _expected(q)
                     known = total if name is None else None  # the master's counts
-                    got_total, records = tq.page(session, q, known)
+                    got_total, records = tq.page(session, q, known, in_states=in_states)
                     assert got_total == total
                     assert [r.id for r in records] == want, (q, total)
 
 
-def _plan(engine: sa.Engine, q: PageQuery, total: int) -> str:
+def _plan(engine: sa.Engine, q: PageQuery, total: int, in_states: int | None = None) -> str:
     with Session(engine) as session:
-        stmt, _ = tq.page_statement(session, q, total)
-        sql = str(stmt.compile(engine, compile_kwargs={"literal_binds": True}))
-        raw = engine.raw_connection()
-        try:
-            rows = raw.cursor().execute(f"EXPLAIN QUERY PLAN {sql}").fetchall()
-        finally:
-            raw.close()
+        stmt, _ = tq.page_statement(session, q, total, in_states)
+        return _explain(engine, stmt)
+
+
+def _explain(engine: sa.Engine, stmt: Any) -> str:
+    sql = str(stmt.compile(engine, compile_kwargs={"literal_binds": True}))
+    raw = engine.raw_connection()
+    try:
+        rows = raw.cursor().execute(f"EXPLAIN QUERY PLAN {sql}").fetchall()
+    finally:
+        raw.close()
     return " | ".join(str(r[-1]) for r in rows)
 
 
-@pytest.mark.parametrize(("q", "total", "index"), [
-    (PageQuery(limit=100, offset=60), 157, "COVERING INDEX ix_tasks_order"),
-    (PageQuery(limit=100, offset=0, order="desc"), 157, "COVERING INDEX ix_tasks_order"),
-    (PageQuery(states=frozenset({"KILLED"}), offset=10), 31, "COVERING INDEX ix_tasks_state_order"),
-    (PageQuery(states=frozenset({"KILLED", "PENDING"})), 10**6, "COVERING INDEX ix_tasks_order"),
-    (PageQuery(name="build-"), 10**6, "COVERING INDEX ix_tasks_order"),
-    (PageQuery(name="build-1"), 20, "ix_tasks_name_state"),
+KILLED, PENDING = frozenset({"KILLED"}), frozenset({"PENDING"})
+
+
+@pytest.mark.parametrize(("q", "total", "in_states", "index"), [
+    (PageQuery(limit=100, offset=60), 157, None, "COVERING INDEX ix_tasks_order"),
+    (PageQuery(limit=100, offset=0, order="desc"), 157, None, "COVERING INDEX ix_tasks_order"),
+    (PageQuery(states=KILLED, offset=10), 31, None, "COVERING INDEX ix_tasks_state_order"),
+    (PageQuery(states=frozenset({"KILLED", "PENDING"})), 10**6, None,
+     "COVERING INDEX ix_tasks_order"),
+    (PageQuery(name="build-"), 10**6, None, "COVERING INDEX ix_tasks_order"),
+    (PageQuery(name="build-1"), 20, None, "ix_tasks_name_state"),
+    # A name in one state with many matches walks the id-order index (it holds the name).
+    (PageQuery(name="build-", states=KILLED, offset=500), 10**6, 10**6,
+     "COVERING INDEX ix_tasks_order"),
+    # A name in states that hold few tasks is sought by state, whatever the name matches.
+    (PageQuery(name="b", states=PENDING), 15, 10_000, "INDEX ix_tasks_state"),
+    (PageQuery(name="b", states=frozenset({"KILLED", "PENDING"})), 15, 12_000,
+     "INDEX ix_tasks_state"),
+    # Few matches, but in states that hold many: sought by name.
+    (PageQuery(name="build-1", states=frozenset({"KILLED", "PENDING"})), 15, 10**6,
+     "ix_tasks_name_state"),
+    (PageQuery(name="build-", states=frozenset({"KILLED", "PENDING"}), offset=9), 10**6, 10**6,
+     "COVERING INDEX ix_tasks_order"),
 ])
 def test_pages_are_found_on_indexes_never_by_scanning_the_table(
-        db: sa.Engine, q: PageQuery, total: int, index: str) -> None:
-    plan = _plan(db, q, total)
+        db: sa.Engine, q: PageQuery, total: int, in_states: int | None, index: str) -> None:
+    plan = _plan(db, q, total, in_states)
     assert index in plan, plan
     assert "SCAN tasks" not in plan.replace("SCAN tasks USING", ""), plan
+
+
+@pytest.mark.parametrize(("states", "name", "in_states", "index"), [
+    (None, "build-", None, "COVERING INDEX ix_tasks_name_state"),
+    (KILLED, "build-", None, "COVERING INDEX ix_tasks_name_state"),
+    (KILLED, "build-", 10**6, "COVERING INDEX ix_tasks_name_state"),
+    (PENDING, "b", 10_000, "INDEX ix_tasks_state"),
+    (KILLED, None, None, "COVERING INDEX ix_tasks_state"),
+])
+def test_a_count_seeks_the_smaller_side(db: sa.Engine, states: frozenset[str] | None,
+                                        name: str | None, in_states: int | None,
+                                        index: str) -> None:
+    """A name filter is counted on the name index (it holds the state: no row is read),
+    unless the master's counts say the states asked for hold few tasks."""
+    by_name = bool(name) and not (in_states is not None and in_states <= tq.SMALL_MATCH)
+    with Session(db) as session:
+        where = tq._where(session, states, name, index="name" if by_name else "state")
+        stmt = sa.select(sa.func.count()).select_from(TaskRow.__table__).where(*where)
+        plan = _explain(db, stmt)
+        assert index in plan, plan
+        assert "SCAN" not in plan, plan
+        assert tq.count_matching(session, states, name, in_states) == sum(
+            1 for r in _rows(157) if (states is None or r["state"] in states)
+            and (name is None or str(r["name"]).startswith(name)))
+
+
+def test_prefix_end_bounds_exactly_the_names_with_that_prefix() -> None:
+    assert tq.prefix_end("build-") == "build."
+    assert tq.prefix_end("a\U0010ffff") == "b"  # the last code point has no successor
+    assert tq.prefix_end("\U0010ffff\U0010ffff") is None
+    assert tq.prefix_end("x\ud7ff") == "x\ue000"  # over the surrogates, which no name holds
+    names = ["a", "ab", "a\U0010ffff", "a\U0010ffffz", "b", "a\x00", "aé", "\ud7ffq",
+             "\ue000", "", "é", "é\U0010ffff"]
+    for prefix in ["a", "a\U0010ffff", "\ud7ff", "é", "\U0010ffff", "ab"]:
+        end = tq.prefix_end(prefix)
+        for name in names:
+            inside = prefix <= name and (end is None or name < end)
+            assert inside == name.startswith(prefix), (prefix, name)
 
 
 def test_counts_by_state_and_matches_are_exact(db: sa.Engine) -> None:
@@ -127,13 +194,14 @@ def test_a_name_prefix_is_exact_with_wildcards_and_non_ascii(tmp_path: Path) -> 
     path = tmp_path / "m.db"
     Store.open(str(path)).close_blocking()
     engine = sa.create_engine(f"sqlite:///{path}")
-    names = ["a%b", "axb", "a_c", "abc", "é-1", "é", "e-1", "a%"]
+    names = ["a%b", "axb", "a_c", "abc", "é-1", "é", "e-1", "a%", "a\U0010ffff",
+             "a\U0010ffffz", "b", "\U0010ffff", "\ud7ffx", "\ue000"]
     with Session(engine) as session, session.begin():
         session.execute(sa.insert(TaskRow), [
             TaskRecord.new(str(i), command="x", cpus=1, mem=1, now=1.0, name=n).to_json()
             for i, n in enumerate(names, 1)])
     with Session(engine) as session:
-        for prefix in ["a%", "a_", "é", "a", "é-"]:
+        for prefix in ["a%", "a_", "é", "a", "é-", "a\U0010ffff", "\U0010ffff", "\ud7ff"]:
             _, records = tq.page(session, PageQuery(name=prefix))
             assert sorted(r.name for r in records) == sorted(
                 n for n in names if n.startswith(prefix)), prefix

@@ -121,3 +121,45 @@ async def test_the_store_on_postgres_keeps_every_acknowledged_save_across_a_rest
         assert set(acknowledged) <= stored
     finally:
         await store.close()
+
+
+def test_task_pages_on_postgres_match_a_plain_sort(pg_url: str) -> None:
+    """The listing's queries on PostgreSQL (plain terms; a name prefix compared exactly with
+    substr): every filter and plan cuts the pages a plain sort does."""
+    from sqlalchemy.orm import Session
+
+    from master import task_queries as tq
+    from master.api import PageQuery
+    from master.store_schema import TaskRow
+
+    Store.open(pg_url).close_blocking()  # the schema and its indexes, as a master makes them
+    states = ["PENDING", "RUNNING", "FINISHED", "KILLED", "FAILED"]
+    rows = []
+    for i in range(1, 121):
+        rec = TaskRecord.new(str(i), command="true", cpus=0.1, mem=1, now=float(i),
+                             name=("build-" if i % 3 else "té%_") + str(i))
+        rec.state = states[i % len(states)]
+        rows.append(rec.to_json())
+    engine = sa.create_engine(pg_url)
+    try:
+        with Session(engine) as session, session.begin():
+            session.execute(sa.insert(TaskRow), rows)
+        with Session(engine) as session:
+            for filters in [(None, "build-1"), (frozenset({"KILLED"}), "té%_"),
+                            (frozenset({"KILLED", "PENDING"}), "b"), (None, "té%"),
+                            (frozenset({"RUNNING"}), None)]:
+                for in_states in (None, 10):
+                    for order in ("asc", "desc"):
+                        for offset in (0, 7, 30, 70):
+                            q = PageQuery(limit=9, offset=offset, states=filters[0],
+                                          name=filters[1], order=order)
+                            want = sorted(
+                                (r for r in rows if (q.states is None or r["state"] in q.states)
+                                 and (q.name is None or str(r["name"]).startswith(q.name))),
+                                key=lambda r: int(str(r["id"])), reverse=order == "desc")
+                            total, got = tq.page(session, q, in_states=in_states)
+                            assert total == len(want)
+                            assert [t.id for t in got] == [
+                                str(r["id"]) for r in want[offset:offset + 9]], q
+    finally:
+        engine.dispose()
