@@ -39,10 +39,12 @@ from typing import Any
 import libproc
 from benchmarks.bench_master import _drive
 from libproc import UPID
+from master.task_queries import prefix_end
 from tests.cluster_harness import Cluster
 
 BATCH = 10_000
 PAGE = 100
+LAST, MIDDLE = -1, -2  # offsets found from the filter's total
 
 
 class Http:
@@ -143,23 +145,26 @@ def _raw_page(db: Path, where: str, offset: int, desc: bool = False) -> Callable
 def _pages(api: Http, db: Path, n: int) -> list[tuple[str, float, float]]:
     middle, last = n // 2, n - PAGE
     name_prefix = "bench-5"  # 1 in 9 of the names (bench-5, bench-50..., bench-500000...)
+    by_name = f"WHERE name >= '{name_prefix}' AND name < '{prefix_end(name_prefix)}'"
     shapes = [
         ("first page", "", "", 0, False),
         ("middle page", "", "", middle, False),
         ("last page", "", "", last, False),
         ("newest first, middle", "order=desc", "", middle, True),
         ("state=KILLED, middle", "state=KILLED", "WHERE state = 'KILLED'", middle, False),
-        ("state=PENDING (10k), last", "state=PENDING", "WHERE state = 'PENDING'", -1, False),
-        (f"name={name_prefix}, first", f"name={name_prefix}",
-         f"WHERE name >= '{name_prefix}' AND name < '{name_prefix}\U0010ffff'", 0, False),
+        ("state=PENDING (10k), last", "state=PENDING", "WHERE state = 'PENDING'", LAST, False),
+        (f"name={name_prefix}, first", f"name={name_prefix}", by_name, 0, False),
+        (f"name={name_prefix}, middle", f"name={name_prefix}", by_name, MIDDLE, False),
+        (f"name={name_prefix}+KILLED, middle", f"name={name_prefix}&state=KILLED",
+         f"{by_name} AND state = 'KILLED'", MIDDLE, False),
         ("state=KILLED,LOST, middle", "state=KILLED,LOST", "WHERE state IN ('KILLED', 'LOST')",
          middle, False),
     ]
     rows = []
     for label, query, where, offset, desc in shapes:
-        if offset < 0:
+        if offset < 0:  # LAST or MIDDLE of the matches
             total = api.json("GET", f"/master/tasks?{query}&limit=0")["total"]
-            offset = max(0, total - PAGE)
+            offset = max(0, total - PAGE) if offset == LAST else total // 2
         path = f"/master/tasks?limit={PAGE}&offset={offset}" + (f"&{query}" if query else "")
         page = api.json("GET", path)
         if not page["tasks"]:
