@@ -159,6 +159,9 @@ def _pages(api: Http, db: Path, n: int) -> list[tuple[str, float, float]]:
          f"{by_name} AND state = 'KILLED'", MIDDLE, False),
         ("state=KILLED,LOST, middle", "state=KILLED,LOST", "WHERE state IN ('KILLED', 'LOST')",
          middle, False),
+        # A prefix every task has (ended and active alike) filters nothing.
+        ("name=bench- (every task), middle", "name=bench-",
+         "WHERE name >= 'bench-' AND name < 'bench.'", MIDDLE, False),
     ]
     rows = []
     for label, query, where, offset, desc in shapes:
@@ -206,7 +209,7 @@ async def _bench(n: int, active: int, updates: int) -> None:
             print(f"feeding {n:,} tasks in batches of {BATCH:,} (each ended by the bulk kill)",
                   flush=True)
             feed_rate = _feed(api, n, "bench-")
-            api.json("POST", "/master/tasks", [{"command": "true", "name": f"active-{i}"}
+            api.json("POST", "/master/tasks", [{"command": "true", "name": f"bench-active-{i}"}
                                                for i in range(active)])
             time.sleep(7.0)  # heartbeats: ended tasks past the cap leave memory, the heap trims
             rss_big = _rss_mib(big.master.pid)  # type: ignore[union-attr]

@@ -20,6 +20,8 @@ import dataclasses
 import functools
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.orm import Session
+
 import libproc
 from master import task_queries
 from master.api import PageQuery
@@ -42,9 +44,8 @@ class TaskListing:
         """The listing's answer. Raises StoreError when the database cannot be read."""
         m = self.master
         in_states, seek = await libproc.dispatch(m.pid, self._locate, q)
-        total = in_states if q.name is None else None  # a name is counted with the page
         found, records = await m.store.read(functools.partial(
-            task_queries.page, q=q, total=total, seek=seek, in_states=in_states))
+            _read_page, q=q, in_states=in_states, seek=seek))
         shown: list[dict[str, Any]] = await libproc.dispatch(m.pid, self._overlay, q, records)
         more = q.offset + q.limit < found and q.limit > 0
         return {"tasks": shown, "total": found,
@@ -52,22 +53,23 @@ class TaskListing:
 
     def _locate(self, q: PageQuery) -> tuple[int, tuple[Block, int] | None]:
         """In the mailbox: how many tasks are in the states asked for, and where the page
-        starts (None: unknown, let the database walk; always so with a name filter, which
-        the master has no counts of)."""
+        starts among them, name aside (None: unknown, let the database walk)."""
         index = self.master._index
         states = [s for s in STATES if q.states is None or s in q.states]
         total = sum(index.counts[s] for s in states)
-        if q.name is not None or q.offset >= total or q.limit == 0:
+        if q.offset >= total or q.limit == 0:
             return total, None
         return total, index.positions.locate(states, task_queries.window_start(q, total))
 
     def _overlay(self, q: PageQuery, records: list[TaskRecord]) -> list[dict[str, Any]]:
         """In the mailbox: each row as the master knows it now; a task that has just left
-        the filter's states is left out."""
+        the filter's states, or that does not have the name asked for (one submitted while
+        a name every task had was answered as no filter), is left out."""
         out = []
         for row in records:
             rec = self.master.tasks.get(row.id, row)
-            if q.states is None or rec.state in q.states:
+            if ((q.states is None or rec.state in q.states)
+                    and (q.name is None or rec.name.startswith(q.name))):
                 out.append(rec.to_json())
         return out
 
@@ -83,3 +85,17 @@ class TaskListing:
     def _copy(self, tid: str) -> TaskRecord | None:
         rec = self.master.tasks.get(tid)
         return None if rec is None else dataclasses.replace(rec)
+
+
+def _read_page(session: Session, q: PageQuery, in_states: int,
+               seek: tuple[Block, int] | None) -> tuple[int, list[TaskRecord]]:
+    """In the store's read transaction: page ``q``, given the master's count of the tasks
+    in its states and where the page starts among them. A name filter is counted and found
+    in the database, unless every task's name matches it (a prefix all tasks share): then
+    it is answered as without it, from the master's counts."""
+    if q.name is not None:
+        if not task_queries.every_name_matches(session, q.name):
+            return task_queries.page(session, q, in_states=in_states)
+        q = dataclasses.replace(q, name=None)
+    return task_queries.page(session, q, total=in_states, seek=seek)
+

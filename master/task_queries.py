@@ -30,9 +30,8 @@ from master.task_positions import Block
 from master.tasks import TERMINAL_STATES, TaskRecord
 
 __all__ = ["SMALL_MATCH", "block_counts", "count_by_state", "count_matching", "delete_ended",
-           "expired_ids", "get", "load_unended", "page", "page_statement", "prefix_end",
-           "save_records",
-           "seek_statements", "window_start"]
+           "every_name_matches", "expired_ids", "get", "load_unended", "page", "page_statement",
+           "prefix_end", "save_records", "seek_statements", "window_start"]
 
 #: Up to this many matches a filtered page is sorted; past it, found in id order.
 SMALL_MATCH = 20_000
@@ -125,6 +124,20 @@ def _where(session: Session, states: frozenset[str] | None, name: str | None, *,
         terms.append(state.in_(sorted(states)) if len(states) > 1
                      else state == next(iter(states)))
     return terms
+
+
+def every_name_matches(session: Session, name: str) -> bool:
+    """True when every task's name starts with ``name``: then a name filter changes nothing
+    and a page is found as without it. Two seeks on the name index (SQLite, where a prefix
+    is a byte range); always False on other databases."""
+    if session.get_bind().dialect.name != "sqlite":
+        return False
+    outside: list[Any] = [_c.name < name]
+    end = prefix_end(name)
+    if end is not None:
+        outside.append(_c.name >= end)
+    return not any(session.execute(sa.select(sa.literal(1)).where(term).limit(1)).first()
+                   for term in outside)
 
 
 def _few_in_states(states: frozenset[str] | None, in_states: int | None) -> bool:

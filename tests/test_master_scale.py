@@ -150,6 +150,38 @@ async def test_pages_located_in_memory_match_the_database(env: Env) -> None:
                 assert [t["id"] for t in page["tasks"]] == listed[offset:offset + 10], query
 
 
+async def test_a_name_every_task_has_pages_as_no_filter_and_one_that_differs_ends_that(
+        env: Env) -> None:
+    """A prefix all tasks share is answered from the master's counts (it filters nothing);
+    once one task's name differs, the same query is counted and walked in the database:
+    the answers are the same pages either way."""
+    ids = await env.submit(*[f"job-{i}" for i in range(1200)])
+    await until(lambda: env.master._index.positions.ready)
+    await env.call("POST", "/master/tasks/kill", {"ids": ids[::4]})
+    rows = env.rows()
+
+    async def check(wanted: list[str], states: str | None) -> None:
+        for order in ("asc", "desc"):
+            listed = wanted if order == "asc" else wanted[::-1]
+            for offset in (0, 299, 650, 1190):
+                query = f"limit=10&offset={offset}&order={order}&name=job-"
+                status, page = await env.call(
+                    "GET", f"/master/tasks?{query}" + (f"&state={states}" if states else ""))
+                assert status == 200 and page["total"] == len(wanted), query
+                assert [t["id"] for t in page["tasks"]] == listed[offset:offset + 10], query
+
+    for states in (None, "KILLED", "PENDING"):
+        await check([t for t in ids if states is None or rows[t] == states], states)
+    other = await env.submit("other")
+    more = await env.submit("job-last")
+    for states in (None, "PENDING"):
+        wanted = [t for t in ids + more if states is None or (rows.get(t) or "PENDING") == states]
+        await check(wanted, states)
+    status, page = await env.call("GET", "/master/tasks?name=job-&offset=1199&limit=5")
+    assert other[0] not in [t["id"] for t in page["tasks"]]
+    assert [t["id"] for t in page["tasks"]] == [ids[-1], more[0]]
+
+
 @pytest.mark.parametrize("query", ["limit=10001", "limit=-1", "limit=x", "offset=-5",
                                    "offset=1e3", "order=up", "state=BOGUS", "name=a%00b",
                                    "name=" + "n" * 300, "limit=" + "9" * 40])

@@ -162,6 +162,28 @@ def test_a_count_seeks_the_smaller_side(db: sa.Engine, states: frozenset[str] | 
             and (name is None or str(r["name"]).startswith(name)))
 
 
+def test_every_name_matches_only_a_prefix_of_every_name(db: sa.Engine, tmp_path: Path
+                                                       ) -> None:
+    with Session(db) as session:
+        assert tq.every_name_matches(session, "")  # every name starts with ""
+        for prefix in ("build-", "test-", "zzz", "b", "t", "a"):
+            assert not tq.every_name_matches(session, prefix), prefix
+    path = tmp_path / "shared.db"
+    Store.open(str(path)).close_blocking()
+    engine = sa.create_engine(f"sqlite:///{path}")
+    names = ["job-1", "job-2", "job-\U0010ffff", "job-\U0010ffffz"]
+    with Session(engine) as session, session.begin():
+        session.execute(sa.insert(TaskRow), [
+            TaskRecord.new(str(i), command="x", cpus=1, mem=1, now=1.0, name=n).to_json()
+            for i, n in enumerate(names, 1)])
+    with Session(engine) as session:
+        for prefix in ("job-", "j", "job"):
+            assert tq.every_name_matches(session, prefix), prefix
+        for prefix in ("job-1", "job-\U0010ffff", "jo-", "k"):
+            assert not tq.every_name_matches(session, prefix), prefix
+    engine.dispose()
+
+
 def test_prefix_end_bounds_exactly_the_names_with_that_prefix() -> None:
     assert tq.prefix_end("build-") == "build."
     assert tq.prefix_end("a\U0010ffff") == "b"  # the last code point has no successor
