@@ -91,11 +91,13 @@ def _read_page(session: Session, q: PageQuery, in_states: int,
                seek: tuple[Block, int] | None) -> tuple[int, list[TaskRecord]]:
     """In the store's read transaction: page ``q``, given the master's count of the tasks
     in its states and where the page starts among them. A name filter is counted and found
-    in the database, unless every task's name matches it (a prefix all tasks share): then
-    it is answered as without it, from the master's counts."""
+    in the database; when few tasks in those states lack the name, it is counted as those
+    states' tasks less these, and when none does (a prefix they all share), it is answered
+    as no filter, from the master's counts."""
     if q.name is not None:
-        if not task_queries.every_name_matches(session, q.name):
-            return task_queries.page(session, q, in_states=in_states)
+        outside = task_queries.count_outside(session, q.states, q.name)
+        if outside != 0:
+            total = None if outside is None else max(0, in_states - outside)
+            return task_queries.page(session, q, total=total, in_states=in_states)
         q = dataclasses.replace(q, name=None)
     return task_queries.page(session, q, total=in_states, seek=seek)
-

@@ -29,12 +29,15 @@ from master.store_tasks import record_from_row
 from master.task_positions import Block
 from master.tasks import TERMINAL_STATES, TaskRecord
 
-__all__ = ["SMALL_MATCH", "block_counts", "count_by_state", "count_matching", "delete_ended",
-           "every_name_matches", "expired_ids", "get", "load_unended", "page", "page_statement",
-           "prefix_end", "save_records", "seek_statements", "window_start"]
+__all__ = ["FEW_OUTSIDE", "SMALL_MATCH", "block_counts", "count_by_state", "count_matching",
+           "count_outside", "delete_ended", "expired_ids", "get", "load_unended", "page",
+           "page_statement", "prefix_end", "save_records", "seek_statements", "window_start"]
 
 #: Up to this many matches a filtered page is sorted; past it, found in id order.
 SMALL_MATCH = 20_000
+#: Fewer tasks than this without a name prefix, and a listing filtered by it is counted from
+#: the master's counts less them (count_outside); small, as every name filter pays for it.
+FEW_OUTSIDE = 2_000
 _CHUNK = 500  # ids per IN (...): well under every driver's parameter limit
 _UNENDED = ("PENDING", "STAGING", "RUNNING")
 _table = TaskRow.__table__
@@ -126,18 +129,30 @@ def _where(session: Session, states: frozenset[str] | None, name: str | None, *,
     return terms
 
 
-def every_name_matches(session: Session, name: str) -> bool:
-    """True when every task's name starts with ``name``: then a name filter changes nothing
-    and a page is found as without it. Two seeks on the name index (SQLite, where a prefix
-    is a byte range); always False on other databases."""
+def count_outside(session: Session, states: frozenset[str] | None, name: str,
+                  bound: int = FEW_OUTSIDE) -> int | None:
+    """How many tasks in ``states`` have a name that does not start with ``name``, when
+    fewer than ``bound`` tasks of any state do; None when as many or more do (or on a
+    database other than SQLite, where a prefix is not a byte range). Two seeks on the name
+    index, each reading at most ``bound`` entries: with few names outside, the matches
+    are the tasks in those states (which the master counts) less these."""
     if session.get_bind().dialect.name != "sqlite":
-        return False
+        return None
     outside: list[Any] = [_c.name < name]
     end = prefix_end(name)
     if end is not None:
         outside.append(_c.name >= end)
-    return not any(session.execute(sa.select(sa.literal(1)).where(term).limit(1)).first()
-                   for term in outside)
+    found = 0
+    for term in outside:
+        entries = sa.select(_c.state).where(term).limit(bound).subquery()
+        in_states = (sa.func.count() if states is None else
+                     sa.func.sum(sa.case((entries.c.state.in_(sorted(states)), 1), else_=0)))
+        seen, inside = session.execute(sa.select(sa.func.count(), in_states)
+                                       .select_from(entries)).one()
+        if seen >= bound:
+            return None
+        found += int(inside or 0)
+    return found
 
 
 def _few_in_states(states: frozenset[str] | None, in_states: int | None) -> bool:

@@ -162,25 +162,67 @@ def test_a_count_seeks_the_smaller_side(db: sa.Engine, states: frozenset[str] | 
             and (name is None or str(r["name"]).startswith(name)))
 
 
-def test_every_name_matches_only_a_prefix_of_every_name(db: sa.Engine, tmp_path: Path
-                                                       ) -> None:
+def test_count_outside_counts_the_names_without_the_prefix_up_to_a_bound(db: sa.Engine
+                                                                       ) -> None:
+    rows = _rows(157)
+
+    def outside(states: frozenset[str] | None, name: str) -> int:
+        return sum(1 for r in rows if (states is None or r["state"] in states)
+                   and not str(r["name"]).startswith(name))
+
     with Session(db) as session:
-        assert tq.every_name_matches(session, "")  # every name starts with ""
-        for prefix in ("build-", "test-", "zzz", "b", "t", "a"):
-            assert not tq.every_name_matches(session, prefix), prefix
+        for states in (None, KILLED, frozenset({"KILLED", "PENDING"}), frozenset({"LOST"})):
+            for name in ("build-", "test-", "build-1", "zzz", "a", "t"):
+                assert tq.count_outside(session, states, name, 1000) == outside(states, name)
+        assert tq.count_outside(session, None, "build-", 53) == 52  # the 52 test- names
+        assert tq.count_outside(session, None, "build-", 52) is None  # as many as the bound
+        assert tq.count_outside(session, KILLED, "build-", 52) is None  # any state counts
+
+
+@pytest.mark.parametrize("small", [1_000_000, 5], ids=["sorted", "walked"])
+@pytest.mark.parametrize(("states", "name"), [(None, "build-"), (KILLED, "test-"),
+                                              (None, "build-1"), (None, "nothing"),
+                                              (frozenset({"KILLED", "PENDING"}), "b")])
+def test_the_listing_read_matches_a_plain_sort(db: sa.Engine, states: frozenset[str] | None,
+                                               name: str, small: int,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The listing's own read (master/task_listing.py): a name counted from the master's
+    state counts less the names outside, or in the database, cuts a plain sort's pages."""
+    from master.task_listing import _read_page
+
+    monkeypatch.setattr(tq, "SMALL_MATCH", small)
+    with Session(db) as session:
+        for order in ("asc", "desc"):
+            for offset in range(0, 170, 13):
+                q = PageQuery(limit=7, offset=offset, states=states, name=name, order=order)
+                total, want = _expected(q)
+                got_total, records = _read_page(session, q, _in_states(states), None)
+                assert got_total == total
+                assert [r.id for r in records] == want, (q, total)
+
+
+def test_a_prefix_every_task_shares_is_read_as_no_filter(tmp_path: Path) -> None:
+    from master.task_listing import _read_page
+
     path = tmp_path / "shared.db"
     Store.open(str(path)).close_blocking()
     engine = sa.create_engine(f"sqlite:///{path}")
-    names = ["job-1", "job-2", "job-\U0010ffff", "job-\U0010ffffz"]
+    names = ["job-1", "job-2", "job-\U0010ffff", "job-\U0010ffffz"] * 5
     with Session(engine) as session, session.begin():
         session.execute(sa.insert(TaskRow), [
             TaskRecord.new(str(i), command="x", cpus=1, mem=1, now=1.0, name=n).to_json()
             for i, n in enumerate(names, 1)])
     with Session(engine) as session:
         for prefix in ("job-", "j", "job"):
-            assert tq.every_name_matches(session, prefix), prefix
+            assert tq.count_outside(session, None, prefix) == 0, prefix
+            # The master's count says 20; a seek of None walks as no filter would.
+            total, records = _read_page(session, PageQuery(limit=3, offset=18, name=prefix),
+                                        20, None)
+            assert total == 20 and [r.id for r in records] == ["19", "20"]
         for prefix in ("job-1", "job-\U0010ffff", "jo-", "k"):
-            assert not tq.every_name_matches(session, prefix), prefix
+            assert tq.count_outside(session, None, prefix) != 0, prefix
+        total, records = _read_page(session, PageQuery(name="job-\U0010ffff"), 20, None)
+        assert total == 10 and len(records) == 10
     engine.dispose()
 
 
