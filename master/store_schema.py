@@ -60,19 +60,14 @@ class TaskRow(Base):
 
 # Paged and filtered listings, counts by state and retention, without full scans (the
 # queries are master/task_queries.py). Ids are numbers as text: (length(id), id) is their
-# numeric order. `initialize` adds any of these an existing database lacks, and drops the
-# RETIRED_INDEXES they replace (once, on the first open after an upgrade: building an index
-# over 1,000,000 tasks takes a few seconds).
+# numeric order. `initialize` adds any of these an existing database lacks.
 TASK_INDEXES = (
     sa.Index("ix_tasks_order", sa.func.length(TaskRow.id), TaskRow.id, TaskRow.state,
              TaskRow.name),
-    # Holds the name, so that a name filter in one state walks that state's tasks alone.
-    sa.Index("ix_tasks_state_order_name", TaskRow.state, sa.func.length(TaskRow.id),
-             TaskRow.id, TaskRow.name),
+    sa.Index("ix_tasks_state_order", TaskRow.state, sa.func.length(TaskRow.id), TaskRow.id),
     sa.Index("ix_tasks_name_state", TaskRow.name, TaskRow.state),
     sa.Index("ix_tasks_finished", TaskRow.finished_at),
 )
-RETIRED_INDEXES = ("ix_tasks_state_order",)
 
 
 class AttemptRow(Base):
@@ -175,8 +170,6 @@ def initialize(session: Session) -> str:
     _add_missing_columns(session)
     for index in TASK_INDEXES:  # a database made before an index was added gets it now
         session.execute(sa.schema.CreateIndex(index, if_not_exists=True))
-    for name in RETIRED_INDEXES:
-        session.execute(sa.text(f"DROP INDEX IF EXISTS {name}"))
     version = get_meta(session, "schema_version")
     if version is not None and version != SCHEMA_VERSION:
         raise StoreError(

@@ -43,26 +43,23 @@ class TaskListing:
     async def page(self, q: PageQuery) -> dict[str, Any]:
         """The listing's answer. Raises StoreError when the database cannot be read."""
         m = self.master
-        in_states, every, seek = await libproc.dispatch(m.pid, self._locate, q)
+        in_states, seek = await libproc.dispatch(m.pid, self._locate, q)
         found, records = await m.store.read(functools.partial(
-            _read_page, q=q, in_states=in_states, every=every, seek=seek))
+            _read_page, q=q, in_states=in_states, seek=seek))
         shown: list[dict[str, Any]] = await libproc.dispatch(m.pid, self._overlay, q, records)
         more = q.offset + q.limit < found and q.limit > 0
         return {"tasks": shown, "total": found,
                 "next": f"/master/tasks?{q.query_string(q.offset + q.limit)}" if more else None}
 
-    def _locate(self, q: PageQuery) -> tuple[int, int, tuple[Block, int] | None]:
-        """In the mailbox: how many tasks are in the states asked for, how many there are,
-        and where the page starts among the first, name aside (None: unknown, let the
-        database walk)."""
+    def _locate(self, q: PageQuery) -> tuple[int, tuple[Block, int] | None]:
+        """In the mailbox: how many tasks are in the states asked for, and where the page
+        starts among them, name aside (None: unknown, let the database walk)."""
         index = self.master._index
         states = [s for s in STATES if q.states is None or s in q.states]
         total = sum(index.counts[s] for s in states)
-        every = sum(index.counts[s] for s in STATES)
         if q.offset >= total or q.limit == 0:
-            return total, every, None
-        return total, every, index.positions.locate(states,
-                                                    task_queries.window_start(q, total))
+            return total, None
+        return total, index.positions.locate(states, task_queries.window_start(q, total))
 
     def _overlay(self, q: PageQuery, records: list[TaskRecord]) -> list[dict[str, Any]]:
         """In the mailbox: each row as the master knows it now; a task that has just left
@@ -90,18 +87,17 @@ class TaskListing:
         return None if rec is None else dataclasses.replace(rec)
 
 
-def _read_page(session: Session, q: PageQuery, in_states: int, every: int,
+def _read_page(session: Session, q: PageQuery, in_states: int,
                seek: tuple[Block, int] | None) -> tuple[int, list[TaskRecord]]:
-    """In the store's read transaction: page ``q``, given the master's counts (of the tasks
-    in its states and of every task) and where the page starts among the first. A name
-    filter is counted and found in the database; when few tasks in those states lack the
-    name, it is counted as those states' tasks less these, and when none does (a prefix
-    they all share), it is answered as no filter, from the master's counts."""
+    """In the store's read transaction: page ``q``, given the master's count of the tasks
+    in its states and where the page starts among them. A name filter is counted and found
+    in the database; when few tasks in those states lack the name, it is counted as those
+    states' tasks less these, and when none does (a prefix they all share), it is answered
+    as no filter, from the master's counts."""
     if q.name is not None:
         outside = task_queries.count_outside(session, q.states, q.name)
         if outside != 0:
             total = None if outside is None else max(0, in_states - outside)
-            return task_queries.page(session, q, total=total, in_states=in_states,
-                                     every=every)
+            return task_queries.page(session, q, total=total, in_states=in_states)
         q = dataclasses.replace(q, name=None)
     return task_queries.page(session, q, total=in_states, seek=seek)

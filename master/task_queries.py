@@ -172,12 +172,10 @@ def count_matching(session: Session, states: frozenset[str] | None, name: str | 
 
 
 def page_statement(session: Session, q: PageQuery, total: int,
-                   in_states: int | None = None, every: int | None = None
-                   ) -> tuple[Any, bool]:
+                   in_states: int | None = None) -> tuple[Any, bool]:
     """The query for the ids of page ``q`` among ``total`` matches (``q.offset < total``),
-    and whether it walks backwards (its ids then come in reverse). ``in_states`` and
-    ``every``: how many tasks the states asked for hold, and how many there are, when the
-    caller knows."""
+    and whether it walks backwards (its ids then come in reverse). ``in_states``: how many
+    tasks the states asked for hold, when the caller knows."""
     offset, limit = q.offset, min(q.limit, total - q.offset)
     descending = q.order == "desc"
     flipped = 2 * offset + limit > total  # the back half: walk in from the other end
@@ -189,23 +187,21 @@ def page_statement(session: Session, q: PageQuery, total: int,
     if total <= SMALL_MATCH or few_in_states:
         # Few matches: seek them on the smaller side's index, and sort them.
         index = "name" if q.name and not few_in_states else "state"
-    elif q.states is not None and len(q.states) == 1 and (
-            not q.name or (in_states is not None and every is not None
-                           and 2 * in_states <= every)):
-        # That state's index is in id order and holds the name; with a name, it is walked
-        # when the state holds at most half the tasks (its entries are a little slower).
-        index = "state"
+    elif q.states is not None and len(q.states) == 1 and not q.name:
+        index = "state"  # that state's index is in id order
     else:
-        index = None  # many matches: walk the id-order index (it holds state and name)
+        # Many matches: walk the id-order index, which holds state and name (the state
+        # index does not hold the name: a walk there would read every row).
+        index = None
     stmt = (sa.select(_c.id).where(*_where(session, q.states, q.name, index=index))
             .order_by(*key).limit(limit).offset(offset))
     return stmt, flipped
 
 
-def _page_ids(session: Session, q: PageQuery, total: int, in_states: int | None,
-              every: int | None) -> list[str]:
+def _page_ids(session: Session, q: PageQuery, total: int, in_states: int | None
+              ) -> list[str]:
     """The ids of page ``q`` among ``total`` matches, in the order asked for."""
-    stmt, flipped = page_statement(session, q, total, in_states, every)
+    stmt, flipped = page_statement(session, q, total, in_states)
     ids = [str(i) for i in session.scalars(stmt)]
     return ids[::-1] if flipped else ids
 
@@ -242,20 +238,19 @@ def window_start(q: PageQuery, total: int) -> int:
 
 
 def page(session: Session, q: PageQuery, total: int | None = None,
-         seek: tuple[Block, int] | None = None, in_states: int | None = None,
-         every: int | None = None) -> tuple[int, list[TaskRecord]]:
+         seek: tuple[Block, int] | None = None, in_states: int | None = None
+         ) -> tuple[int, list[TaskRecord]]:
     """(total, records) of page ``q``. ``total`` may be given when the caller knows it
     exactly (the master counts tasks by state); otherwise it is counted here, in the same
     transaction as the page. ``seek``: the block where the page's ascending window starts
     (``window_start``) and how many matches precede it there (master/task_positions.py);
-    without it the page is found by walking an index. ``in_states`` and ``every``: how many
-    tasks the states asked for hold and how many there are (the master's counts), which
-    pick the index for a name filter."""
+    without it the page is found by walking an index. ``in_states``: how many tasks the
+    states asked for hold (the master's counts), which picks the index for a name filter."""
     if total is None:
         total = count_matching(session, q.states, q.name, in_states)
     if q.offset >= total or q.limit == 0:
         return total, []
-    ids = (_page_ids(session, q, total, in_states, every) if seek is None
+    ids = (_page_ids(session, q, total, in_states) if seek is None
            else _seek_ids(session, q, total, seek))
     rows = {r.id: r for r in _fetch(session, ids)}
     return total, [rows[i] for i in ids if i in rows]
