@@ -90,8 +90,9 @@ class Future(Generic[T]):
     """
 
     # Few slots, on purpose: a burst of dispatches leaves one Future each in a mailbox, and
-    # every pass of CPython's collector visits each slot of each (five flags and a value
-    # folded away cut a burst's collector time by a third). `_value` is the value when READY
+    # every pass of CPython's collector visits each slot of each (three flags folded into
+    # one int, the error into the value and the target moved to Dispatch took a burst's
+    # collector time from 126 to 97 ms). `_value` is the value when READY
     # and the exception when FAILED; `_flags` holds _DISCARD_REQUESTED, _ASSOCIATED (takes
     # another future's outcome: its own producer may not set it) and _ABANDONED.
     __slots__ = ("_state", "_value", "_callbacks", "_flags", "_discard_callbacks",

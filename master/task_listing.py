@@ -9,9 +9,10 @@ The database orders and filters (master/task_queries.py, on indexes, in a read t
 off the writer thread); a task the master holds in memory is shown as the master knows it,
 which may be a moment ahead of its row. Without a name filter ``total`` comes from the
 master's counts by state (kept as tasks change); with one it is counted in the same read
-transaction as the page, on the name index or, when the states asked for hold few tasks
-(those counts say), on the state index. Everything here runs outside the mailbox and reads
-the master's state through `dispatch`.
+transaction as the page (on the name index or, when the states asked for hold few tasks,
+on the state index), or, when few tasks lack the name, from those counts less them; a name
+every task has is no filter at all. Everything here runs outside the mailbox and reads the
+master's state through `dispatch`.
 """
 
 from __future__ import annotations
