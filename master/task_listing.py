@@ -5,14 +5,15 @@ answers ``{"tasks": [...], "total": T, "next": URL-or-null}``: tasks in id order
 the default, oldest first), ``limit`` 1,000 by default and at most 10,000, ``total`` the
 exact number of matches, ``next`` the path of the following page while there is one.
 
-The database orders and filters (master/task_queries.py, on indexes, in a read transaction
-off the writer thread); a task the master holds in memory is shown as the master knows it,
-which may be a moment ahead of its row. Without a name filter ``total`` comes from the
-master's counts by state (kept as tasks change); with one it is counted in the same read
-transaction as the page (on the name index or, when the states asked for hold few tasks,
-on the state index), or, when few tasks lack the name, from those counts less them; a name
-every task has is no filter at all. Everything here runs outside the mailbox and reads the
-master's state through `dispatch`.
+The database orders and filters (master/task_queries.py and, for a name filter on SQLite,
+master/task_blocks.py; on indexes, in a read transaction off the writer thread); a task the
+master holds in memory is shown as the master knows it, which may be a moment ahead of its
+row. Without a name filter ``total`` comes from the master's counts by state (kept as tasks
+change); with one it is counted in the same read transaction as the page (block by block,
+on the name index or, when the states asked for hold few tasks, on the state index), or,
+when few tasks lack the name, from those counts less them; a name every task has is no
+filter at all. Everything here runs outside the mailbox and reads the master's state
+through `dispatch`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 import libproc
-from master import task_queries
+from master import task_blocks, task_queries
 from master.api import PageQuery
 from master.task_positions import Block
 from master.tasks import STATES, TaskRecord
@@ -44,23 +45,28 @@ class TaskListing:
     async def page(self, q: PageQuery) -> dict[str, Any]:
         """The listing's answer. Raises StoreError when the database cannot be read."""
         m = self.master
-        in_states, seek = await libproc.dispatch(m.pid, self._locate, q)
+        in_states, seek, counts = await libproc.dispatch(m.pid, self._locate, q)
         found, records = await m.store.read(functools.partial(
-            _read_page, q=q, in_states=in_states, seek=seek))
+            _read_page, q=q, in_states=in_states, seek=seek, counts=counts))
         shown: list[dict[str, Any]] = await libproc.dispatch(m.pid, self._overlay, q, records)
         more = q.offset + q.limit < found and q.limit > 0
         return {"tasks": shown, "total": found,
                 "next": f"/master/tasks?{q.query_string(q.offset + q.limit)}" if more else None}
 
-    def _locate(self, q: PageQuery) -> tuple[int, tuple[Block, int] | None]:
-        """In the mailbox: how many tasks are in the states asked for, and where the page
-        starts among them, name aside (None: unknown, let the database walk)."""
+    def _locate(self, q: PageQuery
+                ) -> tuple[int, tuple[Block, int] | None, task_blocks.BlockCounts | None]:
+        """In the mailbox: how many tasks are in the states asked for, where the page
+        starts among them, name aside (None: unknown, let the database walk), and, for a
+        name filter, the counts by block behind it (None: unknown)."""
         index = self.master._index
         states = [s for s in STATES if q.states is None or s in q.states]
         total = sum(index.counts[s] for s in states)
         if q.offset >= total or q.limit == 0:
-            return total, None
-        return total, index.positions.locate(states, task_queries.window_start(q, total))
+            return total, None, None
+        found = index.positions.by_block(states) if q.name is not None else None
+        counts = None if found is None else task_blocks.BlockCounts(*found)
+        return (total, index.positions.locate(states, task_queries.window_start(q, total)),
+                counts)
 
     def _overlay(self, q: PageQuery, records: list[TaskRecord]) -> list[dict[str, Any]]:
         """In the mailbox: each row as the master knows it now; a task that has just left
@@ -89,16 +95,31 @@ class TaskListing:
 
 
 def _read_page(session: Session, q: PageQuery, in_states: int,
-               seek: tuple[Block, int] | None) -> tuple[int, list[TaskRecord]]:
+               seek: tuple[Block, int] | None, counts: task_blocks.BlockCounts | None
+               ) -> tuple[int, list[TaskRecord]]:
     """In the store's read transaction: page ``q``, given the master's count of the tasks
-    in its states and where the page starts among them. A name filter is counted and found
-    in the database; when few tasks in those states lack the name, it is counted as those
-    states' tasks less these, and when none does (a prefix they all share), it is answered
-    as no filter, from the master's counts."""
-    if q.name is not None:
-        outside = task_queries.count_outside(session, q.states, q.name)
-        if outside != 0:
-            total = None if outside is None else max(0, in_states - outside)
-            return task_queries.page(session, q, total=total, in_states=in_states)
-        q = dataclasses.replace(q, name=None)
-    return task_queries.page(session, q, total=in_states, seek=seek)
+    in its states, where the page starts among them and, for a name, its count of them in
+    each block of ids. A name every task in those states has (a prefix they all share) is
+    no filter. Otherwise, with the blocks (SQLite): when few tasks lack the name, each
+    block's matches are its tasks less those (task_blocks.complement_page); a page found
+    by a short walk from its end (edge_ids) is counted on the name index; else the matches
+    are counted block by block (block_page).
+    Without them (PostgreSQL, or before the master has its counts), a name is counted on
+    its index, or as those states' tasks less the few that lack it, and found by a walk."""
+    if q.name is None:
+        return task_queries.page(session, q, total=in_states, seek=seek)
+    outside = task_queries.count_outside(session, q.states, q.name)
+    if outside == 0:
+        return task_queries.page(session, dataclasses.replace(q, name=None),
+                                 total=in_states, seek=seek)
+    if (counts is not None and session.get_bind().dialect.name == "sqlite"
+            and not task_queries.few_in_states(q.states, in_states)):
+        if outside is not None:
+            return task_blocks.complement_page(session, q, q.name, counts)
+        ids = task_queries.edge_ids(session, q)
+        if ids is not None:  # near its end: count on the name index, read those rows
+            found = task_queries.count_matching(session, q.states, q.name, in_states)
+            return found, task_queries.records(session, ids)
+        return task_blocks.block_page(session, q, q.name, counts)
+    total = None if outside is None else max(0, in_states - outside)
+    return task_queries.page(session, q, total=total, in_states=in_states)

@@ -43,6 +43,7 @@ class Positions:
         self._counts: dict[str, dict[Block, int]] | None = None
         self._blocks: list[Block] = []  # every block seen, in listing order
         self._known: set[Block] = set()
+        self._place: dict[Block, int] | None = None  # where each block is in _blocks
         # While the snapshot is on its way: (id, old state, new state), in order.
         self._replay: list[tuple[str, str | None, str | None]] | None = None
 
@@ -91,6 +92,21 @@ class Positions:
         if block not in self._known:
             self._known.add(block)
             insort(self._blocks, block)
+            self._place = None
+
+    def by_block(self, states: Iterable[str]) -> tuple[list[Block], list[int]] | None:
+        """Every block that has held a task since the snapshot, in listing order (a
+        superset of the blocks the database holds), and how many tasks in ``states`` each
+        holds now; None when unknown."""
+        if self._counts is None:
+            return None
+        if self._place is None:
+            self._place = {b: i for i, b in enumerate(self._blocks)}
+        place, counts = self._place, [0] * len(self._blocks)
+        for state in states:
+            for block, n in self._counts.get(state, {}).items():
+                counts[place[block]] += n
+        return list(self._blocks), counts
 
     def locate(self, states: Iterable[str], position: int) -> tuple[Block, int] | None:
         """The block holding the `position`-th (from 0) task in `states`, in listing order,

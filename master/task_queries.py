@@ -29,12 +29,17 @@ from master.store_tasks import record_from_row
 from master.task_positions import Block
 from master.tasks import TERMINAL_STATES, TaskRecord
 
-__all__ = ["FEW_OUTSIDE", "SMALL_MATCH", "block_counts", "count_by_state", "count_matching",
-           "count_outside", "delete_ended", "expired_ids", "get", "load_unended", "page",
-           "page_statement", "prefix_end", "save_records", "seek_statements", "window_start"]
+__all__ = ["EDGE_WALK", "FEW_OUTSIDE", "SMALL_MATCH", "block_counts", "count_by_state",
+           "count_matching", "count_outside", "delete_ended", "edge_ids", "expired_ids",
+           "few_in_states", "filter_terms", "get", "load_unended", "page", "page_statement",
+           "prefix_end", "records", "save_records", "seek_statements", "unindexed",
+           "window_start"]
 
 #: Up to this many matches a filtered page is sorted; past it, found in id order.
 SMALL_MATCH = 20_000
+#: A page is first sought by a walk this long from the end its order starts at (~0.5 µs an
+#: entry: what a walk that fails costs is small beside the count by block that follows).
+EDGE_WALK = 5_000
 #: Fewer tasks than this without a name prefix, and a listing filtered by it is counted from
 #: the master's counts less them (count_outside); small, as every name filter pays for it.
 FEW_OUTSIDE = 2_000
@@ -96,13 +101,13 @@ def prefix_end(prefix: str) -> str | None:
     return None
 
 
-def _unindexed(column: Any) -> Any:
+def unindexed(column: Any) -> Any:
     """``+column`` on SQLite: the same value, but no index may serve a term on it, so the
     planner walks the index the query means instead of guessing (it has no statistics)."""
     return UnaryExpression(column, operator=operators.custom_op("+"), type_=column.type)
 
 
-def _where(session: Session, states: frozenset[str] | None, name: str | None, *,
+def filter_terms(session: Session, states: frozenset[str] | None, name: str | None, *,
            index: str | None) -> list[Any]:
     """The filter's terms. ``index`` names the one term an index may serve ("state" or
     "name"); on SQLite the others are written so that none can (``+column``), and with
@@ -115,7 +120,7 @@ def _where(session: Session, states: frozenset[str] | None, name: str | None, *,
         if sqlite:
             # BINARY collation orders UTF-8 bytes: the prefix is exactly a range, which the
             # name index seeks and which a walk compares cheaply (no function per row).
-            column = _c.name if index == "name" else _unindexed(_c.name)
+            column = _c.name if index == "name" else unindexed(_c.name)
             terms.append(column >= name)
             end = prefix_end(name)
             if end is not None:
@@ -123,21 +128,24 @@ def _where(session: Session, states: frozenset[str] | None, name: str | None, *,
         else:
             terms.append(sa.func.substr(_c.name, 1, len(name)) == name)
     if states is not None:
-        state = _c.state if index == "state" or not sqlite else _unindexed(_c.state)
+        state = _c.state if index == "state" or not sqlite else unindexed(_c.state)
         terms.append(state.in_(sorted(states)) if len(states) > 1
                      else state == next(iter(states)))
     return terms
 
 
 def count_outside(session: Session, states: frozenset[str] | None, name: str,
-                  bound: int = FEW_OUTSIDE) -> int | None:
+                  bound: int | None = None) -> int | None:
     """How many tasks in ``states`` have a name that does not start with ``name``, when
-    fewer than ``bound`` tasks of any state do; None when as many or more do (or on a
-    database other than SQLite, where a prefix is not a byte range). Two seeks on the name
-    index, each reading at most ``bound`` entries: with few names outside, the matches
-    are the tasks in those states (which the master counts) less these."""
+    fewer than ``bound`` (default ``FEW_OUTSIDE``) tasks of any state do; None when as
+    many or more do (or on a database other than SQLite, where a prefix is not a byte
+    range). Two seeks on the name index, each reading at most ``bound`` entries: with few
+    names outside, the matches are the tasks in those states (which the master counts)
+    less these."""
     if session.get_bind().dialect.name != "sqlite":
         return None
+    if bound is None:
+        bound = FEW_OUTSIDE
     outside: list[Any] = [_c.name < name]
     end = prefix_end(name)
     if end is not None:
@@ -155,19 +163,25 @@ def count_outside(session: Session, states: frozenset[str] | None, name: str,
     return found
 
 
-def _few_in_states(states: frozenset[str] | None, in_states: int | None) -> bool:
+def few_in_states(states: frozenset[str] | None, in_states: int | None) -> bool:
     """True when the states asked for hold few tasks (``in_states``: how many, if known)."""
     return states is not None and in_states is not None and in_states <= SMALL_MATCH
 
 
 def count_matching(session: Session, states: frozenset[str] | None, name: str | None,
-                   in_states: int | None = None) -> int:
+                   in_states: int | None = None, bound: int | None = None) -> int:
     """Exact number of tasks matching the filter: on the name index when there is a name
     (it holds the state too), unless the states hold few tasks (``in_states``, when the
-    caller knows how many) — then on the state index, whatever the name matches."""
-    by_name = bool(name) and not _few_in_states(states, in_states)
-    stmt = sa.select(sa.func.count()).select_from(_table).where(
-        *_where(session, states, name, index="name" if by_name else "state"))
+    caller knows how many) — then on the state index, whatever the name matches. With
+    ``bound``, counting stops there (the answer is at most ``bound``)."""
+    by_name = bool(name) and not few_in_states(states, in_states)
+    terms = filter_terms(session, states, name, index="name" if by_name else "state")
+    if bound is None:
+        stmt = sa.select(sa.func.count()).select_from(_table).where(*terms)
+    else:
+        # Select a column the index holds (the name index has no id): no row is read.
+        found = sa.select(_c.name).where(*terms).limit(bound).subquery()
+        stmt = sa.select(sa.func.count()).select_from(found)
     return int(session.execute(stmt).scalar_one())
 
 
@@ -182,18 +196,18 @@ def page_statement(session: Session, q: PageQuery, total: int,
     if flipped:
         offset, descending = total - offset - limit, not descending
     key = [_length.desc(), _c.id.desc()] if descending else [_length, _c.id]
-    few_in_states = _few_in_states(q.states, in_states)
+    few = few_in_states(q.states, in_states)
     index: str | None
-    if total <= SMALL_MATCH or few_in_states:
+    if total <= SMALL_MATCH or few:
         # Few matches: seek them on the smaller side's index, and sort them.
-        index = "name" if q.name and not few_in_states else "state"
+        index = "name" if q.name and not few else "state"
     elif q.states is not None and len(q.states) == 1 and not q.name:
         index = "state"  # that state's index is in id order
     else:
         # Many matches: walk the id-order index, which holds state and name (the state
         # index does not hold the name: a walk there would read every row).
         index = None
-    stmt = (sa.select(_c.id).where(*_where(session, q.states, q.name, index=index))
+    stmt = (sa.select(_c.id).where(*filter_terms(session, q.states, q.name, index=index))
             .order_by(*key).limit(limit).offset(offset))
     return stmt, flipped
 
@@ -212,7 +226,7 @@ def seek_statements(session: Session, q: PageQuery, block: Block, skip: int,
     ``skip`` matches), then, if the page runs on, from the first id of the next length."""
     length, prefix = block
     walk = q.states is not None and len(q.states) > 1  # on the id-order index, filtering
-    terms = _where(session, q.states, None, index=None if walk else "state")
+    terms = filter_terms(session, q.states, None, index=None if walk else "state")
     # One length: id order alone (SQLite sorts when an ORDER BY names the fixed length).
     first = (sa.select(_c.id).where(*terms, _length == length, _c.id >= prefix)
              .order_by(_c.id).limit(limit).offset(skip))
@@ -228,6 +242,32 @@ def _seek_ids(session: Session, q: PageQuery, total: int, seek: tuple[Block, int
     if len(ids) < limit:
         ids += [str(i) for i in session.scalars(rest.limit(limit - len(ids)))]
     return ids[::-1] if q.order == "desc" else ids
+
+
+def edge_ids(session: Session, q: PageQuery, bound: int | None = None) -> list[str] | None:
+    """The ids of page ``q`` when its matches are among the first ``bound`` tasks (default
+    ``EDGE_WALK``) from the end its order starts at, else None: a walk of at most that
+    many entries of the id-order index (which holds state and name). The first page of a
+    filter whose matches are recent (or old) is found so without counting every match."""
+    bound = EDGE_WALK if bound is None else bound
+    wanted = q.offset + q.limit
+    if wanted > bound:
+        return None
+    key = [_length.desc(), _c.id.desc()] if q.order == "desc" else [_length, _c.id]
+    edge = (sa.select(_c.id, _c.state, _c.name).order_by(*key).limit(bound)
+            .subquery("edge"))  # its LIMIT keeps SQLite from merging it with the filter
+    terms = []
+    if q.name:
+        terms.append(edge.c.name >= q.name)
+        end = prefix_end(q.name)
+        if end is not None:
+            terms.append(edge.c.name < end)
+    if q.states is not None:
+        terms.append(edge.c.state.in_(sorted(q.states)))
+    ids = [str(i) for i in session.scalars(sa.select(edge.c.id).where(*terms).limit(wanted))]
+    if len(ids) < wanted:
+        return None  # fewer matches there: the page is further in, or past the last match
+    return ids[q.offset:]
 
 
 def window_start(q: PageQuery, total: int) -> int:
@@ -252,8 +292,13 @@ def page(session: Session, q: PageQuery, total: int | None = None,
         return total, []
     ids = (_page_ids(session, q, total, in_states) if seek is None
            else _seek_ids(session, q, total, seek))
+    return total, records(session, ids)
+
+
+def records(session: Session, ids: list[str]) -> list[TaskRecord]:
+    """The rows of ``ids``, in that order (an id deleted meanwhile is left out)."""
     rows = {r.id: r for r in _fetch(session, ids)}
-    return total, [rows[i] for i in ids if i in rows]
+    return [rows[i] for i in ids if i in rows]
 
 
 def _fetch(session: Session, ids: list[str]) -> list[TaskRecord]:

@@ -144,8 +144,7 @@ class TaskRecord:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TaskRecord:
         """Inverse of ``to_json()``; unknown keys are ignored so old rows still load."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**{k: v for k, v in data.items() if k in _FIELD_SET})
 
     # -- rules ---------------------------------------------------------------------------
 
@@ -283,3 +282,4 @@ class TaskRecord:
 
 
 _FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(TaskRecord))
+_FIELD_SET: frozenset[str] = frozenset(_FIELD_NAMES)

@@ -21,7 +21,8 @@ def test_tiny_scale_benchmark_prints_every_figure_and_its_baseline() -> None:
     for line in ("RSS, every task ended", "restart: kill -9 to serving", "GET /master/vars",
                  "page of 100: middle page", "page of 100: state=KILLED,LOST, middle",
                  "page of 100: name=bench-5, middle", "page of 100: name=bench-5+KILLED, middle",
-                 "page of 100: name=bench- (every task), middle",
+                 "page of 100: name=bench-+KILLED (every one), middle",
+                 "page of 100: name=bench- (all but a few), middle", "RSS after the pages below",
                  "status updates, 100 tasks"):
         assert line in out.stdout, out.stdout
-    assert out.stdout.count("raw sqlite3, same file") == 11
+    assert out.stdout.count("raw sqlite3, same file") == 12

@@ -29,6 +29,13 @@ def _check(positions: Positions, tasks: dict[str, str], rng: random.Random) -> N
         assert block == block_of(ids[position])
         assert in_block[skip] == ids[position]
         assert positions.locate(chosen, len(ids)) is None  # past the end
+    by_block = positions.by_block(chosen)
+    assert by_block is not None
+    blocks, counts = by_block
+    assert blocks == sorted(blocks, key=lambda b: (b[0], b[1]))
+    assert {block_of(t) for t in tasks} <= set(blocks)  # every block that holds a task
+    assert counts == [sum(1 for t, s in tasks.items() if s in chosen and block_of(t) == b)
+                      for b in blocks]
 
 
 def _snapshot(tasks: dict[str, str]) -> dict[tuple[str, int, str], int]:
@@ -87,6 +94,7 @@ def test_a_failed_snapshot_leaves_positions_unknown() -> None:
     positions.fail()
     positions.move("2", None, "PENDING")
     assert not positions.ready and positions.locate(["PENDING"], 0) is None
+    assert positions.by_block(["PENDING"]) is None
 
 
 def test_blocks_are_runs_of_a_thousand_ids_in_listing_order() -> None:

@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from master import task_blocks as tb
 from master import task_queries as tq
 from master.api import PageQuery
 from master.store import Store
@@ -152,7 +153,7 @@ def test_a_count_seeks_the_smaller_side(db: sa.Engine, states: frozenset[str] | 
     unless the master's counts say the states asked for hold few tasks."""
     by_name = bool(name) and not (in_states is not None and in_states <= tq.SMALL_MATCH)
     with Session(db) as session:
-        where = tq._where(session, states, name, index="name" if by_name else "state")
+        where = tq.filter_terms(session, states, name, index="name" if by_name else "state")
         stmt = sa.select(sa.func.count()).select_from(TaskRow.__table__).where(*where)
         plan = _explain(db, stmt)
         assert index in plan, plan
@@ -179,24 +180,31 @@ def test_count_outside_counts_the_names_without_the_prefix_up_to_a_bound(db: sa.
         assert tq.count_outside(session, KILLED, "build-", 52) is None  # any state counts
 
 
+@pytest.mark.parametrize("by_block", [False, True], ids=["walk", "by-block"])
 @pytest.mark.parametrize("small", [1_000_000, 5], ids=["sorted", "walked"])
 @pytest.mark.parametrize(("states", "name"), [(None, "build-"), (KILLED, "test-"),
                                               (None, "build-1"), (None, "nothing"),
                                               (frozenset({"KILLED", "PENDING"}), "b")])
 def test_the_listing_read_matches_a_plain_sort(db: sa.Engine, states: frozenset[str] | None,
-                                               name: str, small: int,
+                                               name: str, small: int, by_block: bool,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The listing's own read (master/task_listing.py): a name counted from the master's
-    state counts less the names outside, or in the database, cuts a plain sort's pages."""
+    state counts less the names outside, or in the database (block by block when the
+    master's blocks are known), cuts a plain sort's pages."""
     from master.task_listing import _read_page
 
     monkeypatch.setattr(tq, "SMALL_MATCH", small)
+    chosen = [s for s in STATES + ["STAGING", "LOST"] if states is None or s in states]
+    found = _positions(_rows(157)).by_block(chosen)
+    assert found is not None
+    blocks = tb.BlockCounts(*found) if by_block else None
     with Session(db) as session:
         for order in ("asc", "desc"):
             for offset in range(0, 170, 13):
                 q = PageQuery(limit=7, offset=offset, states=states, name=name, order=order)
                 total, want = _expected(q)
-                got_total, records = _read_page(session, q, _in_states(states), None)
+                got_total, records = _read_page(session, q, _in_states(states), None,
+                                                blocks)
                 assert got_total == total
                 assert [r.id for r in records] == want, (q, total)
 
@@ -217,11 +225,12 @@ def test_a_prefix_every_task_shares_is_read_as_no_filter(tmp_path: Path) -> None
             assert tq.count_outside(session, None, prefix) == 0, prefix
             # The master's count says 20; a seek of None walks as no filter would.
             total, records = _read_page(session, PageQuery(limit=3, offset=18, name=prefix),
-                                        20, None)
+                                        20, None, None)
             assert total == 20 and [r.id for r in records] == ["19", "20"]
         for prefix in ("job-1", "job-\U0010ffff", "jo-", "k"):
             assert tq.count_outside(session, None, prefix) != 0, prefix
-        total, records = _read_page(session, PageQuery(name="job-\U0010ffff"), 20, None)
+        total, records = _read_page(session, PageQuery(name="job-\U0010ffff"), 20, None,
+                                    None)
         assert total == 10 and len(records) == 10
     engine.dispose()
 

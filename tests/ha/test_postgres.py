@@ -131,6 +131,8 @@ def test_task_pages_on_postgres_match_a_plain_sort(pg_url: str) -> None:
     from master import task_queries as tq
     from master.api import PageQuery
     from master.store_schema import TaskRow
+    from master.task_blocks import BlockCounts
+    from master.task_listing import _read_page
 
     Store.open(pg_url).close_blocking()  # the schema and its indexes, as a master makes them
     states = ["PENDING", "RUNNING", "FINISHED", "KILLED", "FAILED"]
@@ -161,5 +163,15 @@ def test_task_pages_on_postgres_match_a_plain_sort(pg_url: str) -> None:
                             assert total == len(want)
                             assert [t.id for t in got] == [
                                 str(r["id"]) for r in want[offset:offset + 9]], q
+            # The SQLite-only index is not made here, and the listing's read, given the
+            # master's blocks, takes the portable plans instead.
+            indexes = set(session.scalars(sa.text(
+                "SELECT indexname FROM pg_indexes WHERE tablename = 'tasks'")))
+            assert "ix_tasks_order" in indexes and "ix_tasks_block_name" not in indexes
+            by_block = BlockCounts([(1, ""), (2, ""), (3, "")], [9, 90, 21])
+            named = [str(r["id"]) for r in rows if str(r["name"]).startswith("build-1")]
+            total, got = _read_page(session, PageQuery(limit=9, offset=7, name="build-1"),
+                                    120, None, by_block)
+            assert total == len(named) and [t.id for t in got] == named[7:16]
     finally:
         engine.dispose()
