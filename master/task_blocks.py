@@ -50,27 +50,50 @@ class BlockCounts(NamedTuple):
 
     blocks: list[Block]  #: every block of ids the database may hold, in listing order
     in_states: list[int]  #: how many tasks in the states asked for each block holds
+    every: list[int]  #: how many tasks each block holds, in any state
+
+    def held(self) -> tuple[list[Block], list[bool]]:
+        """The blocks holding a task in the states asked for, and for each whether every
+        task it holds is in them (its state needs no compare: ~100 ns a match saved)."""
+        kept = [(b, n == all_) for b, n, all_ in zip(self.blocks, self.in_states, self.every)
+                if n]
+        return [b for b, _ in kept], [whole for _, whole in kept]
 
 
-def _each_block(blocks: Sequence[Block]) -> tuple[Any, Any, Any]:
-    """``blocks`` as rows of SQLite's ``json_each`` (in order, by ``key``) and the two
-    columns of each: its ids' length and common prefix."""
-    rows = (sa.func.json_each(sa.literal(json.dumps([list(b) for b in blocks]), sa.Text))
+def _each_block(blocks: Sequence[Block], whole: Sequence[bool]) -> tuple[Any, Any, Any, Any]:
+    """``blocks`` as rows of SQLite's ``json_each`` (in order, by ``key``) and the three
+    columns of each: its ids' length, their common prefix, and its flag from ``whole``."""
+    flagged = [[n, p, int(w)] for (n, p), w in zip(blocks, whole)]
+    rows = (sa.func.json_each(sa.literal(json.dumps(flagged), sa.Text))
             .table_valued("key", "value").alias("block"))
-    length = sa.func.json_extract(rows.c.value, sa.literal_column("'$[0]'"))
-    prefix = sa.func.json_extract(rows.c.value, sa.literal_column("'$[1]'"))
-    return rows, length, prefix
+    length, prefix, flag = (sa.func.json_extract(rows.c.value, sa.literal_column(f"'$[{i}]'"))
+                            for i in range(3))
+    return rows, length, prefix, flag
 
 
-def per_block_statement(blocks: Sequence[Block], value: Any, *filters: list[Any]) -> Any:
+def per_block_statement(blocks: Sequence[Block], value: Any, filters: Sequence[list[Any]],
+                        whole: Sequence[bool] | None = None,
+                        whole_filters: Sequence[list[Any]] = ()) -> Any:
     """One row per block, in the order of ``blocks``: ``value`` (an aggregate) over the
-    block's tasks that meet each of ``filters`` (lists of terms), summed over the filters.
-    Each is one seek per block on ix_tasks_block_name, a correlated subquery, so that the
-    blocks drive the plan and the index serves the name's range inside each block."""
-    rows, length, prefix = _each_block(blocks)
-    parts = [sa.select(value).where(TASK_BLOCK[0] == length, TASK_BLOCK[1] == prefix, *terms)
-             .scalar_subquery() for terms in filters]
-    total = functools.reduce(operator.add, parts)
+    block's tasks that meet each of ``filters`` (lists of terms), summed over the filters;
+    or, for a block whose flag in ``whole`` is set, each of ``whole_filters`` instead
+    (SQLite's CASE runs only the subqueries of the branch it takes). Each is one seek
+    per block on ix_tasks_block_name, a correlated subquery, so that the blocks drive the
+    plan and the index serves the name's range inside each block."""
+    flags = list(whole) if whole is not None else [False] * len(blocks)
+    rows, length, prefix, flag = _each_block(blocks, flags)
+
+    def summed(chosen: Sequence[list[Any]]) -> Any:
+        parts = [sa.select(value).where(TASK_BLOCK[0] == length, TASK_BLOCK[1] == prefix,
+                                        *terms).scalar_subquery() for terms in chosen]
+        return functools.reduce(operator.add, parts)
+
+    if not any(flags):
+        total = summed(filters)
+    elif all(flags):
+        total = summed(whole_filters)
+    else:
+        total = sa.case((flag == 1, summed(whole_filters)), else_=summed(filters))
     return sa.select(total).select_from(rows).order_by(rows.c.key)
 
 
@@ -85,32 +108,43 @@ def _named(session: Session, states: frozenset[str] | None, name: str) -> list[A
 
 
 def block_matches(session: Session, blocks: Sequence[Block], states: frozenset[str] | None,
-                  name: str) -> list[int]:
+                  name: str, whole: Sequence[bool] | None = None) -> list[int]:
     """How many tasks in ``states`` named with the prefix ``name`` each of ``blocks``
-    holds. The cost is a seek per block and an index entry per match."""
-    stmt = per_block_statement(blocks, sa.func.count(), _named(session, states, name))
+    holds; a block flagged in ``whole`` holds no task outside ``states``, so its state is
+    not compared. The cost is a seek per block and an index entry per match."""
+    stmt = per_block_statement(blocks, sa.func.count(), [_named(session, states, name)],
+                               whole, [_named(session, None, name)])
     return [int(n) for n in _scalars(session, stmt)]
 
 
-def block_outside(session: Session, blocks: Sequence[Block], states: frozenset[str] | None,
-                  name: str) -> list[int]:
-    """How many tasks in ``states`` whose name does not start with ``name`` each of
-    ``blocks`` holds: two seeks per block (the names before the prefix, and after it)."""
+def _outside_terms(session: Session, states: frozenset[str] | None,
+                   name: str) -> list[list[Any]]:
     in_states = filter_terms(session, states, None, index="name")
     filters = [[*in_states, _c.name < name]]
     end = prefix_end(name)
     if end is not None:
         filters.append([*in_states, _c.name >= end])
-    stmt = per_block_statement(blocks, sa.func.count(), *filters)
+    return filters
+
+
+def block_outside(session: Session, blocks: Sequence[Block], states: frozenset[str] | None,
+                  name: str, whole: Sequence[bool] | None = None) -> list[int]:
+    """How many tasks in ``states`` whose name does not start with ``name`` each of
+    ``blocks`` holds (``whole`` as for ``block_matches``): two seeks per block (the names
+    before the prefix, and after it)."""
+    stmt = per_block_statement(blocks, sa.func.count(), _outside_terms(session, states, name),
+                               whole, _outside_terms(session, None, name))
     return [int(n) for n in _scalars(session, stmt)]
 
 
 def block_ids(session: Session, blocks: Sequence[Block], states: frozenset[str] | None,
-              name: str) -> list[str]:
-    """The ids of the tasks in ``states`` named with the prefix ``name`` in ``blocks``, in
-    id order (ids are numbers: no comma inside one)."""
+              name: str, whole: Sequence[bool] | None = None) -> list[str]:
+    """The ids of the tasks in ``states`` named with the prefix ``name`` in ``blocks``
+    (``whole`` as for ``block_matches``), in id order (ids are numbers: no comma inside
+    one)."""
     joined = sa.func.group_concat(_c.id, sa.literal_column("','"))
-    stmt = per_block_statement(blocks, joined, _named(session, states, name))
+    stmt = per_block_statement(blocks, joined, [_named(session, states, name)],
+                               whole, [_named(session, None, name)])
     ids = [i for text in _scalars(session, stmt) if text for i in str(text).split(",")]
     ids.sort(key=lambda i: (len(i), i))
     return ids
@@ -133,20 +167,17 @@ def block_window(counts: Sequence[int], start: int, limit: int) -> tuple[int, in
 
 
 def _page_from(session: Session, q: PageQuery, name: str, blocks: Sequence[Block],
-               counts: Sequence[int]) -> tuple[int, list[TaskRecord]]:
+               whole: Sequence[bool], counts: Sequence[int]) -> tuple[int, list[TaskRecord]]:
     """Page ``q`` given each block's number of matches."""
     total = sum(counts)
     if q.offset >= total or q.limit <= 0:
         return total, []
     limit = min(q.limit, total - q.offset)
     first, stop, skip = block_window(counts, window_start(q, total), limit)
-    held = [b for b, n in zip(blocks[first:stop], counts[first:stop]) if n]
-    ids = block_ids(session, held, q.states, name)[skip : skip + limit]
+    held = [i for i in range(first, stop) if counts[i]]
+    ids = block_ids(session, [blocks[i] for i in held], q.states, name,
+                    [whole[i] for i in held])[skip : skip + limit]
     return total, records(session, ids[::-1] if q.order == "desc" else ids)
-
-
-def _holding(counts: BlockCounts) -> list[Block]:
-    return [b for b, n in zip(counts.blocks, counts.in_states) if n]
 
 
 def block_page(session: Session, q: PageQuery, name: str, counts: BlockCounts
@@ -156,8 +187,9 @@ def block_page(session: Session, q: PageQuery, name: str, counts: BlockCounts
     (Counting every state and taking away the matches in the other states, when those
     hold few tasks, was tried: reading those tasks' names costs what comparing the state
     of every match does.)"""
-    held = _holding(counts)
-    return _page_from(session, q, name, held, block_matches(session, held, q.states, name))
+    held, whole = counts.held()
+    return _page_from(session, q, name, held, whole,
+                      block_matches(session, held, q.states, name, whole))
 
 
 def complement_page(session: Session, q: PageQuery, name: str, counts: BlockCounts
@@ -165,7 +197,7 @@ def complement_page(session: Session, q: PageQuery, name: str, counts: BlockCoun
     """(total, records) of page ``q`` when few tasks lack the prefix: each block's matches
     are the master's count of its tasks in the states asked for less those that lack the
     name (``block_outside``), as the listing counts the states without a name."""
-    held = _holding(counts)
-    outside = block_outside(session, held, q.states, name)
+    held, whole = counts.held()
+    outside = block_outside(session, held, q.states, name, whole)
     matches = [max(0, n - out) for n, out in zip((n for n in counts.in_states if n), outside)]
-    return _page_from(session, q, name, held, matches)
+    return _page_from(session, q, name, held, whole, matches)

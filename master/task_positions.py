@@ -94,19 +94,25 @@ class Positions:
             insort(self._blocks, block)
             self._place = None
 
-    def by_block(self, states: Iterable[str]) -> tuple[list[Block], list[int]] | None:
+    def by_block(self, states: Iterable[str]
+                 ) -> tuple[list[Block], list[int], list[int]] | None:
         """Every block that has held a task since the snapshot, in listing order (a
-        superset of the blocks the database holds), and how many tasks in ``states`` each
-        holds now; None when unknown."""
+        superset of the blocks the database holds), how many tasks in ``states`` each
+        holds now, and how many tasks in any state; None when unknown."""
         if self._counts is None:
             return None
         if self._place is None:
             self._place = {b: i for i, b in enumerate(self._blocks)}
-        place, counts = self._place, [0] * len(self._blocks)
-        for state in states:
-            for block, n in self._counts.get(state, {}).items():
-                counts[place[block]] += n
-        return list(self._blocks), counts
+        place, wanted = self._place, set(states)
+        counts, every = [0] * len(self._blocks), [0] * len(self._blocks)
+        for state, table in self._counts.items():
+            chosen = state in wanted
+            for block, n in table.items():
+                i = place[block]
+                every[i] += n
+                if chosen:
+                    counts[i] += n
+        return list(self._blocks), counts, every
 
     def locate(self, states: Iterable[str], position: int) -> tuple[Block, int] | None:
         """The block holding the `position`-th (from 0) task in `states`, in listing order,

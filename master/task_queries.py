@@ -25,7 +25,7 @@ from sqlalchemy.sql.elements import UnaryExpression
 
 from master.api import PageQuery
 from master.store_schema import TaskRow, last_number
-from master.store_tasks import record_from_row
+from master.store_tasks import record_from_row, records_from_result
 from master.task_positions import Block
 from master.tasks import TERMINAL_STATES, TaskRecord
 
@@ -78,7 +78,7 @@ def load_unended(session: Session) -> list[TaskRecord]:
     """Every PENDING, STAGING or RUNNING task, oldest submission first (recovery at start)."""
     stmt = (sa.select(_table).where(_c.state.in_(_UNENDED))
             .order_by(_c.submitted_at, _length, _c.id))
-    return [_record(row) for row in session.execute(stmt).mappings()]
+    return records_from_result(session.connection().execute(stmt))
 
 
 def get(session: Session, task_id: str) -> TaskRecord | None:
@@ -305,7 +305,7 @@ def _fetch(session: Session, ids: list[str]) -> list[TaskRecord]:
     out: list[TaskRecord] = []
     for chunk in _chunks(ids):
         stmt = sa.select(_table).where(_c.id.in_(chunk))
-        out += [_record(row) for row in session.execute(stmt).mappings()]
+        out += records_from_result(session.connection().execute(stmt))
     return out
 
 

@@ -3,6 +3,8 @@
 The database spans several blocks of ids (1–4,600: ids of lengths 1 to 3, then blocks
 1000–1999 … 4000–4600), with names packed into one block, spread thin over all of them,
 or absent, so that a page's window starts and ends inside, across and between blocks.
+States take turns every 7 ids, except in block 3000–3999, whose tasks are all KILLED: a
+block whose every task is in the states asked for is counted without comparing states.
 Every page is checked against the same page cut from a plain Python sort.
 """
 
@@ -43,7 +45,7 @@ def _rows() -> list[dict[str, object]]:
     rows = []
     for i in range(1, N + 1):
         rec = TaskRecord.new(str(i), command="true", cpus=0.1, mem=1, now=1.0, name=_name(i))
-        rec.state = STATES[(i // 7) % len(STATES)]
+        rec.state = "KILLED" if 3_000 <= i < 4_000 else STATES[(i // 7) % len(STATES)]
         rows.append(rec.to_json())
     return rows
 
@@ -124,9 +126,22 @@ def test_block_matches_counts_each_blocks_matches(db: sa.Engine, states: frozens
     for r in _matches(states, name):
         want[block_of(str(r["id"]))] += 1
     extra: list[Block] = [(4, "9"), (5, "12")]  # blocks the master knows, empty in the file
+    held, whole = _counts(states).held()
     with Session(db) as session:
         got = tb.block_matches(session, BLOCKS + extra, states, name)
+        flagged = tb.block_matches(session, held, states, name, whole)
     assert got == [want[b] for b in BLOCKS] + [0, 0]
+    assert flagged == [want[b] for b in held]
+
+
+def test_only_the_blocks_with_every_task_in_the_states_skip_the_state() -> None:
+    held, whole = _counts(frozenset({"KILLED"})).held()
+    assert [b for b, w in zip(held, whole) if w] == [(4, "3")]
+    assert held == [b for b in BLOCKS  # every block holding a KILLED task, in order
+                    if any(r["state"] == "KILLED" and block_of(str(r["id"])) == b for r in ROWS)]
+    assert all(_counts(None).held()[1])
+    held, whole = _counts(frozenset({"LOST"})).held()
+    assert held == [] and whole == []
 
 
 @pytest.mark.parametrize(("states", "name"), FILTERS)
@@ -188,11 +203,16 @@ def test_a_walk_from_the_end_finds_a_page_only_within_its_bound(
 
 def test_the_block_count_seeks_each_block_on_its_covering_index(db: sa.Engine) -> None:
     with Session(db) as session:
-        for states, value in ((None, sa.func.count()),
-                              (frozenset({"KILLED", "PENDING"}),
-                               sa.func.group_concat(TaskRow.__table__.c.id))):
+        named = tq.filter_terms(session, None, "sparse-", index="name")
+        for states, value, whole in (
+                (None, sa.func.count(), None),
+                (frozenset({"KILLED", "PENDING"}),
+                 sa.func.group_concat(TaskRow.__table__.c.id), None),
+                (frozenset({"KILLED"}), sa.func.count(), _counts(frozenset({"KILLED"})).held()[1]),
+                (frozenset({"KILLED"}), sa.func.count(), [True] * len(BLOCKS))):
             stmt = tb.per_block_statement(
-                BLOCKS, value, tq.filter_terms(session, states, "sparse-", index="name"))
+                BLOCKS, value, [tq.filter_terms(session, states, "sparse-", index="name")],
+                whole, [named])
             sql = str(stmt.compile(db, compile_kwargs={"literal_binds": True}))
             raw = db.raw_connection()
             try:

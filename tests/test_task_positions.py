@@ -31,11 +31,12 @@ def _check(positions: Positions, tasks: dict[str, str], rng: random.Random) -> N
         assert positions.locate(chosen, len(ids)) is None  # past the end
     by_block = positions.by_block(chosen)
     assert by_block is not None
-    blocks, counts = by_block
+    blocks, counts, every = by_block
     assert blocks == sorted(blocks, key=lambda b: (b[0], b[1]))
     assert {block_of(t) for t in tasks} <= set(blocks)  # every block that holds a task
     assert counts == [sum(1 for t, s in tasks.items() if s in chosen and block_of(t) == b)
                       for b in blocks]
+    assert every == [sum(1 for t in tasks if block_of(t) == b) for b in blocks]
 
 
 def _snapshot(tasks: dict[str, str]) -> dict[tuple[str, int, str], int]:

@@ -168,7 +168,7 @@ def test_task_pages_on_postgres_match_a_plain_sort(pg_url: str) -> None:
             indexes = set(session.scalars(sa.text(
                 "SELECT indexname FROM pg_indexes WHERE tablename = 'tasks'")))
             assert "ix_tasks_order" in indexes and "ix_tasks_block_name" not in indexes
-            by_block = BlockCounts([(1, ""), (2, ""), (3, "")], [9, 90, 21])
+            by_block = BlockCounts([(1, ""), (2, ""), (3, "")], [9, 90, 21], [9, 90, 21])
             named = [str(r["id"]) for r in rows if str(r["name"]).startswith("build-1")]
             total, got = _read_page(session, PageQuery(limit=9, offset=7, name="build-1"),
                                     120, None, by_block)
