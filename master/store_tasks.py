@@ -41,7 +41,7 @@ def records_from_result(result: Any) -> list[TaskRecord]:
     """
     keys = list(result.keys())
     out = []
-    for row in result:
+    for row in result.all():  # fetched at once, not row by row
         data = dict(zip(keys, row))
         for key in _NOT_NULL:
             if data[key] is None:

@@ -36,11 +36,11 @@ from sqlalchemy.orm import Session
 from master.api import PageQuery
 from master.store_schema import TASK_BLOCK, TaskRow
 from master.task_positions import Block
-from master.task_queries import filter_terms, prefix_end, records, window_start
+from master.task_queries import prefix_end, records, terms_for, window_start
 from master.tasks import TaskRecord
 
 __all__ = ["BlockCounts", "block_ids", "block_matches", "block_outside", "block_page",
-           "block_window", "complement_page", "per_block_statement"]
+           "block_rows", "block_window", "complement_page", "per_block_statement"]
 
 _c = TaskRow.__table__.c
 
@@ -60,66 +60,49 @@ class BlockCounts(NamedTuple):
         return [b for b, _ in kept], [whole for _, whole in kept]
 
 
-def _each_block(blocks: Sequence[Block], whole: Sequence[bool]) -> tuple[Any, Any, Any, Any]:
-    """``blocks`` as rows of SQLite's ``json_each`` (in order, by ``key``) and the three
-    columns of each: its ids' length, their common prefix, and its flag from ``whole``."""
-    flagged = [[n, p, int(w)] for (n, p), w in zip(blocks, whole)]
-    rows = (sa.func.json_each(sa.literal(json.dumps(flagged), sa.Text))
+def block_rows(blocks: Sequence[Block], whole: Sequence[bool] | None = None) -> str:
+    """``blocks`` as the JSON that ``per_block_statement`` takes: [length, prefix, flag]
+    each, the flag from ``whole`` (none set when it is None)."""
+    flags = [False] * len(blocks) if whole is None else whole
+    return json.dumps([[n, p, int(w)] for (n, p), w in zip(blocks, flags)])
+
+
+def _mode(whole: Sequence[bool] | None) -> str:
+    if whole is None or not any(whole):
+        return "none"
+    return "all" if all(whole) else "some"
+
+
+def per_block_statement(value: Any, filters: Sequence[list[Any]],
+                        whole_filters: Sequence[list[Any]] = (), mode: str = "none") -> Any:
+    """One row per block of the JSON bound as ``blocks`` (``block_rows``), in its order:
+    ``value`` (an aggregate) over the block's tasks that meet each of ``filters`` (lists
+    of terms), summed over the filters; or, for a block whose flag is set, each of
+    ``whole_filters`` instead (``mode``: "none" of the blocks is flagged, "all" are, or
+    "some": then SQLite's CASE runs only the subqueries of the branch it takes). Each is
+    one seek per block on ix_tasks_block_name, a correlated subquery, so that the blocks
+    drive the plan and the index serves the name's range inside each block."""
+    rows = (sa.func.json_each(sa.bindparam("blocks", type_=sa.Text))
             .table_valued("key", "value").alias("block"))
     length, prefix, flag = (sa.func.json_extract(rows.c.value, sa.literal_column(f"'$[{i}]'"))
                             for i in range(3))
-    return rows, length, prefix, flag
-
-
-def per_block_statement(blocks: Sequence[Block], value: Any, filters: Sequence[list[Any]],
-                        whole: Sequence[bool] | None = None,
-                        whole_filters: Sequence[list[Any]] = ()) -> Any:
-    """One row per block, in the order of ``blocks``: ``value`` (an aggregate) over the
-    block's tasks that meet each of ``filters`` (lists of terms), summed over the filters;
-    or, for a block whose flag in ``whole`` is set, each of ``whole_filters`` instead
-    (SQLite's CASE runs only the subqueries of the branch it takes). Each is one seek
-    per block on ix_tasks_block_name, a correlated subquery, so that the blocks drive the
-    plan and the index serves the name's range inside each block."""
-    flags = list(whole) if whole is not None else [False] * len(blocks)
-    rows, length, prefix, flag = _each_block(blocks, flags)
 
     def summed(chosen: Sequence[list[Any]]) -> Any:
         parts = [sa.select(value).where(TASK_BLOCK[0] == length, TASK_BLOCK[1] == prefix,
                                         *terms).scalar_subquery() for terms in chosen]
         return functools.reduce(operator.add, parts)
 
-    if not any(flags):
+    if mode == "none":
         total = summed(filters)
-    elif all(flags):
+    elif mode == "all":
         total = summed(whole_filters)
     else:
         total = sa.case((flag == 1, summed(whole_filters)), else_=summed(filters))
     return sa.select(total).select_from(rows).order_by(rows.c.key)
 
 
-def _scalars(session: Session, stmt: Any) -> list[Any]:
-    """The first column of every row, through Core (the ORM's row loading costs ~3 µs a
-    row, and these are a thousand rows of one number)."""
-    return list(session.connection().execute(stmt).scalars())
-
-
-def _named(session: Session, states: frozenset[str] | None, name: str) -> list[Any]:
-    return filter_terms(session, states, name, index="name")
-
-
-def block_matches(session: Session, blocks: Sequence[Block], states: frozenset[str] | None,
-                  name: str, whole: Sequence[bool] | None = None) -> list[int]:
-    """How many tasks in ``states`` named with the prefix ``name`` each of ``blocks``
-    holds; a block flagged in ``whole`` holds no task outside ``states``, so its state is
-    not compared. The cost is a seek per block and an index entry per match."""
-    stmt = per_block_statement(blocks, sa.func.count(), [_named(session, states, name)],
-                               whole, [_named(session, None, name)])
-    return [int(n) for n in _scalars(session, stmt)]
-
-
-def _outside_terms(session: Session, states: frozenset[str] | None,
-                   name: str) -> list[list[Any]]:
-    in_states = filter_terms(session, states, None, index="name")
+def _outside_terms(states: frozenset[str] | None, name: str) -> list[list[Any]]:
+    in_states = terms_for("sqlite", states, None, index="name")
     filters = [[*in_states, _c.name < name]]
     end = prefix_end(name)
     if end is not None:
@@ -127,14 +110,45 @@ def _outside_terms(session: Session, states: frozenset[str] | None,
     return filters
 
 
+@functools.lru_cache(maxsize=64)
+def _statement(kind: str, states: frozenset[str] | None, name: str, mode: str) -> Any:
+    """The statement of ``block_matches``, ``block_outside`` or ``block_ids`` (``kind``),
+    built once per filter: building one and its cache key costs ~1.5 ms, the price of
+    ~10,000 counted matches."""
+    if kind == "outside":
+        return per_block_statement(sa.func.count(), _outside_terms(states, name),
+                                   _outside_terms(None, name), mode)
+    value = (sa.func.count() if kind == "matches"
+             else sa.func.group_concat(_c.id, sa.literal_column("','")))
+    return per_block_statement(value, [terms_for("sqlite", states, name, index="name")],
+                               [terms_for("sqlite", None, name, index="name")], mode)
+
+
+def _per_block(session: Session, kind: str, blocks: Sequence[Block],
+               states: frozenset[str] | None, name: str,
+               whole: Sequence[bool] | None) -> list[Any]:
+    """The first column of every row of ``kind``'s statement over ``blocks``, through Core,
+    fetched at once (the ORM's row loading costs ~3 µs a row, and these are a thousand
+    rows of one number)."""
+    stmt = _statement(kind, states, name, _mode(whole))
+    return list(session.connection().execute(stmt, {"blocks": block_rows(blocks, whole)}
+                                             ).scalars().all())
+
+
+def block_matches(session: Session, blocks: Sequence[Block], states: frozenset[str] | None,
+                  name: str, whole: Sequence[bool] | None = None) -> list[int]:
+    """How many tasks in ``states`` named with the prefix ``name`` each of ``blocks``
+    holds; a block flagged in ``whole`` holds no task outside ``states``, so its state is
+    not compared. The cost is a seek per block and an index entry per match."""
+    return [int(n) for n in _per_block(session, "matches", blocks, states, name, whole)]
+
+
 def block_outside(session: Session, blocks: Sequence[Block], states: frozenset[str] | None,
                   name: str, whole: Sequence[bool] | None = None) -> list[int]:
     """How many tasks in ``states`` whose name does not start with ``name`` each of
     ``blocks`` holds (``whole`` as for ``block_matches``): two seeks per block (the names
     before the prefix, and after it)."""
-    stmt = per_block_statement(blocks, sa.func.count(), _outside_terms(session, states, name),
-                               whole, _outside_terms(session, None, name))
-    return [int(n) for n in _scalars(session, stmt)]
+    return [int(n) for n in _per_block(session, "outside", blocks, states, name, whole)]
 
 
 def block_ids(session: Session, blocks: Sequence[Block], states: frozenset[str] | None,
@@ -142,10 +156,8 @@ def block_ids(session: Session, blocks: Sequence[Block], states: frozenset[str] 
     """The ids of the tasks in ``states`` named with the prefix ``name`` in ``blocks``
     (``whole`` as for ``block_matches``), in id order (ids are numbers: no comma inside
     one)."""
-    joined = sa.func.group_concat(_c.id, sa.literal_column("','"))
-    stmt = per_block_statement(blocks, joined, [_named(session, states, name)],
-                               whole, [_named(session, None, name)])
-    ids = [i for text in _scalars(session, stmt) if text for i in str(text).split(",")]
+    ids = [i for text in _per_block(session, "ids", blocks, states, name, whole) if text
+           for i in str(text).split(",")]
     ids.sort(key=lambda i: (len(i), i))
     return ids
 

@@ -32,8 +32,8 @@ from master.tasks import TERMINAL_STATES, TaskRecord
 __all__ = ["EDGE_WALK", "FEW_OUTSIDE", "SMALL_MATCH", "block_counts", "count_by_state",
            "count_matching", "count_outside", "delete_ended", "edge_ids", "expired_ids",
            "few_in_states", "filter_terms", "get", "load_unended", "page", "page_statement",
-           "prefix_end", "records", "save_records", "seek_statements", "unindexed",
-           "window_start"]
+           "prefix_end", "records", "save_records", "seek_statements", "terms_for",
+           "unindexed", "window_start"]
 
 #: Up to this many matches a filtered page is sorted; past it, found in id order.
 SMALL_MATCH = 20_000
@@ -114,7 +114,13 @@ def filter_terms(session: Session, states: frozenset[str] | None, name: str | No
     None the planner walks the index that orders the query. PostgreSQL's planner needs no
     such help: there every term is plain, and a name prefix is compared exactly with
     ``substr`` (its collation need not be byte order)."""
-    sqlite = session.get_bind().dialect.name == "sqlite"
+    return terms_for(session.get_bind().dialect.name, states, name, index=index)
+
+
+def terms_for(dialect: str, states: frozenset[str] | None, name: str | None, *,
+              index: str | None) -> list[Any]:
+    """``filter_terms`` for a database of ``dialect`` ("sqlite", "postgresql")."""
+    sqlite = dialect == "sqlite"
     terms: list[Any] = []
     if name:
         if sqlite:

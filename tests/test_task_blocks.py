@@ -204,15 +204,16 @@ def test_a_walk_from_the_end_finds_a_page_only_within_its_bound(
 def test_the_block_count_seeks_each_block_on_its_covering_index(db: sa.Engine) -> None:
     with Session(db) as session:
         named = tq.filter_terms(session, None, "sparse-", index="name")
-        for states, value, whole in (
-                (None, sa.func.count(), None),
+        for states, value, mode, whole in (
+                (None, sa.func.count(), "none", None),
                 (frozenset({"KILLED", "PENDING"}),
-                 sa.func.group_concat(TaskRow.__table__.c.id), None),
-                (frozenset({"KILLED"}), sa.func.count(), _counts(frozenset({"KILLED"})).held()[1]),
-                (frozenset({"KILLED"}), sa.func.count(), [True] * len(BLOCKS))):
+                 sa.func.group_concat(TaskRow.__table__.c.id), "none", None),
+                (frozenset({"KILLED"}), sa.func.count(), "some",
+                 _counts(frozenset({"KILLED"})).held()[1]),
+                (frozenset({"KILLED"}), sa.func.count(), "all", [True] * len(BLOCKS))):
             stmt = tb.per_block_statement(
-                BLOCKS, value, [tq.filter_terms(session, states, "sparse-", index="name")],
-                whole, [named])
+                value, [tq.filter_terms(session, states, "sparse-", index="name")],
+                [named], mode).params(blocks=tb.block_rows(BLOCKS, whole))
             sql = str(stmt.compile(db, compile_kwargs={"literal_binds": True}))
             raw = db.raw_connection()
             try:
