@@ -15,6 +15,7 @@ simply sorted. Ids are numbers as text, so ``(length(id), id)`` is their numeric
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,7 +28,7 @@ from master.api import PageQuery
 from master.store_schema import TaskRow, last_number
 from master.store_tasks import record_from_row, records_from_result
 from master.task_positions import Block
-from master.tasks import TERMINAL_STATES, TaskRecord
+from master.tasks import STATES, TERMINAL_STATES, TaskRecord
 
 __all__ = ["EDGE_WALK", "FEW_OUTSIDE", "SMALL_MATCH", "block_counts", "count_by_state",
            "count_matching", "count_outside", "delete_ended", "edge_ids", "expired_ids",
@@ -59,19 +60,74 @@ def _chunks(ids: list[str]) -> Iterable[list[str]]:
 
 
 def count_by_state(session: Session) -> dict[str, int]:
-    """How many tasks the database holds in each state (one pass over the state index)."""
-    stmt = sa.select(_c.state, sa.func.count()).group_by(_c.state)
-    return {str(state): int(n) for state, n in session.execute(stmt)}
+    """How many tasks the database holds in each of ``STATES`` that holds any: a range
+    count per state on the state index (a GROUP BY over it took 140–380 ms at 1,010,000
+    tasks, these 55–90 ms; the master waits for it before it serves)."""
+    counts = [sa.select(sa.func.count()).where(_c.state == s).scalar_subquery()
+              for s in STATES]
+    row = session.execute(sa.select(*counts)).one()
+    return {s: int(n) for s, n in zip(STATES, row) if n}
 
 
 def block_counts(session: Session) -> tuple[dict[tuple[str, int, str], int], int]:
     """({(state, length, prefix): n}, the last task id allocated): the snapshot behind
-    master/task_positions.py (ids of one length sharing all but their last 3 characters)."""
-    prefix = sa.case((_length > 3, sa.func.substr(_c.id, 1, _length - 3)), else_="")
-    stmt = (sa.select(_c.state, _length, prefix, sa.func.count())
-            .group_by(_c.state, _length, prefix))
-    counts = {(str(s), int(n), str(p)): int(c) for s, n, p, c in session.execute(stmt)}
+    master/task_positions.py (ids of one length sharing all but their last 3 characters).
+    It runs on the writer thread at start, so writes wait for it: on SQLite it is counted
+    block by block (``_sqlite_block_counts``), on PostgreSQL by one GROUP BY."""
+    if session.get_bind().dialect.name == "sqlite":
+        counts = _sqlite_block_counts(session)
+    else:
+        prefix = sa.case((_length > 3, sa.func.substr(_c.id, 1, _length - 3)), else_="")
+        stmt = (sa.select(_c.state, _length, prefix, sa.func.count())
+                .group_by(_c.state, _length, prefix))
+        counts = {(str(s), int(n), str(p)): int(c) for s, n, p, c in session.execute(stmt)}
     return counts, last_number(session, "task")
+
+
+# Above every id of a block once its prefix is put before it: a block's ids are its prefix
+# and three characters, none above U+10FFFF (and SQLite compares UTF-8, in code point order).
+_TOP = "\U0010ffff" * 4
+_PREFIX_OF = "CASE WHEN length({0}) > 3 THEN substr({0}, 1, length({0}) - 3) ELSE '' END"
+# Every block, in listing order: a skip scan on ix_tasks_order, two seeks a block (the first
+# id past the block in its length, else the first of the next length). The first seek is
+# ordered by id alone: with length(id) in the ORDER BY as well, SQLite sorts what follows.
+_SQLITE_BLOCKS = sa.text(f"""
+WITH RECURSIVE first(id) AS (
+  SELECT (SELECT id FROM tasks ORDER BY length(id), id LIMIT 1)
+  UNION ALL
+  SELECT coalesce(
+    (SELECT t.id FROM tasks AS t WHERE length(t.id) = length(first.id)
+       AND t.id >= {_PREFIX_OF.format("first.id")} || :top
+     ORDER BY t.id LIMIT 1),
+    (SELECT t.id FROM tasks AS t WHERE length(t.id) > length(first.id)
+     ORDER BY length(t.id), t.id LIMIT 1))
+  FROM first WHERE first.id IS NOT NULL
+)
+SELECT length(id), {_PREFIX_OF.format("id")} FROM first WHERE id IS NOT NULL""")
+# Each block's tasks in each state: a range count per state on ix_tasks_state_order.
+_SQLITE_IN_BLOCK = sa.text("SELECT " + ", ".join(
+    f"(SELECT count(*) FROM tasks WHERE state = :s{i}"
+    " AND length(id) = json_extract(b.value, '$[0]') AND id >= json_extract(b.value, '$[1]')"
+    " AND id < json_extract(b.value, '$[2]'))" for i in range(len(STATES)))
+    + " FROM json_each(:blocks) AS b ORDER BY b.key")
+
+
+def _sqlite_block_counts(session: Session) -> dict[tuple[str, int, str], int]:
+    """``block_counts``' snapshot on SQLite, without sorting every task (a GROUP BY on a
+    block's prefix sorts a million rows: 1.3–2.0 s on 2 cores): the blocks found by a skip
+    scan, then one range count per block and state (0.17 s at 1,010,000 tasks)."""
+    conn = session.connection()
+    blocks = [(int(n), str(p)) for n, p in conn.execute(_SQLITE_BLOCKS, {"top": _TOP})]
+    if not blocks:
+        return {}
+    params: dict[str, Any] = {f"s{i}": s for i, s in enumerate(STATES)}
+    params["blocks"] = json.dumps([[n, p, p + _TOP] for n, p in blocks])
+    counts: dict[tuple[str, int, str], int] = {}
+    for (n, p), row in zip(blocks, conn.execute(_SQLITE_IN_BLOCK, params)):
+        for state, found in zip(STATES, row):
+            if found:
+                counts[(state, n, p)] = int(found)
+    return counts
 
 
 def load_unended(session: Session) -> list[TaskRecord]:

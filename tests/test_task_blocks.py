@@ -245,3 +245,43 @@ def test_a_database_made_before_the_block_index_gets_it_at_open(tmp_path: Path) 
         assert sum(tb.block_matches(session, BLOCKS, None, "sparse-")) == sum(
             1 for r in ROWS[:1_500] if str(r["name"]).startswith("sparse-"))
     engine.dispose()
+
+
+def _brute_block_counts(rows: list[dict[str, object]]) -> dict[tuple[str, int, str], int]:
+    out: dict[tuple[str, int, str], int] = {}
+    for r in rows:
+        key = (str(r["state"]), *block_of(str(r["id"])))
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def test_the_start_up_snapshot_counts_every_block_and_state(db: sa.Engine) -> None:
+    with Session(db) as session:
+        counts, _ = tq.block_counts(session)
+    assert counts == _brute_block_counts(ROWS)
+
+
+def test_the_start_up_snapshot_holds_odd_ids_too(tmp_path: Path) -> None:
+    """Ids the master would not make (letters, non-ASCII, the highest code point, lengths
+    1 to 9, gaps) and an empty table: the same counts as a plain count by block."""
+    path = tmp_path / "odd.db"
+    Store.open(str(path)).close_blocking()
+    engine = sa.create_engine(f"sqlite:///{path}")
+    top = "\U0010ffff"
+    ids = ["7", "42", "999", "1000", "1999", "2000", "10000", "123456789", "abc",
+           "ab" + top * 3, "ab" + top, "é" * 4, "éé" + top * 2, top * 4, top * 3 + "a",
+           "12" + top + "45", "1234", "1233", "9999", "00000"]
+    rows = []
+    for i, tid in enumerate(ids):
+        rec = TaskRecord.new(tid, command="true", cpus=0.1, mem=1, now=1.0, name="x")
+        rec.state = STATES[i % len(STATES)]
+        rows.append(rec.to_json())
+    try:
+        with Session(engine) as session:
+            assert tq.block_counts(session)[0] == {}
+        with Session(engine) as session, session.begin():
+            session.execute(sa.insert(TaskRow), rows)
+        with Session(engine) as session:
+            assert tq.block_counts(session)[0] == _brute_block_counts(rows)
+    finally:
+        engine.dispose()
